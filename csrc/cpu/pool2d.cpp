@@ -1,0 +1,645 @@
+// CPU kernels of 2-D max, average and adaptive average pooling, forward and backward (float32 and
+// float64; AVX2 vectors through at::vec when the build enables them).
+//
+// N,C,H,W: work is split over output rows (planes * OH) and each row is vectorized across output
+// columns: a vector holds V neighbouring outputs and every window tap is one (strided) vector load.
+// Taps run in PyTorch's order (kernel rows, then columns), so max pooling's values, indices and NaN
+// handling and average pooling's sums come out as torch's do.
+// N,H,W,C: work is split over output pixels and vectorized across channels.
+// Backward: max pooling zeroes one input plane and scatters into it while it is in cache; average
+// pooling gathers each input's gradient from the outputs covering it, writing every element once.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/outputs.h"
+#include "common/pool2d_args.h"
+
+namespace fastdl {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Elements of work per parallel task (at::internal::GRAIN_SIZE).
+constexpr int64_t kGrain = 32768;
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work_per_item));
+}
+
+// The vector kernels track argmax indices in the value type; float is exact up to 2^24.
+template <typename T>
+bool index_exact_in(int64_t plane_size) {
+  return plane_size <= (int64_t{1} << std::numeric_limits<T>::digits);
+}
+
+// ---- one row of taps for V neighbouring outputs ----------------------------------------------
+
+// Calls visit(k, v) for the taps k = 0..kernel-1 of V neighbouring outputs along one input row, in
+// tap order: lane l of v is p[l*stride + k*dilation], p pointing at the first output's window start.
+// Stride 2 deinterleaves pairs of taps from one pair of loads.
+template <typename T, typename Visit>
+void visit_row_taps(const T* p, int64_t kernel, int64_t stride, int64_t dilation, Visit&& visit) {
+  constexpr int64_t n = Vec<T>::size();
+  if (stride == 1) {
+    for (int64_t k = 0; k < kernel; ++k) visit(k, Vec<T>::loadu(p + k * dilation));
+  } else if (stride == 2 && dilation == 1 && kernel >= 2) {
+    int64_t k = 0;
+    for (; k + 1 < kernel; k += 2) {
+      const auto even_odd = at::vec::deinterleave2(Vec<T>::loadu(p + k), Vec<T>::loadu(p + k + n));
+      visit(k, even_odd.first);
+      visit(k + 1, even_odd.second);
+    }
+    // An odd last tap is the odd half of the pair that starts one column earlier: no over-read.
+    if (k < kernel) visit(k, at::vec::deinterleave2(Vec<T>::loadu(p + k - 1), Vec<T>::loadu(p + k - 1 + n)).second);
+  } else if (stride == 2) {
+    for (int64_t k = 0; k < kernel; ++k) {
+      const T* q = p + k * dilation;
+      visit(k, at::vec::deinterleave2(Vec<T>::loadu(q), Vec<T>::loadu(q + n)).first);
+    }
+  } else {
+    using I = at::vec::int_same_size_t<T>;
+    const Vec<I> offsets = Vec<I>::arange(I(0), I(stride));
+    for (int64_t k = 0; k < kernel; ++k) visit(k, at::vec::gather<sizeof(T)>(p + k * dilation, offsets));
+  }
+}
+
+// Columns visit_row_taps reads, counted from p: what the taps need, plus one column that a single
+// stride-2 deinterleave reads past them.
+template <typename T>
+int64_t row_taps_reach(int64_t kernel, int64_t stride, int64_t dilation) {
+  const int64_t needed = (kernel - 1) * dilation + (Vec<T>::size() - 1) * stride + 1;
+  const bool over_reads = stride == 2 && (dilation != 1 || kernel == 1);
+  return needed + (over_reads ? 1 : 0);
+}
+
+// Output columns o whose V-wide chunk [o, o+V) reads only inside the row [0, in): the first window
+// starts at or after column 0 and the reads end by column `in`.
+template <typename T>
+Range vector_columns(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t reach = row_taps_reach<T>(kernel, stride, dilation);
+  return {ceil_div(pad, stride), floor_div(in - reach + pad, stride) + 1};
+}
+
+// Calls chunk(o) on V-wide runs of outputs that start inside `vec` and fit in [0, n), and one(o) on
+// the outputs no run covers. The last run may overlap the one before it (recomputing an output
+// writes the same value), so that rows whose length is not a multiple of V need no scalar tail.
+template <typename One, typename Chunk>
+void for_each_output(int64_t n, Range vec, int64_t V, One&& one, Chunk&& chunk) {
+  int64_t o = 0;
+  for (; o < std::min(vec.begin, n); ++o) one(o);
+  const int64_t last = std::min(vec.end - 1, n - V);  // the latest valid start of a run
+  if (last >= o) {
+    for (; o < last; o += V) chunk(o);
+    chunk(last);
+    o = last + V;
+  }
+  for (; o < n; ++o) one(o);
+}
+
+template <typename T>
+void store_indices(const Vec<T>& v, int64_t* dst) {
+  using I = at::vec::int_same_size_t<T>;
+  I lanes[Vec<T>::size()];
+  at::vec::convert_to_int_of_same_size(v).store(lanes);
+  for (int64_t l = 0; l < Vec<T>::size(); ++l) dst[l] = lanes[l];
+}
+
+// Sum of `n` contiguous elements.
+template <typename T>
+T contiguous_sum(const T* p, int64_t n) {
+  constexpr int64_t V = Vec<T>::size();
+  int64_t i = 0;
+  T sum = 0;
+  if (n >= 2 * V) {
+    Vec<T> acc(T(0));
+    for (; i + V <= n; i += V) acc = acc + Vec<T>::loadu(p + i);
+    sum = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, acc);
+  }
+  for (; i < n; ++i) sum += p[i];
+  return sum;
+}
+
+// ---- max pooling ---------------------------------------------------------------------------------
+
+// PyTorch's rule for one window: taps in row-major order, the first maximum wins, a NaN beats any
+// number and the last NaN wins. True where `v` replaces the running best.
+template <typename T>
+bool takes_max(T v, T best) {
+  return v > best || std::isnan(v);
+}
+
+template <typename T>
+Vec<T> takes_max(const Vec<T>& v, const Vec<T>& best) {
+  return (v > best) | v.isnan();
+}
+
+// Taps of every output position along one axis that land inside the input, computed once per call.
+std::vector<Range> taps_table(const MaxAxis& a) {
+  std::vector<Range> t(a.out);
+  for (int64_t o = 0; o < a.out; ++o) t[o] = a.taps(o);
+  return t;
+}
+
+// The in-bounds taps of one max pooling output.
+struct MaxWindow {
+  int64_t ih0, iw0, dh, dw;  // input position of tap (0, 0); spacing of taps
+  Range th, tw;
+  int64_t pos(int64_t j, int64_t k, int64_t W) const { return (ih0 + j * dh) * W + iw0 + k * dw; }
+};
+
+// One output, scalar. Returns the maximum's flat index h*W + w; elements are channel_stride apart.
+template <typename T>
+int64_t max_window(const T* plane, int64_t W, const MaxWindow& m, T& best_out, int64_t channel_stride = 1) {
+  T best = -std::numeric_limits<T>::infinity();
+  int64_t best_idx = m.pos(m.th.begin, m.tw.begin, W);
+  for (int64_t j = m.th.begin; j < m.th.end; ++j) {
+    for (int64_t k = m.tw.begin; k < m.tw.end; ++k) {
+      const int64_t idx = m.pos(j, k, W);
+      const T v = plane[idx * channel_stride];
+      if (takes_max(v, best)) {
+        best = v;
+        best_idx = idx;
+      }
+    }
+  }
+  best_out = best;
+  return best_idx;
+}
+
+// V neighbouring outputs of one row (m describes the first), every column tap inside the input.
+template <typename T, bool kIndices>
+void max_chunk(const T* plane, int64_t W, const MaxWindow& m, int64_t stride_w, int64_t kernel_w,
+               T* out, int64_t* idx) {
+  const Vec<T> lanes = Vec<T>::arange(T(0), T(stride_w));  // in-row offsets of the lanes' windows
+  Vec<T> best(-std::numeric_limits<T>::infinity());
+  Vec<T> best_idx = Vec<T>(T(m.pos(m.th.begin, 0, W))) + lanes;
+  for (int64_t j = m.th.begin; j < m.th.end; ++j) {
+    const int64_t row_start = m.pos(j, 0, W);
+    visit_row_taps(plane + row_start, kernel_w, stride_w, m.dw, [&](int64_t k, const Vec<T>& v) {
+      if constexpr (kIndices) {
+        const Vec<T> take = takes_max(v, best);
+        best = Vec<T>::blendv(best, v, take);
+        best_idx = Vec<T>::blendv(best_idx, Vec<T>(T(row_start + k * m.dw)) + lanes, take);
+      } else {
+        best = at::vec::maximum(best, v);  // propagates NaN, as the scalar rule does
+      }
+    });
+  }
+  best.store(out);
+  if constexpr (kIndices) store_indices(best_idx, idx);
+}
+
+template <typename T, bool kIndices>
+void max_pool2d_nchw(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& p) {
+  const Pool2dShape& s = p.shape;
+  const std::vector<Range> col_taps = taps_table(p.w);
+  const bool vectorize = !kIndices || index_exact_in<T>(s.in_plane());
+  const Range vec = vectorize ? vector_columns<T>(s.in_w, p.w.kernel, p.w.stride, p.w.pad, p.w.dilation)
+                              : Range{s.out_w, s.out_w};
+  const int64_t rows = s.planes() * s.out_h;
+  at::parallel_for(0, rows, grain_for(s.out_w * p.h.kernel * p.w.kernel), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* plane = in + (r / s.out_h) * s.in_plane();
+      const int64_t oh = r % s.out_h;
+      T* out_row = out + r * s.out_w;
+      int64_t* idx_row = kIndices ? idx + r * s.out_w : nullptr;
+      MaxWindow m{p.h.start(oh), 0, p.h.dilation, p.w.dilation, p.h.taps(oh), {}};
+      for_each_output(
+          s.out_w, vec, Vec<T>::size(),
+          [&](int64_t ow) {
+            m.iw0 = p.w.start(ow);
+            m.tw = col_taps[ow];
+            const int64_t i = max_window(plane, s.in_w, m, out_row[ow]);
+            if constexpr (kIndices) idx_row[ow] = i;
+          },
+          [&](int64_t ow) {
+            m.iw0 = p.w.start(ow);
+            max_chunk<T, kIndices>(plane, s.in_w, m, p.w.stride, p.w.kernel, out_row + ow,
+                                   kIndices ? idx_row + ow : nullptr);
+          });
+    }
+  });
+}
+
+template <typename T, bool kIndices>
+void max_pool2d_nhwc(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& p) {
+  const Pool2dShape& s = p.shape;
+  const int64_t C = s.channels;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t vec_channels = (!kIndices || index_exact_in<T>(s.in_plane())) ? C - C % V : 0;
+  const std::vector<Range> row_taps = taps_table(p.h), col_taps = taps_table(p.w);
+  const int64_t pixels = s.batch * s.out_plane();
+  at::parallel_for(0, pixels, grain_for(C * p.h.kernel * p.w.kernel), [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t oh = (q / s.out_w) % s.out_h, ow = q % s.out_w;
+      const T* image = in + (q / s.out_plane()) * s.in_plane() * C;
+      const MaxWindow m{p.h.start(oh), p.w.start(ow), p.h.dilation, p.w.dilation, row_taps[oh], col_taps[ow]};
+      for (int64_t c = 0; c < vec_channels; c += V) {
+        Vec<T> best(-std::numeric_limits<T>::infinity());
+        Vec<T> best_idx = Vec<T>(T(m.pos(m.th.begin, m.tw.begin, s.in_w)));
+        for (int64_t j = m.th.begin; j < m.th.end; ++j) {
+          for (int64_t k = m.tw.begin; k < m.tw.end; ++k) {
+            const int64_t pos = m.pos(j, k, s.in_w);
+            const Vec<T> v = Vec<T>::loadu(image + pos * C + c);
+            if constexpr (kIndices) {
+              const Vec<T> take = takes_max(v, best);
+              best = Vec<T>::blendv(best, v, take);
+              best_idx = Vec<T>::blendv(best_idx, Vec<T>(T(pos)), take);
+            } else {
+              best = at::vec::maximum(best, v);
+            }
+          }
+        }
+        best.store(out + q * C + c);
+        if constexpr (kIndices) store_indices(best_idx, idx + q * C + c);
+      }
+      for (int64_t c = vec_channels; c < C; ++c) {
+        const int64_t i = max_window(image + c, s.in_w, m, out[q * C + c], C);
+        if constexpr (kIndices) idx[q * C + c] = i;
+      }
+    }
+  });
+}
+
+// Which output rows (or columns) have windows with no tap inside the input. Possible only with
+// dilation: torch then returns -inf and an index outside the window, and such an output, depending
+// on no input, must pass no gradient.
+std::vector<uint8_t> empty_windows(const MaxAxis& a, bool& any) {
+  std::vector<uint8_t> empty(a.out);
+  for (int64_t o = 0; o < a.out; ++o) any |= (empty[o] = a.taps(o).size() == 0);
+  return empty;
+}
+
+// Zeroes one input plane and adds each output's gradient at its argmax. `grad_out`, `idx` and
+// `grad_in` step by `channel_stride` between spatial neighbours (1 for N,C,H,W; C for N,H,W,C).
+template <typename T>
+void scatter_plane(const T* grad_out, const int64_t* idx, T* grad_in, const MaxPool2dProblem& p,
+                   int64_t channel_stride, const std::vector<uint8_t>& empty_rows,
+                   const std::vector<uint8_t>& empty_cols, bool any_empty) {
+  const Pool2dShape& s = p.shape;
+  for (int64_t i = 0; i < s.in_plane(); ++i) grad_in[i * channel_stride] = T(0);
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    if (any_empty && empty_rows[oh]) continue;
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      if (any_empty && empty_cols[ow]) continue;
+      const int64_t o = (oh * s.out_w + ow) * channel_stride;
+      const int64_t i = idx[o];
+      // Indices given to the backward op by hand may be anything: never write outside the plane.
+      if (i >= 0 && i < s.in_plane()) grad_in[i * channel_stride] += grad_out[o];
+    }
+  }
+}
+
+template <typename T>
+void max_pool2d_backward_nchw(const T* grad_out, const int64_t* idx, T* grad_in, const MaxPool2dProblem& p) {
+  const Pool2dShape& s = p.shape;
+  bool any_empty = false;
+  const auto empty_rows = empty_windows(p.h, any_empty), empty_cols = empty_windows(p.w, any_empty);
+  at::parallel_for(0, s.planes(), grain_for(s.in_plane() + s.out_plane()), [&](int64_t p0, int64_t p1) {
+    for (int64_t pl = p0; pl < p1; ++pl) {
+      scatter_plane(grad_out + pl * s.out_plane(), idx + pl * s.out_plane(), grad_in + pl * s.in_plane(),
+                    p, 1, empty_rows, empty_cols, any_empty);
+    }
+  });
+}
+
+template <typename T>
+void max_pool2d_backward_nhwc(const T* grad_out, const int64_t* idx, T* grad_in, const MaxPool2dProblem& p) {
+  const Pool2dShape& s = p.shape;
+  const int64_t C = s.channels;
+  bool any_empty = false;
+  const auto empty_rows = empty_windows(p.h, any_empty), empty_cols = empty_windows(p.w, any_empty);
+  at::parallel_for(0, s.batch * C, grain_for(s.in_plane() + s.out_plane()), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / C, c = t % C;
+      scatter_plane(grad_out + n * s.out_plane() * C + c, idx + n * s.out_plane() * C + c,
+                    grad_in + n * s.in_plane() * C + c, p, C, empty_rows, empty_cols, any_empty);
+    }
+  });
+}
+
+// ---- average pooling (fixed and adaptive windows) -------------------------------------------------
+
+// Sum of one window: element by element in row-major order, or as one contiguous run when the
+// window spans whole rows (global average pooling).
+template <typename T>
+T window_sum(const T* plane, int64_t W, Range rh, Range rw) {
+  if (rw.begin == 0 && rw.end == W) return contiguous_sum(plane + rh.begin * W, rh.size() * W);
+  T sum = 0;
+  for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
+    for (int64_t iw = rw.begin; iw < rw.end; ++iw) sum += plane[ih * W + iw];
+  }
+  return sum;
+}
+
+// V neighbouring outputs of one row of fixed windows, every tap inside the input.
+template <typename T>
+void avg_chunk(const T* plane, int64_t W, Range rh, const AvgAxis& aw, int64_t ow, T divisor, T* out) {
+  Vec<T> sum(T(0));
+  for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
+    visit_row_taps(plane + ih * W + aw.start(ow), aw.kernel, aw.stride, 1,
+                   [&](int64_t, const Vec<T>& v) { sum = sum + v; });
+  }
+  (sum / Vec<T>(divisor)).store(out + ow);
+}
+
+template <typename T, typename Axis>
+void avg_pool2d_nchw(const T* in, T* out, const Pool2dShape& s, const AvgWindows<Axis>& win) {
+  Range vec{s.out_w, s.out_w};
+  if constexpr (std::is_same_v<Axis, AvgAxis>) {
+    vec = vector_columns<T>(s.in_w, win.w.kernel, win.w.stride, win.w.pad, 1);
+  }
+  const int64_t rows = s.planes() * s.out_h;
+  at::parallel_for(0, rows, grain_for(s.in_w + s.out_w), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* plane = in + (r / s.out_h) * s.in_plane();
+      const int64_t oh = r % s.out_h;
+      const Range rh = win.h.window(oh);
+      T* out_row = out + r * s.out_w;
+      for_each_output(
+          s.out_w, vec, Vec<T>::size(),
+          [&](int64_t ow) {
+            out_row[ow] = window_sum(plane, s.in_w, rh, win.w.window(ow)) / T(win.divisor(oh, ow));
+          },
+          [&](int64_t ow) {
+            if constexpr (std::is_same_v<Axis, AvgAxis>) {
+              avg_chunk(plane, s.in_w, rh, win.w, ow, T(win.divisor(oh, ow)), out_row);
+            }
+          });
+    }
+  });
+}
+
+template <typename T, typename Axis>
+void avg_pool2d_nhwc(const T* in, T* out, const Pool2dShape& s, const AvgWindows<Axis>& win) {
+  const int64_t C = s.channels;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t pixels = s.batch * s.out_plane();
+  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t oh = (q / s.out_w) % s.out_h, ow = q % s.out_w;
+      const T* image = in + (q / s.out_plane()) * s.in_plane() * C;
+      const Range rh = win.h.window(oh), rw = win.w.window(ow);
+      const T divisor = T(win.divisor(oh, ow));
+      T* o = out + q * C;
+      int64_t c = 0;
+      for (; c + V <= C; c += V) {
+        Vec<T> sum(T(0));
+        for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
+          for (int64_t iw = rw.begin; iw < rw.end; ++iw) sum = sum + Vec<T>::loadu(image + (ih * s.in_w + iw) * C + c);
+        }
+        (sum / Vec<T>(divisor)).store(o + c);
+      }
+      for (; c < C; ++c) {
+        T sum = 0;
+        for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
+          for (int64_t iw = rw.begin; iw < rw.end; ++iw) sum += image[(ih * s.in_w + iw) * C + c];
+        }
+        o[c] = sum / divisor;
+      }
+    }
+  });
+}
+
+// Divisor of every output, as T; the same for every plane.
+template <typename T, typename Axis>
+std::vector<T> divisors(const Pool2dShape& s, const AvgWindows<Axis>& win) {
+  std::vector<T> d(s.out_plane());
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    for (int64_t ow = 0; ow < s.out_w; ++ow) d[oh * s.out_w + ow] = T(win.divisor(oh, ow));
+  }
+  return d;
+}
+
+template <typename Axis>
+std::vector<Range> covering_columns(const Pool2dShape& s, const Axis& aw) {
+  std::vector<Range> cols(s.in_w);
+  for (int64_t iw = 0; iw < s.in_w; ++iw) cols[iw] = aw.covering(iw);
+  return cols;
+}
+
+// grad_in[ih][iw] = sum over the outputs covering it of grad_out / divisor, added in output order.
+template <typename T, typename Axis>
+void avg_pool2d_backward_nchw(const T* grad_out, T* grad_in, const Pool2dShape& s,
+                              const AvgWindows<Axis>& win) {
+  const std::vector<T> div = divisors<T>(s, win);
+  const std::vector<Range> cols = covering_columns(s, win.w);
+  const int64_t in_plane = s.in_plane(), out_plane = s.out_plane();
+  at::parallel_for(0, s.planes(), grain_for(in_plane + out_plane), [&](int64_t p0, int64_t p1) {
+    std::vector<T> scaled(out_plane);
+    for (int64_t pl = p0; pl < p1; ++pl) {
+      const T* go = grad_out + pl * out_plane;
+      for (int64_t o = 0; o < out_plane; ++o) scaled[o] = go[o] / div[o];
+      for (int64_t ih = 0; ih < s.in_h; ++ih) {
+        T* gi = grad_in + pl * in_plane + ih * s.in_w;
+        std::fill(gi, gi + s.in_w, T(0));
+        const Range rh = win.h.covering(ih);
+        for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
+          const T* g = scaled.data() + oh * s.out_w;
+          for (int64_t iw = 0; iw < s.in_w; ++iw) {
+            T acc = gi[iw];
+            for (int64_t ow = cols[iw].begin; ow < cols[iw].end; ++ow) acc += g[ow];
+            gi[iw] = acc;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T, typename Axis>
+void avg_pool2d_backward_nhwc(const T* grad_out, T* grad_in, const Pool2dShape& s,
+                              const AvgWindows<Axis>& win) {
+  const std::vector<T> div = divisors<T>(s, win);
+  const int64_t C = s.channels;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t pixels = s.batch * s.in_plane();
+  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t ih = (q / s.in_w) % s.in_h, iw = q % s.in_w;
+      const T* image = grad_out + (q / s.in_plane()) * s.out_plane() * C;
+      const Range rh = win.h.covering(ih), rw = win.w.covering(iw);
+      T* gi = grad_in + q * C;
+      int64_t c = 0;
+      for (; c + V <= C; c += V) {
+        Vec<T> acc(T(0));
+        for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
+          for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
+            const int64_t o = oh * s.out_w + ow;
+            acc = acc + Vec<T>::loadu(image + o * C + c) / Vec<T>(div[o]);
+          }
+        }
+        acc.store(gi + c);
+      }
+      for (; c < C; ++c) {
+        T acc = 0;
+        for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
+          for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
+            const int64_t o = oh * s.out_w + ow;
+            acc += image[o * C + c] / div[o];
+          }
+        }
+        gi[c] = acc;
+      }
+    }
+  });
+}
+
+// ---- entry points --------------------------------------------------------------------------------
+
+template <bool kIndices>
+void run_max_pool2d(const at::Tensor& x, at::Tensor& out, at::Tensor* indices,
+                    const MaxPool2dProblem& p) {
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.max_pool2d", [&] {
+    int64_t* idx = kIndices ? indices->data_ptr<int64_t>() : nullptr;
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (p.layout() == Layout::nhwc) {
+      max_pool2d_nhwc<scalar_t, kIndices>(src, dst, idx, p);
+    } else {
+      max_pool2d_nchw<scalar_t, kIndices>(src, dst, idx, p);
+    }
+  });
+}
+
+at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool ceil_mode) {
+  const auto p = max_pool2d_problem("fastdl.max_pool2d", input, kernel_size, stride, padding,
+                                    dilation, ceil_mode, /*reduced_precision=*/false);
+  const at::Tensor x = p.dense(input);
+  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
+  run_max_pool2d<false>(x, out, nullptr, p);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto p = max_pool2d_problem("fastdl.max_pool2d_with_indices", input, kernel_size, stride,
+                                    padding, dilation, ceil_mode, /*reduced_precision=*/false);
+  const at::Tensor x = p.dense(input);
+  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
+  at::Tensor indices = new_output(p.output_sizes(), x.options().dtype(at::kLong), p.memory_format);
+  run_max_pool2d<true>(x, out, &indices, p);
+  return {out, indices};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, bool ceil_mode) {
+  constexpr const char* op = "fastdl.max_pool2d_backward";
+  const auto p = max_pool2d_problem(op, input, kernel_size, stride, padding, dilation, ceil_mode,
+                                    /*reduced_precision=*/false);
+  check_grad_output(op, p, grad_output, input);
+  check_indices(op, p, indices, input);
+  at::Tensor grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
+  if (grad_input.numel() == 0) return grad_input;
+  const at::Tensor go = p.dense(grad_output), idx = p.dense(indices);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.max_pool2d_backward", [&] {
+    const scalar_t* g = go.const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    if (p.layout() == Layout::nhwc) {
+      max_pool2d_backward_nhwc(g, idx.const_data_ptr<int64_t>(), gi, p);
+    } else {
+      max_pool2d_backward_nchw(g, idx.const_data_ptr<int64_t>(), gi, p);
+    }
+  });
+  return grad_input;
+}
+
+template <typename Axis>
+at::Tensor avg_forward(const char* op, const at::Tensor& input, const Pool2dProblem& p,
+                       const AvgWindows<Axis>& win) {
+  const at::Tensor x = p.dense(input);
+  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.avg_pool2d", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (p.layout() == Layout::nhwc) {
+      avg_pool2d_nhwc(src, dst, p.shape, win);
+    } else {
+      avg_pool2d_nchw(src, dst, p.shape, win);
+    }
+  });
+  return out;
+}
+
+template <typename Axis>
+at::Tensor avg_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                        const Pool2dProblem& p, const AvgWindows<Axis>& win) {
+  check_grad_output(op, p, grad_output, input);
+  at::Tensor grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
+  if (grad_input.numel() == 0) return grad_input;
+  const at::Tensor go = p.dense(grad_output);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.avg_pool2d_backward", [&] {
+    const scalar_t* g = go.const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    if (p.layout() == Layout::nhwc) {
+      avg_pool2d_backward_nhwc(g, gi, p.shape, win);
+    } else {
+      avg_pool2d_backward_nchw(g, gi, p.shape, win);
+    }
+  });
+  return grad_input;
+}
+
+at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                          bool count_include_pad, std::optional<int64_t> divisor_override) {
+  constexpr const char* op = "fastdl.avg_pool2d";
+  const auto p = avg_pool2d_problem(op, input, kernel_size, stride, padding, ceil_mode,
+                                    count_include_pad, divisor_override, /*reduced_precision=*/false);
+  return avg_forward(op, input, p, p.windows);
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   std::optional<int64_t> divisor_override) {
+  constexpr const char* op = "fastdl.avg_pool2d_backward";
+  const auto p = avg_pool2d_problem(op, input, kernel_size, stride, padding, ceil_mode,
+                                    count_include_pad, divisor_override, /*reduced_precision=*/false);
+  return avg_backward(op, grad_output, input, p, p.windows);
+}
+
+at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
+  constexpr const char* op = "fastdl.adaptive_avg_pool2d";
+  const auto p = adaptive_avg_pool2d_problem(op, input, output_size, /*reduced_precision=*/false);
+  return avg_forward(op, input, p, p.windows);
+}
+
+at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
+  constexpr const char* op = "fastdl.adaptive_avg_pool2d_backward";
+  const auto p = adaptive_avg_pool2d_problem(op, input, adaptive_grad_size(op, grad_output),
+                                             /*reduced_precision=*/false);
+  return avg_backward(op, grad_output, input, p, p.windows);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+  m.impl("avg_pool2d", &avg_pool2d_cpu);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
+}
+
+}  // namespace fastdl

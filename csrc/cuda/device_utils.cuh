@@ -1,0 +1,92 @@
+#pragma once
+// Helpers shared by the .cu files: element conversions to the accumulation type, dtype dispatch, and
+// launch geometry. No torch headers (they cost a minute of nvcc time per file).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "common/host_device.h"
+#include "cuda/dtype.h"
+
+namespace fastdl::cuda {
+
+// Arithmetic happens in Acc<T>: float for float, half and bfloat16; double for double.
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using Acc = typename AccOf<T>::type;
+
+// torch builds CUDA code with the half/bfloat16 conversion operators disabled: convert explicitly.
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_acc(Acc<T> x) { return x; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <typename T> struct TypeTag { using type = T; };
+
+// Calls f(TypeTag<T>{}) with the element type named by dt.
+template <typename F>
+cudaError_t dispatch_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(TypeTag<float>{});
+    case DType::f64: return f(TypeTag<double>{});
+    case DType::f16: return f(TypeTag<__half>{});
+    case DType::bf16: return f(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Calls f(TypeTag<int32_t>{}) when every index the kernel forms stays below 2^31, else int64_t.
+template <typename F>
+cudaError_t dispatch_index(bool fits_int32, F&& f) {
+  return fits_int32 ? f(TypeTag<int32_t>{}) : f(TypeTag<int64_t>{});
+}
+
+// Half the int32 range leaves room for a grid-stride step past the last element.
+inline bool fits_int32(int64_t largest) { return largest <= std::numeric_limits<int32_t>::max() / 2; }
+
+template <Layout L> using LayoutTag = std::integral_constant<Layout, L>;
+
+// Calls f(LayoutTag<L>{}) for the layout named by `layout`.
+template <typename F>
+cudaError_t dispatch_layout(Layout layout, F&& f) {
+  return layout == Layout::nhwc ? f(LayoutTag<Layout::nhwc>{}) : f(LayoutTag<Layout::nchw>{});
+}
+
+// Blocks for a grid-stride loop over `total` items: enough to fill the device, capped so that huge
+// tensors reuse threads instead of launching millions of blocks.
+inline unsigned grid_blocks(int64_t total, int threads) {
+  static int sm_count[64] = {};
+  int device = 0;
+  cudaGetDevice(&device);
+  int sms = device < 64 ? sm_count[device] : 0;
+  if (sms == 0) {
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (device < 64) sm_count[device] = sms;
+  }
+  const int64_t wanted = (total + threads - 1) / threads;
+  const int64_t cap = int64_t{sms > 0 ? sms : 132} * 32;
+  return static_cast<unsigned>(wanted < cap ? (wanted > 0 ? wanted : 1) : cap);
+}
+
+// Grid-stride loop index helpers.
+template <typename I>
+__device__ __forceinline__ I global_thread() {
+  return static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+template <typename I>
+__device__ __forceinline__ I grid_threads() {
+  return static_cast<I>(gridDim.x) * blockDim.x;
+}
+
+}  // namespace fastdl::cuda

@@ -1,0 +1,42 @@
+"""fastdl: hand-written CPU and CUDA kernels for classic deep-learning layers, as PyTorch ops.
+
+    import fastdl
+    y = fastdl.ops.max_pool2d(x, 3, 2)       # functional, like torch.nn.functional
+    layer = fastdl.nn.MaxPool2d(3, 2)         # drop-in layers, subclasses of torch.nn's
+    fastdl.convert(model)                     # swap a model's stock layers in place
+
+The ops are registered as torch.ops.fastdl.* with fake kernels and autograd, so they work under
+torch.compile, torch.export and torch.library.opcheck.
+"""
+
+import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
+from fastdl import _C
+
+if not _C.cpu_supported():
+    raise ImportError(
+        f"fastdl's CPU kernels were built for {_C.cpu_capability()}, which this processor lacks; "
+        "rebuild with FASTDL_CPU_CAPABILITY=default"
+    )
+
+
+def cuda_enabled() -> bool:
+    """Whether fastdl was built with its CUDA kernels (independent of a GPU being present)."""
+    return _C.cuda_enabled()
+
+
+def build_info() -> dict:
+    """How this fastdl was built: CUDA on/off and arch list, CPU vector level, CPU threads."""
+    return {
+        "cuda": _C.cuda_enabled(),
+        "cuda_arch_list": _C.cuda_arch_list(),
+        "cpu_capability": _C.cpu_capability(),
+        "num_threads": _C.num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+from fastdl import nn, ops  # noqa: E402
+from fastdl.convert import convert, revert  # noqa: E402
+
+__all__ = ["build_info", "convert", "cuda_enabled", "nn", "ops", "revert"]

@@ -1,0 +1,6 @@
+"""fastdl's functional API: typed wrappers over the torch.ops.fastdl ops, with their fake kernels and
+autograd formulas registered on import (what torch.compile, torch.export and opcheck need)."""
+
+from fastdl.ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d, max_pool2d_with_indices
+
+__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "max_pool2d_with_indices"]

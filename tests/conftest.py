@@ -1,0 +1,46 @@
+"""Shared test settings: output poisoning, the tolerance table, devices and the cuda marker."""
+
+import os
+
+# Kernels' outputs start as NaN (or -1 for indices) so an element a kernel forgets to write fails
+# a comparison. Read by the extension on first use: set before fastdl runs anything.
+os.environ["FASTDL_POISON_OUTPUTS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastdl  # noqa: E402
+
+HAS_CUDA = fastdl.cuda_enabled() and torch.cuda.is_available()
+
+# Allowed difference from PyTorch's result in the same dtype, per op family and dtype:
+# (rtol, atol) for torch.testing.assert_close. Max pooling selects an input element, so it must
+# match exactly, indices included. Sums may round differently when added in another order.
+TOLERANCES = {
+    ("max_pool", torch.float64): (0.0, 0.0),
+    ("max_pool", torch.float32): (0.0, 0.0),
+    ("max_pool", torch.float16): (0.0, 0.0),
+    ("max_pool", torch.bfloat16): (0.0, 0.0),
+    ("avg_pool", torch.float64): (1e-12, 1e-12),
+    ("avg_pool", torch.float32): (1e-5, 1e-6),
+}
+
+# float16 / bfloat16: a kernel's error against a float64 reference may be at most this multiple of
+# PyTorch's own error in that dtype (plus one unit of the dtype's resolution near the values).
+REDUCED_PRECISION_FACTOR = 2.0
+
+
+def tolerance(family: str, dtype: torch.dtype) -> dict:
+    rtol, atol = TOLERANCES[(family, dtype)]
+    return {"rtol": rtol, "atol": atol}
+
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and fastdl built with CUDA")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
