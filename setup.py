@@ -86,8 +86,13 @@ def nvidia_include_flags():
 def extension():
     with_cuda, why = cuda_decision()
     cap = cpu_capability()
-    cxx = ["-O3", "-g0", "-Wno-unknown-pragmas", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *CPU_FLAGS[cap]]
-    sources = [CSRC / "ops.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    # at::parallel_for is an inline `#pragma omp parallel`: without -fopenmp it runs serially. The
+    # link resolves to torch's own libgomp.so.1 (same soname, already loaded), sharing its threads.
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}",
+           *CPU_FLAGS[cap]]
+    link = ["-fopenmp"]
+    sources = [CSRC / "ops.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "autograd").glob("*.cpp")),
+               *sorted((CSRC / "cpu").glob("*.cpp"))]
     include_dirs = [str(CSRC)]
     print(f"fastdl: CUDA kernels {'on' if with_cuda else 'off'} ({why})")
     print(f"fastdl: CPU kernels use {cap} vectors")
@@ -97,6 +102,7 @@ def extension():
             [str(s) for s in sources],
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DFASTDL_WITH_CUDA=0"]},
+            extra_link_args=link,
         )
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     print(f"fastdl: TORCH_CUDA_ARCH_LIST={archs}")
@@ -110,6 +116,7 @@ def extension():
             "cxx": cxx + nvidia_include_flags() + ["-DFASTDL_WITH_CUDA=1", f"-DFASTDL_CUDA_ARCHS={arch_token}"],
             "nvcc": ["-O3", "-DFASTDL_WITH_CUDA=1", "-lineinfo", "--expt-relaxed-constexpr"],
         },
+        extra_link_args=link,
     )
 
 

@@ -115,19 +115,35 @@ void store_indices(const Vec<T>& v, int64_t* dst) {
   for (int64_t l = 0; l < Vec<T>::size(); ++l) dst[l] = lanes[l];
 }
 
-// Sum of `n` contiguous elements.
+// Sum of `n` contiguous elements; two accumulators halve the chain of dependent adds.
 template <typename T>
 T contiguous_sum(const T* p, int64_t n) {
   constexpr int64_t V = Vec<T>::size();
   int64_t i = 0;
   T sum = 0;
   if (n >= 2 * V) {
-    Vec<T> acc(T(0));
-    for (; i + V <= n; i += V) acc = acc + Vec<T>::loadu(p + i);
-    sum = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, acc);
+    Vec<T> a(T(0)), b(T(0));
+    for (; i + 2 * V <= n; i += 2 * V) {
+      a = a + Vec<T>::loadu(p + i);
+      b = b + Vec<T>::loadu(p + i + V);
+    }
+    if (i + V <= n) {
+      a = a + Vec<T>::loadu(p + i);
+      i += V;
+    }
+    sum = at::vec::vec_reduce_all<T>([](Vec<T>& x, Vec<T>& y) { return x + y; }, a + b);
   }
   for (; i < n; ++i) sum += p[i];
   return sum;
+}
+
+// p[0, n) += value.
+template <typename T>
+void add_to_run(T* p, int64_t n, T value) {
+  constexpr int64_t V = Vec<T>::size();
+  int64_t i = 0;
+  for (; i + V <= n; i += V) (Vec<T>::loadu(p + i) + Vec<T>(value)).store(p + i);
+  for (; i < n; ++i) p[i] += value;
 }
 
 // ---- max pooling ---------------------------------------------------------------------------------
@@ -288,7 +304,11 @@ void scatter_plane(const T* grad_out, const int64_t* idx, T* grad_in, const MaxP
                    int64_t channel_stride, const std::vector<uint8_t>& empty_rows,
                    const std::vector<uint8_t>& empty_cols, bool any_empty) {
   const Pool2dShape& s = p.shape;
-  for (int64_t i = 0; i < s.in_plane(); ++i) grad_in[i * channel_stride] = T(0);
+  if (channel_stride == 1) {
+    std::fill(grad_in, grad_in + s.in_plane(), T(0));
+  } else {
+    for (int64_t i = 0; i < s.in_plane(); ++i) grad_in[i * channel_stride] = T(0);
+  }
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     if (any_empty && empty_rows[oh]) continue;
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
@@ -331,6 +351,34 @@ void max_pool2d_backward_nhwc(const T* grad_out, const int64_t* idx, T* grad_in,
 
 // ---- average pooling (fixed and adaptive windows) -------------------------------------------------
 
+// One axis of an averaging window tabulated once per call, so that no inner loop divides (an
+// adaptive window costs several integer divisions per output or input position).
+struct AxisTable {
+  std::vector<Range> window;    // per output position: the input positions it averages
+  std::vector<Range> covering;  // per input position: the outputs whose window holds it
+
+  template <typename Axis>
+  explicit AxisTable(const Axis& a) : window(a.out), covering(a.in) {
+    for (int64_t o = 0; o < a.out; ++o) window[o] = a.window(o);
+    for (int64_t i = 0; i < a.in; ++i) covering[i] = a.covering(i);
+  }
+};
+
+// Everything the average pooling kernels look up: both axes and the divisor of every output (the
+// same for every plane).
+template <typename T>
+struct AvgTables {
+  AxisTable h, w;
+  std::vector<T> divisor;
+
+  template <typename Axis>
+  AvgTables(const Pool2dShape& s, const AvgWindows<Axis>& win) : h(win.h), w(win.w), divisor(s.out_plane()) {
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      for (int64_t ow = 0; ow < s.out_w; ++ow) divisor[oh * s.out_w + ow] = T(win.divisor(oh, ow));
+    }
+  }
+};
+
 // Sum of one window: element by element in row-major order, or as one contiguous run when the
 // window spans whole rows (global average pooling).
 template <typename T>
@@ -356,26 +404,34 @@ void avg_chunk(const T* plane, int64_t W, Range rh, const AvgAxis& aw, int64_t o
 
 template <typename T, typename Axis>
 void avg_pool2d_nchw(const T* in, T* out, const Pool2dShape& s, const AvgWindows<Axis>& win) {
+  const AvgTables<T> t(s, win);
+  if (s.out_plane() == 1 && t.h.window[0].size() == s.in_h && t.w.window[0].size() == s.in_w) {
+    // Global average pooling: every plane is one contiguous window. The general path's per-output
+    // bookkeeping costs as much as reading these small planes (ResNet-50: 7x7).
+    at::parallel_for(0, s.planes(), grain_for(s.in_plane()), [&](int64_t p0, int64_t p1) {
+      for (int64_t pl = p0; pl < p1; ++pl) out[pl] = contiguous_sum(in + pl * s.in_plane(), s.in_plane()) / t.divisor[0];
+    });
+    return;
+  }
   Range vec{s.out_w, s.out_w};
   if constexpr (std::is_same_v<Axis, AvgAxis>) {
     vec = vector_columns<T>(s.in_w, win.w.kernel, win.w.stride, win.w.pad, 1);
   }
   const int64_t rows = s.planes() * s.out_h;
-  at::parallel_for(0, rows, grain_for(s.in_w + s.out_w), [&](int64_t r0, int64_t r1) {
+  // An output row reads about in_h / out_h input rows (all of them for global pooling).
+  const int64_t row_work = ceil_div(s.in_plane(), s.out_h) + s.out_w;
+  at::parallel_for(0, rows, grain_for(row_work), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* plane = in + (r / s.out_h) * s.in_plane();
       const int64_t oh = r % s.out_h;
-      const Range rh = win.h.window(oh);
+      const Range rh = t.h.window[oh];
+      const T* div = t.divisor.data() + oh * s.out_w;
       T* out_row = out + r * s.out_w;
       for_each_output(
           s.out_w, vec, Vec<T>::size(),
+          [&](int64_t ow) { out_row[ow] = window_sum(plane, s.in_w, rh, t.w.window[ow]) / div[ow]; },
           [&](int64_t ow) {
-            out_row[ow] = window_sum(plane, s.in_w, rh, win.w.window(ow)) / T(win.divisor(oh, ow));
-          },
-          [&](int64_t ow) {
-            if constexpr (std::is_same_v<Axis, AvgAxis>) {
-              avg_chunk(plane, s.in_w, rh, win.w, ow, T(win.divisor(oh, ow)), out_row);
-            }
+            if constexpr (std::is_same_v<Axis, AvgAxis>) avg_chunk(plane, s.in_w, rh, win.w, ow, div[ow], out_row);
           });
     }
   });
@@ -383,74 +439,59 @@ void avg_pool2d_nchw(const T* in, T* out, const Pool2dShape& s, const AvgWindows
 
 template <typename T, typename Axis>
 void avg_pool2d_nhwc(const T* in, T* out, const Pool2dShape& s, const AvgWindows<Axis>& win) {
+  const AvgTables<T> t(s, win);
   const int64_t C = s.channels;
   constexpr int64_t V = Vec<T>::size();
   const int64_t pixels = s.batch * s.out_plane();
   at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t oh = (q / s.out_w) % s.out_h, ow = q % s.out_w;
+      const int64_t o = q % s.out_plane(), oh = o / s.out_w, ow = o % s.out_w;
       const T* image = in + (q / s.out_plane()) * s.in_plane() * C;
-      const Range rh = win.h.window(oh), rw = win.w.window(ow);
-      const T divisor = T(win.divisor(oh, ow));
-      T* o = out + q * C;
+      const Range rh = t.h.window[oh], rw = t.w.window[ow];
+      const T divisor = t.divisor[o];
+      T* dst = out + q * C;
       int64_t c = 0;
       for (; c + V <= C; c += V) {
         Vec<T> sum(T(0));
         for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
           for (int64_t iw = rw.begin; iw < rw.end; ++iw) sum = sum + Vec<T>::loadu(image + (ih * s.in_w + iw) * C + c);
         }
-        (sum / Vec<T>(divisor)).store(o + c);
+        (sum / Vec<T>(divisor)).store(dst + c);
       }
       for (; c < C; ++c) {
         T sum = 0;
         for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
           for (int64_t iw = rw.begin; iw < rw.end; ++iw) sum += image[(ih * s.in_w + iw) * C + c];
         }
-        o[c] = sum / divisor;
+        dst[c] = sum / divisor;
       }
     }
   });
 }
 
-// Divisor of every output, as T; the same for every plane.
-template <typename T, typename Axis>
-std::vector<T> divisors(const Pool2dShape& s, const AvgWindows<Axis>& win) {
-  std::vector<T> d(s.out_plane());
-  for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    for (int64_t ow = 0; ow < s.out_w; ++ow) d[oh * s.out_w + ow] = T(win.divisor(oh, ow));
-  }
-  return d;
-}
-
-template <typename Axis>
-std::vector<Range> covering_columns(const Pool2dShape& s, const Axis& aw) {
-  std::vector<Range> cols(s.in_w);
-  for (int64_t iw = 0; iw < s.in_w; ++iw) cols[iw] = aw.covering(iw);
-  return cols;
-}
-
-// grad_in[ih][iw] = sum over the outputs covering it of grad_out / divisor, added in output order.
+// Zeroes each input plane, then adds every output's grad / divisor over its window in output order
+// (PyTorch's order, so the sums round alike), while the plane is in cache. A window's row is one
+// contiguous run, or the window one run when it spans whole rows (global average pooling).
 template <typename T, typename Axis>
 void avg_pool2d_backward_nchw(const T* grad_out, T* grad_in, const Pool2dShape& s,
                               const AvgWindows<Axis>& win) {
-  const std::vector<T> div = divisors<T>(s, win);
-  const std::vector<Range> cols = covering_columns(s, win.w);
+  const AvgTables<T> t(s, win);
   const int64_t in_plane = s.in_plane(), out_plane = s.out_plane();
   at::parallel_for(0, s.planes(), grain_for(in_plane + out_plane), [&](int64_t p0, int64_t p1) {
-    std::vector<T> scaled(out_plane);
     for (int64_t pl = p0; pl < p1; ++pl) {
       const T* go = grad_out + pl * out_plane;
-      for (int64_t o = 0; o < out_plane; ++o) scaled[o] = go[o] / div[o];
-      for (int64_t ih = 0; ih < s.in_h; ++ih) {
-        T* gi = grad_in + pl * in_plane + ih * s.in_w;
-        std::fill(gi, gi + s.in_w, T(0));
-        const Range rh = win.h.covering(ih);
-        for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
-          const T* g = scaled.data() + oh * s.out_w;
-          for (int64_t iw = 0; iw < s.in_w; ++iw) {
-            T acc = gi[iw];
-            for (int64_t ow = cols[iw].begin; ow < cols[iw].end; ++ow) acc += g[ow];
-            gi[iw] = acc;
+      T* gi = grad_in + pl * in_plane;
+      std::fill(gi, gi + in_plane, T(0));
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const Range rh = t.h.window[oh];
+        for (int64_t ow = 0; ow < s.out_w; ++ow) {
+          const int64_t o = oh * s.out_w + ow;
+          const Range rw = t.w.window[ow];
+          const T delta = go[o] / t.divisor[o];
+          if (rw.size() == s.in_w) {
+            add_to_run(gi + rh.begin * s.in_w, rh.size() * s.in_w, delta);
+          } else {
+            for (int64_t ih = rh.begin; ih < rh.end; ++ih) add_to_run(gi + ih * s.in_w + rw.begin, rw.size(), delta);
           }
         }
       }
@@ -461,15 +502,15 @@ void avg_pool2d_backward_nchw(const T* grad_out, T* grad_in, const Pool2dShape& 
 template <typename T, typename Axis>
 void avg_pool2d_backward_nhwc(const T* grad_out, T* grad_in, const Pool2dShape& s,
                               const AvgWindows<Axis>& win) {
-  const std::vector<T> div = divisors<T>(s, win);
+  const AvgTables<T> t(s, win);
   const int64_t C = s.channels;
   constexpr int64_t V = Vec<T>::size();
   const int64_t pixels = s.batch * s.in_plane();
   at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t ih = (q / s.in_w) % s.in_h, iw = q % s.in_w;
+      const int64_t i = q % s.in_plane();
       const T* image = grad_out + (q / s.in_plane()) * s.out_plane() * C;
-      const Range rh = win.h.covering(ih), rw = win.w.covering(iw);
+      const Range rh = t.h.covering[i / s.in_w], rw = t.w.covering[i % s.in_w];
       T* gi = grad_in + q * C;
       int64_t c = 0;
       for (; c + V <= C; c += V) {
@@ -477,7 +518,7 @@ void avg_pool2d_backward_nhwc(const T* grad_out, T* grad_in, const Pool2dShape& 
         for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
           for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
             const int64_t o = oh * s.out_w + ow;
-            acc = acc + Vec<T>::loadu(image + o * C + c) / Vec<T>(div[o]);
+            acc = acc + Vec<T>::loadu(image + o * C + c) / Vec<T>(t.divisor[o]);
           }
         }
         acc.store(gi + c);
@@ -487,7 +528,7 @@ void avg_pool2d_backward_nhwc(const T* grad_out, T* grad_in, const Pool2dShape& 
         for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
           for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
             const int64_t o = oh * s.out_w + ow;
-            acc += image[o * C + c] / div[o];
+            acc += image[o * C + c] / t.divisor[o];
           }
         }
         gi[c] = acc;

@@ -5,8 +5,10 @@ results. Shapes: input (N, C, H, W) or (C, H, W); output (N, C, OH, OW) or (C, O
 input's memory format (a channels_last input gives a channels_last output). Dtypes: float32 and
 float64 on CPU and CUDA, float16 and bfloat16 on CUDA.
 
-Below the functions: the fake kernels (output shapes, for torch.compile and torch.export) and the
-autograd formulas of the torch.ops.fastdl pooling ops. Double backward is not supported and says so.
+Below the functions: the fake kernels of the torch.ops.fastdl pooling ops (output shapes and memory
+formats, for torch.compile and torch.export). Their autograd formulas are registered in C++
+(csrc/autograd/pool2d.cpp), where a call that needs no gradient costs nothing extra; double
+backward is not supported and raises an error naming the op.
 """
 
 from __future__ import annotations
@@ -181,65 +183,3 @@ def _adaptive_avg_pool2d_fake(input, output_size):
 @torch.library.register_fake("fastdl::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return _empty_like_layout(input, input.shape)
-
-
-# ---- autograd --------------------------------------------------------------------------------------
-
-
-def _save_input_and_args(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.args = inputs[1:]
-
-
-def _nones(ctx) -> tuple[None, ...]:
-    return (None,) * len(ctx.args)
-
-
-def _max_with_indices_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
-    ctx.args = inputs[1:]
-
-
-def _max_with_indices_backward(ctx, grad_out, grad_indices):
-    input, indices = ctx.saved_tensors
-    return (_ops.max_pool2d_backward(grad_out, input, indices, *ctx.args), *_nones(ctx))
-
-
-def _max_values_backward(ctx, grad_out):
-    # The values-only op keeps no indices (inference); should it be differentiated anyway, the
-    # argmax is recomputed from the saved input.
-    (input,) = ctx.saved_tensors
-    _, indices = _ops.max_pool2d_with_indices(input, *ctx.args)
-    return (_ops.max_pool2d_backward(grad_out, input, indices, *ctx.args), *_nones(ctx))
-
-
-def _avg_backward(ctx, grad_out):
-    (input,) = ctx.saved_tensors
-    return (_ops.avg_pool2d_backward(grad_out, input, *ctx.args), *_nones(ctx))
-
-
-def _adaptive_backward(ctx, grad_out):
-    (input,) = ctx.saved_tensors
-    return (_ops.adaptive_avg_pool2d_backward(grad_out, input), *_nones(ctx))
-
-
-torch.library.register_autograd("fastdl::max_pool2d_with_indices", _max_with_indices_backward,
-                                setup_context=_max_with_indices_setup)
-torch.library.register_autograd("fastdl::max_pool2d", _max_values_backward,
-                                setup_context=_save_input_and_args)
-torch.library.register_autograd("fastdl::avg_pool2d", _avg_backward, setup_context=_save_input_and_args)
-torch.library.register_autograd("fastdl::adaptive_avg_pool2d", _adaptive_backward,
-                                setup_context=_save_input_and_args)
-
-
-def _refuse_double_backward(op: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"fastdl.{op}: double backward (differentiating a pooling gradient) is not "
-                           f"supported; use torch.nn.functional.{op} where second derivatives are needed")
-
-    return backward
-
-
-for _name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"):
-    torch.library.register_autograd(f"fastdl::{_name}_backward", _refuse_double_backward(_name),
-                                    setup_context=lambda ctx, inputs, output: None)

@@ -1,0 +1,181 @@
+// Autograd of the pooling ops, registered in C++ at the Autograd key. A formula registered from
+// Python (torch.library.register_autograd) runs Python on every call, gradient or not: measured 7 to
+// 10 us per call on the dev machine, more than a small pooling kernel takes on a GPU. Here a call
+// that needs no gradient costs what an ATen op does.
+//
+// Each forward op's formula saves what its backward op needs and calls it; the backward ops get
+// torch's not-implemented fallback, so differentiating a gradient (double backward) raises an error
+// naming the op instead of silently returning nothing.
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastdl {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using MaxPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
+using MaxPoolIndicesSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef,
+                                                     IntArrayRef, bool);
+using MaxPoolBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, IntArrayRef,
+                                  IntArrayRef, IntArrayRef, bool);
+using AvgPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool,
+                          std::optional<int64_t>);
+using AvgPoolBackwardSig = Tensor(const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool,
+                                  bool, std::optional<int64_t>);
+using AdaptiveSig = Tensor(const Tensor&, IntArrayRef);
+using AdaptiveBackwardSig = Tensor(const Tensor&, const Tensor&);
+
+// The window arguments of a max or average pooling call, kept for backward.
+struct Window {
+  std::vector<int64_t> kernel, stride, padding, dilation;
+  bool ceil_mode;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["kernel"] = kernel;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+  }
+  static Window load(AutogradContext* ctx) {
+    return {ctx->saved_data["kernel"].toIntVector(), ctx->saved_data["stride"].toIntVector(),
+            ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
+            ctx->saved_data["ceil_mode"].toBool()};
+  }
+};
+
+// Gradients of the non-tensor arguments: none.
+variable_list with_no_grads(Tensor grad_input, size_t others) {
+  variable_list grads(1 + others);
+  grads[0] = std::move(grad_input);
+  return grads;
+}
+
+Tensor max_pool2d_backward(const Tensor& grad, const Tensor& input, const Tensor& indices, const Window& w) {
+  static const auto backward = op<MaxPoolBackwardSig>("fastdl::max_pool2d_backward");
+  return backward.call(grad, input, indices, w.kernel, w.stride, w.padding, w.dilation, w.ceil_mode);
+}
+
+struct MaxPool2dWithIndices : torch::autograd::Function<MaxPool2dWithIndices> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel,
+                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+    static const auto fwd = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, indices] = fwd.call(input, kernel, stride, padding, dilation, ceil_mode);
+    ctx->save_for_backward({input, indices});
+    Window{kernel.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}.save(ctx);
+    ctx->mark_non_differentiable({indices});
+    return {out, indices};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return with_no_grads(max_pool2d_backward(grads[0], saved[0], saved[1], Window::load(ctx)), 5);
+  }
+};
+
+// The values-only (inference) op keeps no indices; if it is differentiated anyway, backward
+// recomputes them from the saved input.
+struct MaxPool2d : torch::autograd::Function<MaxPool2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                        IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+    static const auto fwd = op<MaxPoolSig>("fastdl::max_pool2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({input});
+    Window{kernel.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}.save(ctx);
+    return fwd.call(input, kernel, stride, padding, dilation, ceil_mode);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto with_indices = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
+    const Tensor input = ctx->get_saved_variables()[0];
+    const Window w = Window::load(ctx);
+    const Tensor indices = std::get<1>(with_indices.call(input, w.kernel, w.stride, w.padding, w.dilation, w.ceil_mode));
+    return with_no_grads(max_pool2d_backward(grads[0], input, indices, w), 5);
+  }
+};
+
+struct AvgPool2d : torch::autograd::Function<AvgPool2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                        IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                        std::optional<int64_t> divisor_override) {
+    static const auto fwd = op<AvgPoolSig>("fastdl::avg_pool2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({input});
+    Window{kernel.vec(), stride.vec(), padding.vec(), {}, ceil_mode}.save(ctx);
+    ctx->saved_data["count_include_pad"] = count_include_pad;
+    ctx->saved_data["divisor_override"] = divisor_override;
+    return fwd.call(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<AvgPoolBackwardSig>("fastdl::avg_pool2d_backward");
+    const Window w = Window::load(ctx);
+    const c10::IValue divisor = ctx->saved_data["divisor_override"];
+    return with_no_grads(
+        bwd.call(grads[0], ctx->get_saved_variables()[0], w.kernel, w.stride, w.padding, w.ceil_mode,
+                 ctx->saved_data["count_include_pad"].toBool(),
+                 divisor.isNone() ? std::nullopt : std::optional<int64_t>(divisor.toInt())),
+        6);
+  }
+};
+
+struct AdaptiveAvgPool2d : torch::autograd::Function<AdaptiveAvgPool2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
+    static const auto fwd = op<AdaptiveSig>("fastdl::adaptive_avg_pool2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({input});
+    return fwd.call(input, output_size);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<AdaptiveBackwardSig>("fastdl::adaptive_avg_pool2d_backward");
+    return with_no_grads(bwd.call(grads[0], ctx->get_saved_variables()[0]), 1);
+  }
+};
+
+std::tuple<Tensor, Tensor> max_pool2d_with_indices_autograd(const Tensor& input, IntArrayRef kernel,
+                                                             IntArrayRef stride, IntArrayRef padding,
+                                                             IntArrayRef dilation, bool ceil_mode) {
+  auto outs = MaxPool2dWithIndices::apply(input, kernel, stride, padding, dilation, ceil_mode);
+  return {outs[0], outs[1]};
+}
+
+Tensor max_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+                           IntArrayRef dilation, bool ceil_mode) {
+  return MaxPool2d::apply(input, kernel, stride, padding, dilation, ceil_mode);
+}
+
+Tensor avg_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+                           bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  return AvgPool2d::apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+}
+
+Tensor adaptive_avg_pool2d_autograd(const Tensor& input, IntArrayRef output_size) {
+  return AdaptiveAvgPool2d::apply(input, output_size);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("max_pool2d", &max_pool2d_autograd);
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_autograd);
+  m.impl("avg_pool2d", &avg_pool2d_autograd);
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_autograd);
+  m.impl("max_pool2d_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("avg_pool2d_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("adaptive_avg_pool2d_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace fastdl

@@ -1,0 +1,84 @@
+"""How every benchmark measures: warm-up, then repetitions that alternate the two sides and their
+order (so drift and noise hit both alike), reported as median and spread. On the GPU each sample
+is timed with CUDA events around enough back-to-back calls to last well past launch overhead."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    low_ms: float  # 10th percentile
+    high_ms: float  # 90th percentile
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.low_ms, "p90_ms": self.high_ms, "samples": self.samples}
+
+
+def _summary(samples: list[float]) -> Timing:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return Timing(statistics.median(ordered), pick(0.1), pick(0.9), len(ordered))
+
+
+class Sampler:
+    """Times `calls` back-to-back calls of a step, in milliseconds per call."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def sample(self, step: Callable[[], object], calls: int) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / calls
+        begin = time.perf_counter()
+        for _ in range(calls):
+            step()
+        return (time.perf_counter() - begin) * 1e3 / calls
+
+
+def time_pair(
+    a: Callable[[], object],
+    b: Callable[[], object],
+    device: str,
+    min_samples: int = 5,
+    max_samples: int = 40,
+    budget_s: float = 3.0,
+    min_sample_ms: float = 1.0,
+) -> tuple[Timing, Timing]:
+    """Median times of steps a and b, sampled alternately until `budget_s` (at least min_samples,
+    at most max_samples). Each sample repeats a step enough times to last min_sample_ms."""
+    sampler = Sampler(device)
+    for step in (a, b):  # warm-up: allocator, caches, lazy initialisation
+        step()
+        step()
+    sampler.sync()
+    single = max(1e-3, min(sampler.sample(a, 1), sampler.sample(b, 1)))
+    calls = max(1, min(1000, int(min_sample_ms / single)))
+    samples_a: list[float] = []
+    samples_b: list[float] = []
+    begin = time.perf_counter()
+    while len(samples_a) < max_samples and (
+        len(samples_a) < min_samples or time.perf_counter() - begin < budget_s
+    ):
+        order = ((a, samples_a), (b, samples_b))
+        for step, samples in order if len(samples_a) % 2 == 0 else reversed(order):
+            samples.append(sampler.sample(step, calls))
+    return _summary(samples_a), _summary(samples_b)
