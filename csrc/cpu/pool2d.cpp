@@ -43,76 +43,89 @@ bool index_exact_in(int64_t plane_size) {
   return plane_size <= (int64_t{1} << std::numeric_limits<T>::digits);
 }
 
-// ---- one row of taps for V neighbouring outputs ----------------------------------------------
+// ---- one row of taps for up to V neighbouring outputs ------------------------------------------
 
-// Calls visit(k, v) for the taps k = 0..kernel-1 of V neighbouring outputs along one input row, in
-// tap order: lane l of v is p[l*stride + k*dilation], p pointing at the first output's window start.
-// Stride 2 deinterleaves pairs of taps from one pair of loads.
+// p[0, n) in the first lanes (zeros after); reads nothing past p[n - 1].
+template <typename T>
+Vec<T> load_first(const T* p, int64_t n) {
+  if (n >= Vec<T>::size()) return Vec<T>::loadu(p);
+  return n > 0 ? Vec<T>::loadu(p, n) : Vec<T>(T(0));
+}
+
+// Calls visit(k, v) for the taps k = 0..kernel-1 of `count` (<= V) neighbouring outputs along one
+// input row, in tap order: lane l < count of v is p[l*stride + k*dilation], p pointing at the first
+// output's window start. Reads only those elements. Stride 2 deinterleaves pairs of taps from one
+// pair of loads.
 template <typename T, typename Visit>
-void visit_row_taps(const T* p, int64_t kernel, int64_t stride, int64_t dilation, Visit&& visit) {
-  constexpr int64_t n = Vec<T>::size();
+void visit_row_taps(const T* p, int64_t kernel, int64_t stride, int64_t dilation, int64_t count, Visit&& visit) {
+  constexpr int64_t V = Vec<T>::size();
   if (stride == 1) {
-    for (int64_t k = 0; k < kernel; ++k) visit(k, Vec<T>::loadu(p + k * dilation));
+    for (int64_t k = 0; k < kernel; ++k) visit(k, load_first(p + k * dilation, count));
   } else if (stride == 2 && dilation == 1 && kernel >= 2) {
+    const int64_t n = 2 * count;  // a pair of taps k, k+1 covers p[k, k + 2*count)
     int64_t k = 0;
     for (; k + 1 < kernel; k += 2) {
-      const auto even_odd = at::vec::deinterleave2(Vec<T>::loadu(p + k), Vec<T>::loadu(p + k + n));
+      const auto even_odd = at::vec::deinterleave2(load_first(p + k, n), load_first(p + k + V, n - V));
       visit(k, even_odd.first);
       visit(k + 1, even_odd.second);
     }
-    // An odd last tap is the odd half of the pair that starts one column earlier: no over-read.
-    if (k < kernel) visit(k, at::vec::deinterleave2(Vec<T>::loadu(p + k - 1), Vec<T>::loadu(p + k - 1 + n)).second);
+    // An odd last tap is the odd half of the pair that starts one column earlier.
+    if (k < kernel) {
+      visit(k, at::vec::deinterleave2(load_first(p + k - 1, n), load_first(p + k - 1 + V, n - V)).second);
+    }
   } else if (stride == 2) {
+    const int64_t n = 2 * count - 1;
     for (int64_t k = 0; k < kernel; ++k) {
       const T* q = p + k * dilation;
-      visit(k, at::vec::deinterleave2(Vec<T>::loadu(q), Vec<T>::loadu(q + n)).first);
+      visit(k, at::vec::deinterleave2(load_first(q, n), load_first(q + V, n - V)).first);
     }
   } else {
     using I = at::vec::int_same_size_t<T>;
     const Vec<I> offsets = Vec<I>::arange(I(0), I(stride));
-    for (int64_t k = 0; k < kernel; ++k) visit(k, at::vec::gather<sizeof(T)>(p + k * dilation, offsets));
+    for (int64_t k = 0; k < kernel; ++k) {
+      const T* q = p + k * dilation;
+      if (count == V) {
+        visit(k, at::vec::gather<sizeof(T)>(q, offsets));
+      } else {
+        T lanes[V] = {};
+        for (int64_t l = 0; l < count; ++l) lanes[l] = q[l * stride];
+        visit(k, Vec<T>::loadu(lanes));
+      }
+    }
   }
 }
 
-// Columns visit_row_taps reads, counted from p: what the taps need, plus one column that a single
-// stride-2 deinterleave reads past them.
-template <typename T>
-int64_t row_taps_reach(int64_t kernel, int64_t stride, int64_t dilation) {
-  const int64_t needed = (kernel - 1) * dilation + (Vec<T>::size() - 1) * stride + 1;
-  const bool over_reads = stride == 2 && (dilation != 1 || kernel == 1);
-  return needed + (over_reads ? 1 : 0);
+// Output columns whose window lies inside the row [0, in): the ones vector chunks may compute.
+inline Range inner_columns(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  return {ceil_div(pad, stride), floor_div(in - 1 - (kernel - 1) * dilation + pad, stride) + 1};
 }
 
-// Output columns o whose V-wide chunk [o, o+V) reads only inside the row [0, in): the first window
-// starts at or after column 0 and the reads end by column `in`.
-template <typename T>
-Range vector_columns(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  const int64_t reach = row_taps_reach<T>(kernel, stride, dilation);
-  return {ceil_div(pad, stride), floor_div(in - reach + pad, stride) + 1};
-}
-
-// Calls chunk(o) on V-wide runs of outputs that start inside `vec` and fit in [0, n), and one(o) on
-// the outputs no run covers. The last run may overlap the one before it (recomputing an output
-// writes the same value), so that rows whose length is not a multiple of V need no scalar tail.
+// Runs chunk(o, count) over the outputs of `inner` (count <= V neighbours from o) and one(o) over
+// the rest of [0, n). Full chunks tile `inner`, the last one overlapping its predecessor rather than
+// leaving a remainder (recomputing an output writes the same value); a row with fewer than V inner
+// outputs gets one partial chunk.
 template <typename One, typename Chunk>
-void for_each_output(int64_t n, Range vec, int64_t V, One&& one, Chunk&& chunk) {
+void for_each_output(int64_t n, Range inner, int64_t V, One&& one, Chunk&& chunk) {
+  const int64_t end = std::min(inner.end, n);
   int64_t o = 0;
-  for (; o < std::min(vec.begin, n); ++o) one(o);
-  const int64_t last = std::min(vec.end - 1, n - V);  // the latest valid start of a run
-  if (last >= o) {
-    for (; o < last; o += V) chunk(o);
-    chunk(last);
-    o = last + V;
+  for (; o < std::min(inner.begin, n); ++o) one(o);
+  if (end - o >= V) {
+    for (; o + V < end; o += V) chunk(o, V);
+    chunk(end - V, V);
+    o = end;
+  } else if (end > o) {
+    chunk(o, end - o);
+    o = end;
   }
   for (; o < n; ++o) one(o);
 }
 
 template <typename T>
-void store_indices(const Vec<T>& v, int64_t* dst) {
+void store_indices(const Vec<T>& v, int64_t* dst, int64_t count) {
   using I = at::vec::int_same_size_t<T>;
   I lanes[Vec<T>::size()];
   at::vec::convert_to_int_of_same_size(v).store(lanes);
-  for (int64_t l = 0; l < Vec<T>::size(); ++l) dst[l] = lanes[l];
+  for (int64_t l = 0; l < count; ++l) dst[l] = lanes[l];
 }
 
 // Sum of `n` contiguous elements; two accumulators halve the chain of dependent adds.
@@ -152,7 +165,7 @@ void add_to_run(T* p, int64_t n, T value) {
 // number and the last NaN wins. True where `v` replaces the running best.
 template <typename T>
 bool takes_max(T v, T best) {
-  return v > best || std::isnan(v);
+  return (v > best) | (v != v);  // v != v: NaN; bitwise | keeps it one branch-free expression
 }
 
 template <typename T>
@@ -181,28 +194,30 @@ int64_t max_window(const T* plane, int64_t W, const MaxWindow& m, T& best_out, i
   int64_t best_idx = m.pos(m.th.begin, m.tw.begin, W);
   for (int64_t j = m.th.begin; j < m.th.end; ++j) {
     for (int64_t k = m.tw.begin; k < m.tw.end; ++k) {
+      // Selects, not a branch: on real data which tap wins is unpredictable, and mispredicted
+      // branches cost PyTorch's scalar loop about 100 cycles per output (3x3 windows).
       const int64_t idx = m.pos(j, k, W);
       const T v = plane[idx * channel_stride];
-      if (takes_max(v, best)) {
-        best = v;
-        best_idx = idx;
-      }
+      const bool take = takes_max(v, best);
+      best = take ? v : best;
+      best_idx = take ? idx : best_idx;
     }
   }
   best_out = best;
   return best_idx;
 }
 
-// V neighbouring outputs of one row (m describes the first), every column tap inside the input.
+// `count` (<= V) neighbouring outputs of one row (m describes the first), every column tap inside
+// the input.
 template <typename T, bool kIndices>
 void max_chunk(const T* plane, int64_t W, const MaxWindow& m, int64_t stride_w, int64_t kernel_w,
-               T* out, int64_t* idx) {
+               int64_t count, T* out, int64_t* idx) {
   const Vec<T> lanes = Vec<T>::arange(T(0), T(stride_w));  // in-row offsets of the lanes' windows
   Vec<T> best(-std::numeric_limits<T>::infinity());
   Vec<T> best_idx = Vec<T>(T(m.pos(m.th.begin, 0, W))) + lanes;
   for (int64_t j = m.th.begin; j < m.th.end; ++j) {
     const int64_t row_start = m.pos(j, 0, W);
-    visit_row_taps(plane + row_start, kernel_w, stride_w, m.dw, [&](int64_t k, const Vec<T>& v) {
+    visit_row_taps(plane + row_start, kernel_w, stride_w, m.dw, count, [&](int64_t k, const Vec<T>& v) {
       if constexpr (kIndices) {
         const Vec<T> take = takes_max(v, best);
         best = Vec<T>::blendv(best, v, take);
@@ -212,8 +227,8 @@ void max_chunk(const T* plane, int64_t W, const MaxWindow& m, int64_t stride_w, 
       }
     });
   }
-  best.store(out);
-  if constexpr (kIndices) store_indices(best_idx, idx);
+  best.store(out, count);
+  if constexpr (kIndices) store_indices(best_idx, idx, count);
 }
 
 template <typename T, bool kIndices>
@@ -221,8 +236,8 @@ void max_pool2d_nchw(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& 
   const Pool2dShape& s = p.shape;
   const std::vector<Range> col_taps = taps_table(p.w);
   const bool vectorize = !kIndices || index_exact_in<T>(s.in_plane());
-  const Range vec = vectorize ? vector_columns<T>(s.in_w, p.w.kernel, p.w.stride, p.w.pad, p.w.dilation)
-                              : Range{s.out_w, s.out_w};
+  const Range inner = vectorize ? inner_columns(s.in_w, p.w.kernel, p.w.stride, p.w.pad, p.w.dilation)
+                                : Range{s.out_w, s.out_w};
   const int64_t rows = s.planes() * s.out_h;
   at::parallel_for(0, rows, grain_for(s.out_w * p.h.kernel * p.w.kernel), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -232,16 +247,16 @@ void max_pool2d_nchw(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& 
       int64_t* idx_row = kIndices ? idx + r * s.out_w : nullptr;
       MaxWindow m{p.h.start(oh), 0, p.h.dilation, p.w.dilation, p.h.taps(oh), {}};
       for_each_output(
-          s.out_w, vec, Vec<T>::size(),
+          s.out_w, inner, Vec<T>::size(),
           [&](int64_t ow) {
             m.iw0 = p.w.start(ow);
             m.tw = col_taps[ow];
             const int64_t i = max_window(plane, s.in_w, m, out_row[ow]);
             if constexpr (kIndices) idx_row[ow] = i;
           },
-          [&](int64_t ow) {
+          [&](int64_t ow, int64_t count) {
             m.iw0 = p.w.start(ow);
-            max_chunk<T, kIndices>(plane, s.in_w, m, p.w.stride, p.w.kernel, out_row + ow,
+            max_chunk<T, kIndices>(plane, s.in_w, m, p.w.stride, p.w.kernel, count, out_row + ow,
                                    kIndices ? idx_row + ow : nullptr);
           });
     }
@@ -278,7 +293,7 @@ void max_pool2d_nhwc(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& 
           }
         }
         best.store(out + q * C + c);
-        if constexpr (kIndices) store_indices(best_idx, idx + q * C + c);
+        if constexpr (kIndices) store_indices(best_idx, idx + q * C + c, V);
       }
       for (int64_t c = vec_channels; c < C; ++c) {
         const int64_t i = max_window(image + c, s.in_w, m, out[q * C + c], C);
@@ -391,15 +406,16 @@ T window_sum(const T* plane, int64_t W, Range rh, Range rw) {
   return sum;
 }
 
-// V neighbouring outputs of one row of fixed windows, every tap inside the input.
+// `count` (<= V) neighbouring outputs of one row of fixed windows, every tap inside the input.
 template <typename T>
-void avg_chunk(const T* plane, int64_t W, Range rh, const AvgAxis& aw, int64_t ow, T divisor, T* out) {
+void avg_chunk(const T* plane, int64_t W, Range rh, const AvgAxis& aw, int64_t ow, int64_t count, T divisor,
+               T* out) {
   Vec<T> sum(T(0));
   for (int64_t ih = rh.begin; ih < rh.end; ++ih) {
-    visit_row_taps(plane + ih * W + aw.start(ow), aw.kernel, aw.stride, 1,
+    visit_row_taps(plane + ih * W + aw.start(ow), aw.kernel, aw.stride, 1, count,
                    [&](int64_t, const Vec<T>& v) { sum = sum + v; });
   }
-  (sum / Vec<T>(divisor)).store(out + ow);
+  (sum / Vec<T>(divisor)).store(out + ow, count);
 }
 
 template <typename T, typename Axis>
@@ -413,9 +429,9 @@ void avg_pool2d_nchw(const T* in, T* out, const Pool2dShape& s, const AvgWindows
     });
     return;
   }
-  Range vec{s.out_w, s.out_w};
+  Range inner{s.out_w, s.out_w};
   if constexpr (std::is_same_v<Axis, AvgAxis>) {
-    vec = vector_columns<T>(s.in_w, win.w.kernel, win.w.stride, win.w.pad, 1);
+    inner = inner_columns(s.in_w, win.w.kernel, win.w.stride, win.w.pad, 1);
   }
   const int64_t rows = s.planes() * s.out_h;
   // An output row reads about in_h / out_h input rows (all of them for global pooling).
@@ -428,10 +444,11 @@ void avg_pool2d_nchw(const T* in, T* out, const Pool2dShape& s, const AvgWindows
       const T* div = t.divisor.data() + oh * s.out_w;
       T* out_row = out + r * s.out_w;
       for_each_output(
-          s.out_w, vec, Vec<T>::size(),
+          s.out_w, inner, Vec<T>::size(),
           [&](int64_t ow) { out_row[ow] = window_sum(plane, s.in_w, rh, t.w.window[ow]) / div[ow]; },
-          [&](int64_t ow) {
-            if constexpr (std::is_same_v<Axis, AvgAxis>) avg_chunk(plane, s.in_w, rh, win.w, ow, div[ow], out_row);
+          [&](int64_t ow, int64_t count) {
+            // Inner outputs of a row of fixed windows share one divisor.
+            if constexpr (std::is_same_v<Axis, AvgAxis>) avg_chunk(plane, s.in_w, rh, win.w, ow, count, div[ow], out_row);
           });
     }
   });
