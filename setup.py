@@ -94,12 +94,13 @@ def extension():
     sources = [CSRC / "ops.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "autograd").glob("*.cpp")),
                *sorted((CSRC / "cpu").glob("*.cpp"))]
     include_dirs = [str(CSRC)]
+    sources = [str(src.relative_to(ROOT)) for src in sources]  # setuptools wants relative paths
     print(f"fastdl: CUDA kernels {'on' if with_cuda else 'off'} ({why})")
     print(f"fastdl: CPU kernels use {cap} vectors")
     if not with_cuda:
         return CppExtension(
             "fastdl._C",
-            [str(s) for s in sources],
+            sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DFASTDL_WITH_CUDA=0"]},
             extra_link_args=link,
@@ -107,10 +108,10 @@ def extension():
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     print(f"fastdl: TORCH_CUDA_ARCH_LIST={archs}")
     arch_token = "_".join(archs.replace(";", " ").split())
-    sources += sorted((CSRC / "cuda").glob("*.cpp")) + sorted((CSRC / "cuda").glob("*.cu"))
+    sources += [str(src.relative_to(ROOT)) for src in sorted((CSRC / "cuda").glob("*.cpp")) + sorted((CSRC / "cuda").glob("*.cu"))]
     return CUDAExtension(
         "fastdl._C",
-        [str(s) for s in sources],
+        sources,
         include_dirs=include_dirs,
         extra_compile_args={
             "cxx": cxx + nvidia_include_flags() + ["-DFASTDL_WITH_CUDA=1", f"-DFASTDL_CUDA_ARCHS={arch_token}"],
@@ -120,10 +121,19 @@ def extension():
     )
 
 
+class Build(BuildExtension):
+    """One object folder for every way of building (pip install -e, build_ext --inplace), so that
+    ninja reuses objects across them instead of recompiling in a fresh temporary folder."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = str(ROOT / "build" / "temp")
+
+
 setup(
     name="fastdl",
     packages=find_packages("python"),
     package_dir={"": "python"},
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": Build},
 )
