@@ -217,3 +217,20 @@ def test_max_pool2d_window_entirely_in_padding(device):
     assert torch.isneginf(out).all()
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", [lambda t: fastdl.ops.adaptive_avg_pool2d(t, t.shape[-2:]),
+                                lambda t: fastdl.ops.avg_pool2d(t, 1),
+                                lambda t: fastdl.ops.avg_pool2d(t, 1, divisor_override=1)])
+def test_identity_windows_copy_the_input(op, device):
+    # One-element windows divided by 1 (AlexNet's and VGG's adaptive pooling at 224x224) are a
+    # copy: equal values, a new tensor, and the gradient passes through unchanged.
+    x = torch.randn(2, 3, 6, 5, device=device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = op(x)
+    assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+    assert out.stride() == x.stride()
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(x.grad, g)

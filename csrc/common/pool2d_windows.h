@@ -83,6 +83,8 @@ struct AvgAxisT {
     const I first = i + pad < kernel ? I(0) : (i + pad - kernel) / stride + 1;
     return {first, min_of<I>((i + pad) / stride + 1, out)};
   }
+  // Every output averages exactly the input at its own position.
+  FASTDL_HOST_DEVICE bool identity() const { return kernel == 1 && stride == 1 && pad == 0; }
   template <typename J>
   FASTDL_HOST_DEVICE AvgAxisT<J> narrow() const {
     return {J(in), J(out), J(kernel), J(stride), J(pad), count_include_pad};
@@ -101,6 +103,7 @@ struct AdaptiveAxisT {
   FASTDL_HOST_DEVICE IndexRange<I> covering(I i) const {
     return {(i * out) / in, ceil_div<I>((i + 1) * out, in)};
   }
+  FASTDL_HOST_DEVICE bool identity() const { return in == out; }
   template <typename J>
   FASTDL_HOST_DEVICE AdaptiveAxisT<J> narrow() const {
     return {J(in), J(out)};
@@ -118,6 +121,11 @@ struct AvgWindows {
   template <typename I>
   FASTDL_HOST_DEVICE I divisor(I oh, I ow) const {
     return divisor_override != 0 ? I(divisor_override) : h.weight(oh) * w.weight(ow);
+  }
+  // Pooling that copies its input: one-element windows divided by 1 (adaptive pooling to the
+  // input's own size, as AlexNet's and VGG's classifiers do at 224x224 input).
+  FASTDL_HOST_DEVICE bool identity() const {
+    return h.identity() && w.identity() && (divisor_override == 0 || divisor_override == 1);
   }
   template <typename J>
   FASTDL_HOST_DEVICE auto narrow() const {

@@ -641,6 +641,7 @@ at::Tensor avg_forward(const char* op, const at::Tensor& input, const Pool2dProb
   const at::Tensor x = p.dense(input);
   at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
   if (out.numel() == 0) return out;
+  if (win.identity()) return out.copy_(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.avg_pool2d", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
@@ -660,6 +661,7 @@ at::Tensor avg_backward(const char* op, const at::Tensor& grad_output, const at:
   at::Tensor grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor go = p.dense(grad_output);
+  if (win.identity()) return grad_input.copy_(go);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.avg_pool2d_backward", [&] {
     const scalar_t* g = go.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
