@@ -23,8 +23,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/outputs.h"
-#include "common/pool2d_args.h"
+#include "common/pool2d_ops.h"
 
 namespace fastdl {
 namespace {
@@ -570,152 +569,77 @@ void avg_pool2d_backward_nhwc(const T* grad_out, T* grad_in, const Pool2dShape& 
   });
 }
 
-// ---- entry points --------------------------------------------------------------------------------
+// ---- the CPU backend of Pool2dOps (common/pool2d_ops.h) ------------------------------------------
 
-template <bool kIndices>
-void run_max_pool2d(const at::Tensor& x, at::Tensor& out, at::Tensor* indices,
-                    const MaxPool2dProblem& p) {
-  if (out.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.max_pool2d", [&] {
-    int64_t* idx = kIndices ? indices->data_ptr<int64_t>() : nullptr;
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    if (p.layout() == Layout::nhwc) {
-      max_pool2d_nhwc<scalar_t, kIndices>(src, dst, idx, p);
-    } else {
-      max_pool2d_nchw<scalar_t, kIndices>(src, dst, idx, p);
-    }
-  });
+template <typename T, bool kIndices>
+void max_pool2d_layout(const T* in, T* out, int64_t* idx, const MaxPool2dProblem& p) {
+  if (p.layout() == Layout::nhwc) {
+    max_pool2d_nhwc<T, kIndices>(in, out, idx, p);
+  } else {
+    max_pool2d_nchw<T, kIndices>(in, out, idx, p);
+  }
 }
 
-at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                          at::IntArrayRef stride, at::IntArrayRef padding,
-                          at::IntArrayRef dilation, bool ceil_mode) {
-  const auto p = max_pool2d_problem("fastdl.max_pool2d", input, kernel_size, stride, padding,
-                                    dilation, ceil_mode, /*reduced_precision=*/false);
-  const at::Tensor x = p.dense(input);
-  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
-  run_max_pool2d<false>(x, out, nullptr, p);
-  return out;
-}
+struct CpuPooling {
+  static constexpr bool kReducedPrecision = false;
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(
-    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto p = max_pool2d_problem("fastdl.max_pool2d_with_indices", input, kernel_size, stride,
-                                    padding, dilation, ceil_mode, /*reduced_precision=*/false);
-  const at::Tensor x = p.dense(input);
-  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
-  at::Tensor indices = new_output(p.output_sizes(), x.options().dtype(at::kLong), p.memory_format);
-  run_max_pool2d<true>(x, out, &indices, p);
-  return {out, indices};
-}
+  static void max_forward(const at::Tensor& input, at::Tensor& out, int64_t* indices, const MaxPool2dProblem& p) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.max_pool2d", [&] {
+      const scalar_t* src = input.const_data_ptr<scalar_t>();
+      scalar_t* dst = out.data_ptr<scalar_t>();
+      if (indices != nullptr) {
+        max_pool2d_layout<scalar_t, true>(src, dst, indices, p);
+      } else {
+        max_pool2d_layout<scalar_t, false>(src, dst, nullptr, p);
+      }
+    });
+  }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   const at::Tensor& indices, at::IntArrayRef kernel_size,
-                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                   at::IntArrayRef dilation, bool ceil_mode) {
-  constexpr const char* op = "fastdl.max_pool2d_backward";
-  const auto p = max_pool2d_problem(op, input, kernel_size, stride, padding, dilation, ceil_mode,
-                                    /*reduced_precision=*/false);
-  check_grad_output(op, p, grad_output, input);
-  check_indices(op, p, indices, input);
-  at::Tensor grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
-  if (grad_input.numel() == 0) return grad_input;
-  const at::Tensor go = p.dense(grad_output), idx = p.dense(indices);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.max_pool2d_backward", [&] {
-    const scalar_t* g = go.const_data_ptr<scalar_t>();
-    scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    if (p.layout() == Layout::nhwc) {
-      max_pool2d_backward_nhwc(g, idx.const_data_ptr<int64_t>(), gi, p);
-    } else {
-      max_pool2d_backward_nchw(g, idx.const_data_ptr<int64_t>(), gi, p);
-    }
-  });
-  return grad_input;
-}
+  static void max_backward(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in,
+                           const MaxPool2dProblem& p) {
+    AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "fastdl.max_pool2d_backward", [&] {
+      const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+      const int64_t* idx = indices.const_data_ptr<int64_t>();
+      scalar_t* gi = grad_in.data_ptr<scalar_t>();
+      if (p.layout() == Layout::nhwc) {
+        max_pool2d_backward_nhwc(g, idx, gi, p);
+      } else {
+        max_pool2d_backward_nchw(g, idx, gi, p);
+      }
+    });
+  }
 
-template <typename Axis>
-at::Tensor avg_forward(const char* op, const at::Tensor& input, const Pool2dProblem& p,
-                       const AvgWindows<Axis>& win) {
-  const at::Tensor x = p.dense(input);
-  at::Tensor out = new_output(p.output_sizes(), x.options(), p.memory_format);
-  if (out.numel() == 0) return out;
-  if (win.identity()) return out.copy_(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.avg_pool2d", [&] {
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    if (p.layout() == Layout::nhwc) {
-      avg_pool2d_nhwc(src, dst, p.shape, win);
-    } else {
-      avg_pool2d_nchw(src, dst, p.shape, win);
-    }
-  });
-  return out;
-}
+  template <typename Axis>
+  static void avg_forward(const at::Tensor& input, at::Tensor& out, const Pool2dProblem& p,
+                          const AvgWindows<Axis>& win) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.avg_pool2d", [&] {
+      const scalar_t* src = input.const_data_ptr<scalar_t>();
+      scalar_t* dst = out.data_ptr<scalar_t>();
+      if (p.layout() == Layout::nhwc) {
+        avg_pool2d_nhwc(src, dst, p.shape, win);
+      } else {
+        avg_pool2d_nchw(src, dst, p.shape, win);
+      }
+    });
+  }
 
-template <typename Axis>
-at::Tensor avg_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
-                        const Pool2dProblem& p, const AvgWindows<Axis>& win) {
-  check_grad_output(op, p, grad_output, input);
-  at::Tensor grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
-  if (grad_input.numel() == 0) return grad_input;
-  const at::Tensor go = p.dense(grad_output);
-  if (win.identity()) return grad_input.copy_(go);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl.avg_pool2d_backward", [&] {
-    const scalar_t* g = go.const_data_ptr<scalar_t>();
-    scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    if (p.layout() == Layout::nhwc) {
-      avg_pool2d_backward_nhwc(g, gi, p.shape, win);
-    } else {
-      avg_pool2d_backward_nchw(g, gi, p.shape, win);
-    }
-  });
-  return grad_input;
-}
-
-at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                          at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                          bool count_include_pad, std::optional<int64_t> divisor_override) {
-  constexpr const char* op = "fastdl.avg_pool2d";
-  const auto p = avg_pool2d_problem(op, input, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, divisor_override, /*reduced_precision=*/false);
-  return avg_forward(op, input, p, p.windows);
-}
-
-at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                   std::optional<int64_t> divisor_override) {
-  constexpr const char* op = "fastdl.avg_pool2d_backward";
-  const auto p = avg_pool2d_problem(op, input, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, divisor_override, /*reduced_precision=*/false);
-  return avg_backward(op, grad_output, input, p, p.windows);
-}
-
-at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
-  constexpr const char* op = "fastdl.adaptive_avg_pool2d";
-  const auto p = adaptive_avg_pool2d_problem(op, input, output_size, /*reduced_precision=*/false);
-  return avg_forward(op, input, p, p.windows);
-}
-
-at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
-  constexpr const char* op = "fastdl.adaptive_avg_pool2d_backward";
-  const auto p = adaptive_avg_pool2d_problem(op, input, adaptive_grad_size(op, grad_output),
-                                             /*reduced_precision=*/false);
-  return avg_backward(op, grad_output, input, p, p.windows);
-}
+  template <typename Axis>
+  static void avg_backward(const at::Tensor& grad_out, at::Tensor& grad_in, const Pool2dProblem& p,
+                           const AvgWindows<Axis>& win) {
+    AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "fastdl.avg_pool2d_backward", [&] {
+      const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+      scalar_t* gi = grad_in.data_ptr<scalar_t>();
+      if (p.layout() == Layout::nhwc) {
+        avg_pool2d_backward_nhwc(g, gi, p.shape, win);
+      } else {
+        avg_pool2d_backward_nchw(g, gi, p.shape, win);
+      }
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
-  m.impl("max_pool2d", &max_pool2d_cpu);
-  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cpu);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
-  m.impl("avg_pool2d", &avg_pool2d_cpu);
-  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
-  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);
-  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) { Pool2dOps<CpuPooling>::define_kernels(m); }
 
 }  // namespace fastdl
