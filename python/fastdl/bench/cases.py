@@ -31,8 +31,9 @@ class PoolLayer:
     kwargs: dict = field(default_factory=dict, hash=False, compare=False)
 
     def describe(self) -> str:
+        name = {"max": "max_pool2d", "avg": "avg_pool2d", "adaptive": "adaptive_avg_pool2d"}[self.op]
         args = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
-        return f"{self.op}_pool({args}) on {self.channels}x{self.size}x{self.size}"
+        return f"{name}({args}) on {self.channels}x{self.size}x{self.size}"
 
 
 # torchvision's AlexNet, VGG-16 and ResNet-50 at 224x224 input.
