@@ -5,7 +5,8 @@
 #   make bench       build, then the benchmark runner (GPU if present, else CPU)
 #   make cpp-test    CMake build against the venv's libtorch, then ctest
 #   make gpu-check   on a GPU machine: its own python3 and torch, no venv; build with CUDA, run
-#                    every CUDA test and the GPU benchmarks, record results in bench/results/
+#                    the whole test suite (CUDA tests included), the CMake CUDA build's ctest and
+#                    the GPU benchmarks; logs and results go to bench/results/cuda/
 #   make clean
 
 SHELL := /bin/bash
@@ -19,7 +20,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEV_PACKAGES := pybind11 ninja pytest pytest-benchmark hypothesis numpy
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: test bench cpp-test gpu-check build clean
+.PHONY: test bench cpp-test gpu-check gpu-cpp-test build clean
 
 test: build
 	$(PY) -m pytest tests -q
@@ -41,25 +42,36 @@ $(VENV)/.installed: $(VENV)/.deps
 build: $(VENV)/.installed $(SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 
-CMAKE_BUILD := build/cmake
+# cmake-build BUILD_DIR PYTHON CUDA: configure, build and ctest CMakeLists.txt against PYTHON's torch.
+define cmake-build
+	cmake -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDL_CUDA=$(3) -DPython3_EXECUTABLE=$(2) \
+		-DCMAKE_PREFIX_PATH="$$($(2) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build $(1) -j $(MAX_JOBS)
+	ctest --test-dir $(1) --output-on-failure
+endef
+
+cpp-test: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 cpp-test: $(VENV)/.deps
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
-		-DFASTDL_CUDA=$${FASTDL_CUDA:-OFF} \
-		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+	$(call cmake-build,build/cmake,$(PY),$${FASTDL_CUDA:-OFF})
 
 # On the GPU machine: no venv (its python3 has torch, pytest, hypothesis, CuPy); nothing to install.
-# The benchmarks run even when a test fails, so one call records everything; the exit status is the
-# tests'.
+# The whole test suite runs (the CUDA tests, and the rest against that machine's torch), then the
+# CMake CUDA build's C++ tests, then the GPU benchmarks, each even when an earlier step failed, so
+# that one call records everything; the exit status says whether all passed.
 GPU_OUT := bench/results/cuda
+gpu-check: export MAX_JOBS := $(shell nproc)
 gpu-check:
-	FASTDL_CUDA=1 MAX_JOBS=$$(nproc) $(PYTHON) setup.py -q build_ext --inplace
+	FASTDL_CUDA=1 $(PYTHON) setup.py -q build_ext --inplace
 	mkdir -p $(GPU_OUT)
-	set -o pipefail; PYTHONPATH=python $(PYTHON) -m pytest tests -q -m cuda -p no:cacheprovider \
-		2>&1 | tee $(GPU_OUT)/cuda-tests.log; status=$$?; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --out $(GPU_OUT) || status=1; \
+	set -o pipefail; status=0; \
+	PYTHONPATH=python $(PYTHON) -m pytest tests -q -p no:cacheprovider -rs 2>&1 | tee $(GPU_OUT)/tests.log \
+		|| status=1; \
+	$(MAKE) --no-print-directory gpu-cpp-test 2>&1 | tee $(GPU_OUT)/cpp-tests.log || status=1; \
+	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --dtype float32,bfloat16 --out $(GPU_OUT) || status=1; \
 	exit $$status
+
+gpu-cpp-test:
+	$(call cmake-build,build/cmake-cuda,$(PYTHON),ON)
 
 clean:
 	rm -rf build python/fastdl/*.so
