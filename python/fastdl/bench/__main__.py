@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     print(f"fastdl.bench on {env['device_name']} ({device}, {env['threads']} threads), torch {env['torch']}, "
           f"commit {env['commit']}; copy bandwidth {env['copy_gbps']:.1f} GB/s", flush=True)
     out_dir = args.out or Path("bench/results") / device
-    budget_s = 1.0 if device == "cuda" else 2.0
+    budget_s = 0.5 if device == "cuda" else 2.0
     dtypes = [getattr(torch, name) for name in args.dtype.split(",")]
     failed = False
     for family in args.ops.split(","):

@@ -31,7 +31,7 @@ def _pair(value: IntOrPair, name: str, op: str) -> list[int]:
         return [value, value]
     values = list(value)
     if len(values) in (1, 2) and all(isinstance(v, int) for v in values):
-        return values * (3 - len(values))
+        return [values[0], values[-1]]
     raise ValueError(f"fastdl.{op}: {name} must be an int or a pair of ints, but got {value!r}")
 
 
