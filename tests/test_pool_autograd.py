@@ -128,3 +128,17 @@ def test_first_order_gradient_with_create_graph_still_works():
     (grad,) = torch.autograd.grad(fastdl.ops.max_pool2d(x, 2).sum(), x, create_graph=True)
     (ref,) = torch.autograd.grad(F.max_pool2d(x, 2).sum(), x)
     torch.testing.assert_close(grad, ref)
+
+
+def test_torch_export_of_a_converted_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.MaxPool2d(2), torch.nn.AvgPool2d(2),
+                                torch.nn.AdaptiveAvgPool2d(1))
+    fastdl.convert(model)
+    # A symbolic batch size exercises the fake kernels' shape math on SymInts.
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(model, (torch.randn(2, 3, 18, 18),), dynamic_shapes=({0: batch},))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"fastdl.max_pool2d_with_indices.default", "fastdl.avg_pool2d.default",
+            "fastdl.adaptive_avg_pool2d.default"} <= targets
+    x = torch.randn(3, 3, 18, 18)
+    torch.testing.assert_close(exported.module()(x), model(x))

@@ -234,3 +234,19 @@ def test_identity_windows_copy_the_input(op, device):
     g = torch.randn_like(out)
     out.backward(g)
     assert torch.equal(x.grad, g)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("config", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+                                    dict(kernel_size=3, stride=1, padding=1, count_include_pad=False),
+                                    dict(kernel_size=5, stride=3, ceil_mode=True)])
+def test_avg_pool2d_sums_in_torchs_order_on_cpu(config, fmt):
+    # The README's claim: the same summation order and divisor as PyTorch, so equal to the bit.
+    x = torch.randn(4, 32, 31, 29).contiguous(memory_format=fmt)
+    out, ref = fastdl.ops.avg_pool2d(x, **config), F.avg_pool2d(x, **config)
+    assert torch.equal(out, ref)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(ref)
+    fastdl.ops.avg_pool2d(a, **config).backward(g)
+    F.avg_pool2d(b, **config).backward(g)
+    assert torch.equal(a.grad, b.grad)
