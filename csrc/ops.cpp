@@ -1,8 +1,9 @@
 // Every fastdl op's schema, in one place. Backends register kernels for them in their own files
 // (csrc/cpu/*.cpp, csrc/cuda/*.cpp); Python adds fake kernels and autograd (python/fastdl/ops/).
 //
-// Shapes: images are N,C,H,W (or C,H,W for one image). Backward ops take the forward's input so
-// they can return a gradient of its exact shape and memory format.
+// Shapes: images are N,C,H,W (or C,H,W for one image); batch normalization also takes N,C and N,C,L.
+// Backward ops take the forward's input so they can return a gradient of its exact shape and
+// memory format.
 
 #include <torch/library.h>
 
@@ -28,4 +29,18 @@ TORCH_LIBRARY(fastdl, m) {
       "int? divisor_override=None) -> Tensor");
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+
+  // ---- batch normalization ----------------------------------------------------------------------
+  // input N,C / N,C,L / N,C,H,W; weight, bias, running_mean, running_var: C values in the input's
+  // dtype (or float32 for a float16/bfloat16 input). Training normalizes with the batch's
+  // statistics and updates the running ones in place (momentum is the weight of the batch; the
+  // variance folded in is unbiased); eval normalizes with the running ones. Returns the output and
+  // the mean and 1/sqrt(var + eps) used, in float32 (float64 for float64 input).
+  m.def(
+      "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  // Gradients for input, weight and bias (an output whose output_mask entry is false is empty).
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
+      "Tensor save_invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -7,8 +7,26 @@
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <string>
 
 namespace fastdl {
+
+// A dtype as PyTorch users write it (float32, not ATen's Float).
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
 
 // A tensor argument's dtype must be a floating type this backend's kernels implement: float32 and
 // float64 everywhere, float16 and bfloat16 too where `reduced_precision` (the CUDA kernels).
@@ -20,7 +38,7 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
   TORCH_CHECK(full || (reduced && reduced_precision), op, ": expected ", name, " to be ",
               reduced_precision ? "float32, float64, float16 or bfloat16"
                                 : "float32 or float64 on this device",
-              ", but got ", dt);
+              ", but got ", dtype_name(dt));
 }
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
@@ -32,7 +50,7 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 inline void check_same_dtype(const char* op, const char* name, const at::Tensor& t,
                              const char* ref_name, const at::Tensor& ref) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " to have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), but got ", t.scalar_type());
+              ref_name, " (", dtype_name(ref.scalar_type()), "), but got ", dtype_name(t.scalar_type()));
 }
 
 inline void check_sizes(const char* op, const char* name, const at::Tensor& t,

@@ -173,7 +173,7 @@ inline void check_indices(const char* op, const Pool2dProblem& p, const at::Tens
   TORCH_CHECK(indices.defined(), op, ": expected indices to be a tensor, but got None");
   check_same_device(op, "indices", indices, "input", input);
   TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": expected indices to be int64, but got ",
-              indices.scalar_type());
+              dtype_name(indices.scalar_type()));
   check_sizes(op, "indices", indices, p.output_sizes());
 }
 

@@ -17,7 +17,7 @@ inline DType dtype_of(const at::Tensor& t) {
     case at::kDouble: return DType::f64;
     case at::kHalf: return DType::f16;
     case at::kBFloat16: return DType::bf16;
-    default: TORCH_CHECK(false, "fastdl: no CUDA kernel for dtype ", t.scalar_type());
+    default: TORCH_CHECK(false, "fastdl: no CUDA kernel for dtype ", t.scalar_type(), " (checked before)");
   }
 }
 

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
+
+from fastdl.ops._layout import empty_like_layout
 
 __all__ = ["max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -134,12 +135,6 @@ def _output_size(size, kernel: int, stride: int, pad: int, dilation: int, ceil_m
     return out
 
 
-def _empty_like_layout(input: Tensor, sizes, dtype: torch.dtype | None = None) -> Tensor:
-    """An output in the layout the kernels write: the input's suggested memory format (4-D)."""
-    fmt = suggest_memory_format(input) if input.dim() == 4 else torch.contiguous_format
-    return torch.empty(sizes, dtype=dtype or input.dtype, device=input.device, memory_format=fmt)
-
-
 def _pooled_sizes(input: Tensor, kernel, stride, padding, dilation, ceil_mode):
     stride = stride if len(stride) else kernel
     k, s, p, d = (_pair(list(v), "size", "pool") for v in (kernel, stride, padding, dilation))
@@ -150,36 +145,36 @@ def _pooled_sizes(input: Tensor, kernel, stride, padding, dilation, ceil_mode):
 
 @torch.library.register_fake("fastdl::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
-    return _empty_like_layout(input, _pooled_sizes(input, kernel_size, stride, padding, dilation, ceil_mode))
+    return empty_like_layout(input, _pooled_sizes(input, kernel_size, stride, padding, dilation, ceil_mode))
 
 
 @torch.library.register_fake("fastdl::max_pool2d_with_indices")
 def _max_pool2d_with_indices_fake(input, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
     sizes = _pooled_sizes(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _empty_like_layout(input, sizes), _empty_like_layout(input, sizes, torch.int64)
+    return empty_like_layout(input, sizes), empty_like_layout(input, sizes, torch.int64)
 
 
 @torch.library.register_fake("fastdl::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, *args):
-    return _empty_like_layout(input, input.shape)
+    return empty_like_layout(input, input.shape)
 
 
 @torch.library.register_fake("fastdl::avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
                      divisor_override=None):
-    return _empty_like_layout(input, _pooled_sizes(input, kernel_size, stride, padding, [1], ceil_mode))
+    return empty_like_layout(input, _pooled_sizes(input, kernel_size, stride, padding, [1], ceil_mode))
 
 
 @torch.library.register_fake("fastdl::avg_pool2d_backward")
 def _avg_pool2d_backward_fake(grad_output, input, kernel_size, *args):
-    return _empty_like_layout(input, input.shape)
+    return empty_like_layout(input, input.shape)
 
 
 @torch.library.register_fake("fastdl::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
-    return _empty_like_layout(input, [*input.shape[:-2], *output_size])
+    return empty_like_layout(input, [*input.shape[:-2], *output_size])
 
 
 @torch.library.register_fake("fastdl::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
-    return _empty_like_layout(input, input.shape)
+    return empty_like_layout(input, input.shape)

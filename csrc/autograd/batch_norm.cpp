@@ -1,0 +1,78 @@
+// Autograd of batch normalization, registered in C++ at the Autograd key (see autograd/pool2d.cpp
+// for why not from Python). The forward op's formula saves the input, the weight and the statistics
+// it normalized with, and calls the backward op for exactly the gradients autograd asks for. The
+// backward op gets torch's not-implemented fallback: double backward raises an error naming it.
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace fastdl {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
+                                                      const OptTensor&, const OptTensor&, bool, double, double);
+using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&,
+                                                       const Tensor&, const Tensor&, bool, std::array<bool, 3>);
+
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+struct BatchNorm : torch::autograd::Function<BatchNorm> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
+                               const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
+                               bool training, double momentum, double eps) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastdl::batch_norm", "").typed<ForwardSig>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, mean, invstd] = op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, invstd});
+    ctx->saved_data["training"] = training;
+    // Autograd numbers only the tensors that were given: where weight and bias sit among them.
+    ctx->saved_data["weight_edge"] = given(weight) ? int64_t{1} : int64_t{-1};
+    ctx->saved_data["bias_edge"] = given(bias) ? int64_t{given(weight) ? 2 : 1} : int64_t{-1};
+    ctx->mark_non_differentiable({mean, invstd});
+    return {out, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastdl::batch_norm_backward", "").typed<BackwardSig>();
+    const auto saved = ctx->get_saved_variables();
+    const auto needs = [&](const char* edge) {
+      const int64_t e = ctx->saved_data[edge].toInt();
+      return e >= 0 && ctx->needs_input_grad(e);
+    };
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), needs("weight_edge"), needs("bias_edge")};
+    const OptTensor weight = saved[1].defined() ? OptTensor(saved[1]) : std::nullopt;
+    auto [grad_input, grad_weight, grad_bias] =
+        op.call(grads[0], saved[0], weight, saved[2], saved[3], ctx->saved_data["training"].toBool(), mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, const OptTensor& weight,
+                                                       const OptTensor& bias, const OptTensor& running_mean,
+                                                       const OptTensor& running_var, bool training, double momentum,
+                                                       double eps) {
+  auto outs = BatchNorm::apply(input, weight, bias, running_mean, running_var, training, momentum, eps);
+  return {outs[0], outs[1], outs[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("batch_norm", &batch_norm_autograd);
+  m.impl("batch_norm_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace fastdl

@@ -1,0 +1,58 @@
+"""Batch normalization on fastdl's kernels.
+
+fastdl.ops.batch_norm takes torch.nn.functional.batch_norm's arguments and returns its result.
+Shapes: input (N, C), (N, C, L) or (N, C, H, W), any memory layout (the output keeps a
+channels_last input's format); weight, bias, running_mean, running_var: (C,). Dtypes: float32 and
+float64 on CPU and CUDA; float16 and bfloat16 on CUDA, whose statistics are float32 and whose
+parameters may be float32 too.
+
+Training normalizes with the batch's mean and biased variance and, when running statistics are
+given, updates them in place: running = (1 - momentum) * running + momentum * batch, with the
+unbiased variance. Eval normalizes with the running statistics. The autograd formula is registered
+in C++ (csrc/autograd/batch_norm.cpp); below is the fake kernel for torch.compile and export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastdl.ops._layout import empty_like_layout
+
+__all__ = ["batch_norm"]
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization over the channel dimension (dim 1), as torch.nn.functional.batch_norm."""
+    out, _, _ = torch.ops.fastdl.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+                                            float(momentum), float(eps))
+    return out
+
+
+def _stats_dtype(input: Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("fastdl::batch_norm")
+def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    channels = input.shape[1]
+    stats = input.new_empty((channels,), dtype=_stats_dtype(input))
+    return empty_like_layout(input, input.shape), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("fastdl::batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd, training, output_mask):
+    channels = input.shape[1]
+    param_dtype = weight.dtype if weight is not None else input.dtype
+    grad_input = empty_like_layout(input, input.shape) if output_mask[0] else input.new_empty((0,))
+    grad_params = [input.new_empty((channels,) if wanted else (0,), dtype=param_dtype) for wanted in output_mask[1:]]
+    return grad_input, *grad_params
