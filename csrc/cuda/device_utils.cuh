@@ -63,19 +63,25 @@ cudaError_t dispatch_layout(Layout layout, F&& f) {
   return layout == Layout::nhwc ? f(LayoutTag<Layout::nhwc>{}) : f(LayoutTag<Layout::nchw>{});
 }
 
+// Multiprocessors of the current device (looked up once per device).
+inline int sm_count() {
+  static int counts[64] = {};
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device >= 64) device = 63;
+  if (counts[device] == 0) {
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    counts[device] = sms > 0 ? sms : 132;
+  }
+  return counts[device];
+}
+
 // Blocks for a grid-stride loop over `total` items: enough to fill the device, capped so that huge
 // tensors reuse threads instead of launching millions of blocks.
 inline unsigned grid_blocks(int64_t total, int threads) {
-  static int sm_count[64] = {};
-  int device = 0;
-  cudaGetDevice(&device);
-  int sms = device < 64 ? sm_count[device] : 0;
-  if (sms == 0) {
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (device < 64) sm_count[device] = sms;
-  }
   const int64_t wanted = (total + threads - 1) / threads;
-  const int64_t cap = int64_t{sms > 0 ? sms : 132} * 32;
+  const int64_t cap = int64_t{sm_count()} * 32;
   return static_cast<unsigned>(wanted < cap ? (wanted > 0 ? wanted : 1) : cap);
 }
 

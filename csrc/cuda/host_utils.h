@@ -11,15 +11,17 @@
 
 namespace fastdl::cuda {
 
-inline DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
+inline DType dtype_of(at::ScalarType t) {
+  switch (t) {
     case at::kFloat: return DType::f32;
     case at::kDouble: return DType::f64;
     case at::kHalf: return DType::f16;
     case at::kBFloat16: return DType::bf16;
-    default: TORCH_CHECK(false, "fastdl: no CUDA kernel for dtype ", t.scalar_type(), " (checked before)");
+    default: TORCH_CHECK(false, "fastdl: no CUDA kernel for dtype ", t, " (checked before)");
   }
 }
+
+inline DType dtype_of(const at::Tensor& t) { return dtype_of(t.scalar_type()); }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
