@@ -4,8 +4,9 @@ import torch
 
 import fastdl
 
-POOLING_OPS = ["max_pool2d", "max_pool2d_with_indices", "max_pool2d_backward", "avg_pool2d",
-               "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]
+
+def fastdl_ops() -> list[str]:
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastdl::"))
 
 
 def test_build_info():
@@ -17,11 +18,13 @@ def test_build_info():
         assert info["cuda_arch_list"]
 
 
-def test_every_op_has_a_kernel_per_compiled_backend():
-    backends = ["CPU"] + (["CUDA"] if fastdl.cuda_enabled() else [])
-    for name in POOLING_OPS:
-        for key in backends:
-            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdl::{name}", key), (name, key)
+def test_every_op_has_a_kernel_per_compiled_backend_and_autograd():
+    ops = fastdl_ops()
+    assert {"fastdl::max_pool2d", "fastdl::batch_norm", "fastdl::batch_norm_backward"} <= set(ops)
+    keys = ["CPU", "Autograd"] + (["CUDA"] if fastdl.cuda_enabled() else [])
+    for name in ops:
+        for key in keys:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), (name, key)
 
 
 def test_cuda_follows_torch_build_not_gpu_presence():

@@ -100,22 +100,24 @@ struct GradSums {
   double dy = 0, dy_xmu = 0;  // sum(dy), sum(dy * (x - mean))
 };
 
+// Gradient sums are accumulated in the input's type within a run and in double across runs, as
+// PyTorch does: unlike the forward statistics they need no protection against a large mean (which
+// x - mean has already removed), and double accumulation costs twice the instructions.
 template <typename T>
 void add_grad(const T* dy, const T* x, int64_t n, double mean, GradSums& out) {
-  const VecD m(mean);
-  VecD s1(0.0), s2(0.0), t1(0.0), t2(0.0);
+  using V = Vec<T>;
+  const V m(static_cast<T>(mean));
+  V s1(T(0)), s2(T(0)), t1(T(0)), t2(T(0));
   int64_t i = 0;
-  for (; i + kStep<T> <= n; i += kStep<T>) {
-    const auto [g_lo, g_hi] = load_double(dy + i);
-    const auto [x_lo, x_hi] = load_double(x + i);
-    s1 = s1 + g_lo;
-    s2 = at::vec::fmadd(g_lo, x_lo - m, s2);
-    if constexpr (sizeof(T) == 4) {
-      t1 = t1 + g_hi;
-      t2 = at::vec::fmadd(g_hi, x_hi - m, t2);
-    }
+  for (; i + 2 * V::size() <= n; i += 2 * V::size()) {
+    const V d0 = V::loadu(dy + i), d1 = V::loadu(dy + i + V::size());
+    s1 = s1 + d0;
+    t1 = t1 + d1;
+    s2 = at::vec::fmadd(d0, V::loadu(x + i) - m, s2);
+    t2 = at::vec::fmadd(d1, V::loadu(x + i + V::size()) - m, t2);
   }
-  double a = reduce(s1 + t1), b = reduce(s2 + t2);
+  const auto sum = [](const V& v) { return double(at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, v)); };
+  double a = sum(s1 + t1), b = sum(s2 + t2);
   for (; i < n; ++i) {
     a += double(dy[i]);
     b += double(dy[i]) * (double(x[i]) - mean);
@@ -250,13 +252,16 @@ std::array<VecD, 4> load_block(const T* p) {
   }
 }
 
-// Per-channel sums over all rows of two quantities of each value, in double: add(row, c, acc1, acc2)
-// adds the values of the kBlock channels from c of one row into four-vector accumulators, and
-// add_one(row, c) returns the pair for one channel past the last full block. Each part of the rows
-// sums into its own arrays, added in part order afterwards (the result does not depend on
-// scheduling). The accumulator arrays are touched once per block of kRows rows.
-template <typename AddBlock, typename AddOne>
+// Per-channel sums over all rows of two quantities of each value: add(row, c, acc1, acc2) adds the
+// values of the kBlock channels from c of one row into vector accumulators of type A (double for
+// the forward statistics; the input's type for gradients, see add_grad), and add_one(row, c)
+// returns the pair for one channel past the last full block. Accumulators are flushed into double
+// per-channel arrays once per block of kRows rows; each part of the rows has its own arrays, added
+// in part order afterwards (the result does not depend on scheduling).
+template <typename A, typename AddBlock, typename AddOne>
 std::vector<std::pair<double, double>> column_sums(int64_t rows, int64_t C, AddBlock add, AddOne add_one) {
+  using VA = Vec<A>;
+  constexpr int64_t kVecs = kBlock / VA::size();
   const int64_t parts = parts_for(rows, C);
   const int64_t full = C - C % kBlock;
   std::vector<double> s1(parts * C, 0.0), s2(parts * C, 0.0);
@@ -268,11 +273,18 @@ std::vector<std::pair<double, double>> column_sums(int64_t rows, int64_t C, AddB
       for (int64_t r0 = r.begin; r0 < r.end; r0 += kRows) {
         const int64_t r1 = std::min(r.end, r0 + kRows);
         for (int64_t c = 0; c < full; c += kBlock) {
-          std::array<VecD, 4> acc1{VecD(0.0), VecD(0.0), VecD(0.0), VecD(0.0)}, acc2 = acc1;
+          std::array<VA, kVecs> acc1, acc2;
+          acc1.fill(VA(A(0)));
+          acc2.fill(VA(A(0)));
           for (int64_t row = r0; row < r1; ++row) add(row, c, acc1, acc2);
-          for (int i = 0; i < 4; ++i) {
-            (VecD::loadu(a + c + i * kD) + acc1[i]).store(a + c + i * kD);
-            (VecD::loadu(b + c + i * kD) + acc2[i]).store(b + c + i * kD);
+          A v1[kBlock], v2[kBlock];
+          for (int64_t i = 0; i < kVecs; ++i) {
+            acc1[i].store(v1 + i * VA::size());
+            acc2[i].store(v2 + i * VA::size());
+          }
+          for (int64_t i = 0; i < kBlock; ++i) {
+            a[c + i] += double(v1[i]);
+            b[c + i] += double(v2[i]);
           }
         }
         for (int64_t row = r0; row < r1; ++row) {
@@ -337,7 +349,7 @@ std::vector<std::pair<double, double>> shifted_sums_in_memory_order(const T* x, 
     });
   }
   const double* kp = k.data();
-  return column_sums(
+  return column_sums<double>(
       s.count(), C,
       [x, C, kp](int64_t row, int64_t c, std::array<VecD, 4>& acc1, std::array<VecD, 4>& acc2) {
         const auto y = load_block(x + row * C + c);
@@ -413,13 +425,29 @@ struct GradAffine {
   T mean, dy_mean, k, scale;  // dx = (dy - dy_mean - (x - mean) * k) * scale
 };
 
+// The per-channel tensors of a backward call, resolved once (absent ones are null).
 template <typename T>
-GradAffine<T> channel_grads(const BatchNormBackward& b, int64_t c, const GradSums& sums) {
+struct GradChannels {
+  const T* weight;
+  const T* mean;
+  const T* invstd;
+  T* grad_weight;
+  T* grad_bias;
+};
+
+template <typename T>
+GradChannels<T> channels_of(const BatchNormBackward& b) {
+  return {b.weight.defined() ? b.weight.const_data_ptr<T>() : nullptr, b.save_mean.const_data_ptr<T>(),
+          b.save_invstd.const_data_ptr<T>(), ptr_or_null<T>(b.grad_weight), ptr_or_null<T>(b.grad_bias)};
+}
+
+template <typename T>
+GradAffine<T> channel_grads(const BatchNormBackward& b, const GradChannels<T>& ch, int64_t c, const GradSums& sums) {
   const double n = double(b.problem.shape.count());
-  const double mean = b.save_mean.const_data_ptr<T>()[c], invstd = b.save_invstd.const_data_ptr<T>()[c];
-  const double w = b.weight.defined() ? double(b.weight.const_data_ptr<T>()[c]) : 1.0;
-  if (b.grad_weight.defined()) b.grad_weight.data_ptr<T>()[c] = T(sums.dy_xmu * invstd);
-  if (b.grad_bias.defined()) b.grad_bias.data_ptr<T>()[c] = T(sums.dy);
+  const double mean = ch.mean[c], invstd = ch.invstd[c];
+  const double w = ch.weight != nullptr ? double(ch.weight[c]) : 1.0;
+  if (ch.grad_weight != nullptr) ch.grad_weight[c] = T(sums.dy_xmu * invstd);
+  if (ch.grad_bias != nullptr) ch.grad_bias[c] = T(sums.dy);
   if (!b.training) return {T(mean), T(0), T(0), T(invstd * w)};
   return {T(mean), T(sums.dy / n), T(sums.dy_xmu * invstd * invstd / n), T(invstd * w)};
 }
@@ -446,13 +474,13 @@ void backward_channel_at_a_time(const BatchNormBackward& b) {
   const T* dy = b.grad_output.const_data_ptr<T>();
   const T* x = b.input.const_data_ptr<T>();
   T* dx = b.grad_input.defined() ? b.grad_input.data_ptr<T>() : nullptr;
-  const T* mean = b.save_mean.const_data_ptr<T>();
+  const GradChannels<T> ch = channels_of<T>(b);
   at::parallel_for(0, s.channels, grain_for(s.count()), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const auto plane = [&](int64_t n) { return (n * s.channels + c) * s.spatial; };
       GradSums sums;
-      for (int64_t n = 0; n < s.batch; ++n) add_grad(dy + plane(n), x + plane(n), s.spatial, double(mean[c]), sums);
-      const GradAffine<T> g = channel_grads<T>(b, c, sums);
+      for (int64_t n = 0; n < s.batch; ++n) add_grad(dy + plane(n), x + plane(n), s.spatial, double(ch.mean[c]), sums);
+      const GradAffine<T> g = channel_grads<T>(b, ch, c, sums);
       if (dx == nullptr) continue;
       for (int64_t n = 0; n < s.batch; ++n) grad_run(dy + plane(n), x + plane(n), dx + plane(n), s.spatial, g);
     }
@@ -477,25 +505,26 @@ void backward(const BatchNormBackward& b) {
       s2[c] += g.dy_xmu;
     });
   } else if (needs_sums(b)) {
-    const std::vector<double> m(mean, mean + C);
-    const double* mp = m.data();
-    sums = column_sums(
+    using V = Vec<T>;
+    constexpr int64_t kVecs = kBlock / V::size();
+    sums = column_sums<T>(
         s.count(), C,
-        [dy, x, C, mp](int64_t row, int64_t c, std::array<VecD, 4>& acc1, std::array<VecD, 4>& acc2) {
-          const auto d = load_block(dy + row * C + c);
-          const auto xv = load_block(x + row * C + c);
-          for (int i = 0; i < 4; ++i) {
-            acc1[i] = acc1[i] + d[i];
-            acc2[i] = at::vec::fmadd(d[i], xv[i] - VecD::loadu(mp + c + i * kD), acc2[i]);
+        [dy, x, C, mean](int64_t row, int64_t c, std::array<V, kVecs>& acc1, std::array<V, kVecs>& acc2) {
+          for (int64_t i = 0; i < kVecs; ++i) {
+            const int64_t o = row * C + c + i * V::size();
+            const V d = V::loadu(dy + o);
+            acc1[i] = acc1[i] + d;
+            acc2[i] = at::vec::fmadd(d, V::loadu(x + o) - V::loadu(mean + c + i * V::size()), acc2[i]);
           }
         },
-        [dy, x, C, mp](int64_t row, int64_t c) {
+        [dy, x, C, mean](int64_t row, int64_t c) {
           const double d = double(dy[row * C + c]);
-          return std::pair{d, d * (double(x[row * C + c]) - mp[c])};
+          return std::pair{d, d * (double(x[row * C + c]) - double(mean[c]))};
         });
   }
+  const GradChannels<T> ch = channels_of<T>(b);
   std::vector<GradAffine<T>> g(C);
-  for (int64_t c = 0; c < C; ++c) g[c] = channel_grads<T>(b, c, {sums[c].first, sums[c].second});
+  for (int64_t c = 0; c < C; ++c) g[c] = channel_grads<T>(b, ch, c, {sums[c].first, sums[c].second});
   if (!b.grad_input.defined()) return;
   T* dx = b.grad_input.data_ptr<T>();
   if (s.layout == Layout::nchw) {

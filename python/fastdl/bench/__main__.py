@@ -1,6 +1,6 @@
 """python -m fastdl.bench: fastdl against PyTorch on the layers of the reference networks.
 
-    python -m fastdl.bench [--device cpu|cuda] [--ops pool] [--quick] [--batches 1,32,128]
+    python -m fastdl.bench [--device cpu|cuda] [--ops pool,bn] [--quick] [--batches 1,32,128]
                            [--dtype float32[,bfloat16...]] [--threads N] [--out DIR]
 
 Every case first checks that fastdl's result equals torch's, then times both sides interleaved in
@@ -21,19 +21,17 @@ from pathlib import Path
 import torch
 
 import fastdl
-from fastdl.bench import cases
+from fastdl.bench.cases import FAMILIES, Case
 from fastdl.bench.ceilings import copy_bandwidth_gbps
 from fastdl.bench.report import case_line, summary, summary_lines, write_report
 from fastdl.bench.timing import time_pair
-
-FAMILIES = {"pool": cases.pool_cases}
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m fastdl.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when a GPU is visible and fastdl was built with CUDA, else cpu")
-    p.add_argument("--ops", default="pool", help=f"comma-separated families: {', '.join(FAMILIES)}")
+    p.add_argument("--ops", default=",".join(FAMILIES), help=f"comma-separated families: {', '.join(FAMILIES)}")
     p.add_argument("--quick", action="store_true", help="a few layers per family")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per family)")
     p.add_argument("--dtype", default="float32", help="comma-separated dtypes")
@@ -67,21 +65,20 @@ def commit() -> str:
         return "unknown"
 
 
-def check(case: cases.Case, inputs) -> str | None:
+def check(case: Case, inputs) -> str | None:
     """None if fastdl's result matches torch's, else what differs."""
     ours, theirs = case.make_step("fastdl", inputs)(), case.make_step("torch", inputs)()
-    exact = case.layer.op == "max"
     try:
-        torch.testing.assert_close(ours, theirs, rtol=0 if exact else 1e-4, atol=0 if exact else 1e-5)
+        torch.testing.assert_close(ours, theirs, rtol=0 if case.exact else 1e-4, atol=0 if case.exact else 1e-4)
     except AssertionError as e:
         return str(e).splitlines()[0]
     return None
 
 
-def run_case(case: cases.Case, env: dict, budget_s: float) -> dict:
-    row = {"id": case.id, "family": case.family, "network": case.layer.network, "layer": case.layer.layer,
-           "op": case.layer.describe(), "batch": case.batch, "input_shape": list(case.input_shape()),
-           "dtype": str(case.dtype).removeprefix("torch."), "mode": case.mode}
+def run_case(case: Case, env: dict, budget_s: float) -> dict:
+    row = {"id": case.id, "family": case.family, "network": case.network, "layer": case.layer, "op": case.op,
+           "batch": case.batch, "input_shape": list(case.shape), "dtype": str(case.dtype).removeprefix("torch."),
+           "mode": case.mode}
     inputs = case.make_inputs()
     try:
         row["error"] = check(case, inputs)
@@ -130,6 +127,8 @@ def main(argv=None) -> int:
     failed = False
     for family in args.ops.split(","):
         batches = {"batches": [int(b) for b in args.batches.split(",")]} if args.batches else {}
+        if family not in FAMILIES:
+            sys.exit(f"fastdl.bench: unknown family {family!r}; known: {', '.join(FAMILIES)}")
         todo = [c for dt in dtypes for c in FAMILIES[family](device, dt, quick=args.quick, **batches)]
         results = []
         for i, case in enumerate(todo, 1):

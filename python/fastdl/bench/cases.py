@@ -1,9 +1,10 @@
 """The benchmark cases: real layer shapes of the reference networks, defined once for the runner
 (python -m fastdl.bench) and the pytest-benchmark suites in bench/.
 
-A case knows how to build its inputs and how to run one step with either implementation, so that
-the two sides of every comparison run the same thing: the layer's forward alone (inference, no
-autograd) or forward then backward (torch.autograd.grad, so no gradient accumulation is timed).
+A case builds its inputs once and gives a step for either implementation over them, so that both
+sides of every comparison run the same thing: forward alone (inference, no autograd, or a training
+forward for batch norm) or forward then backward (torch.autograd.grad, so that no gradient
+accumulation is timed). It also states the fewest bytes a step must move, for the bandwidth column.
 """
 
 from __future__ import annotations
@@ -16,112 +17,195 @@ import torch.nn.functional as F
 
 import fastdl
 
-MODES = ("forward", "forward+backward")
+Step = Callable[[], object]
 
 
-@dataclass(frozen=True)
+def element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+@dataclass
+class Case:
+    """One measurement: a layer of a network at a batch size, dtype, device and mode."""
+
+    family: str
+    network: str
+    layer: str
+    op: str  # what the layer computes, for the report
+    batch: int
+    shape: tuple[int, ...]  # the input's shape
+    dtype: torch.dtype
+    device: str
+    mode: str
+    exact: bool = False  # whether fastdl must equal torch exactly (else within 1e-4)
+
+    @property
+    def id(self) -> str:
+        dt = str(self.dtype).removeprefix("torch.")
+        return f"{self.network}/{self.layer}/b{self.batch}/{dt}/{self.mode}"
+
+    def random(self, shape, seed: int) -> torch.Tensor:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+
+    def make_inputs(self) -> dict:
+        raise NotImplementedError
+
+    def make_step(self, impl: str, inputs: dict) -> Step:
+        raise NotImplementedError
+
+    def bytes_moved(self) -> int:
+        raise NotImplementedError
+
+
+# ---- pooling -----------------------------------------------------------------------------------------
+
+_POOL_FUNCTIONS = {
+    "max_pool2d": (fastdl.ops.max_pool2d, F.max_pool2d),
+    "avg_pool2d": (fastdl.ops.avg_pool2d, F.avg_pool2d),
+    "adaptive_avg_pool2d": (fastdl.ops.adaptive_avg_pool2d, F.adaptive_avg_pool2d),
+}
+
+
+@dataclass
 class PoolLayer:
     """One pooling layer of a reference network; input (C, H, W) per image."""
 
     network: str
     layer: str
-    op: str  # "max", "avg" or "adaptive"
+    op: str
     channels: int
     size: int
-    kwargs: dict = field(default_factory=dict, hash=False, compare=False)
-
-    def describe(self) -> str:
-        name = {"max": "max_pool2d", "avg": "avg_pool2d", "adaptive": "adaptive_avg_pool2d"}[self.op]
-        args = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
-        return f"{name}({args}) on {self.channels}x{self.size}x{self.size}"
+    kwargs: dict = field(default_factory=dict)
 
 
 # torchvision's AlexNet, VGG-16 and ResNet-50 at 224x224 input.
 POOL_LAYERS = [
-    PoolLayer("AlexNet", "features.2", "max", 64, 55, dict(kernel_size=3, stride=2)),
-    PoolLayer("AlexNet", "features.5", "max", 192, 27, dict(kernel_size=3, stride=2)),
-    PoolLayer("AlexNet", "features.12", "max", 256, 13, dict(kernel_size=3, stride=2)),
-    PoolLayer("AlexNet", "avgpool", "adaptive", 256, 6, dict(output_size=6)),
-    PoolLayer("VGG-16", "features.4", "max", 64, 224, dict(kernel_size=2, stride=2)),
-    PoolLayer("VGG-16", "features.9", "max", 128, 112, dict(kernel_size=2, stride=2)),
-    PoolLayer("VGG-16", "features.16", "max", 256, 56, dict(kernel_size=2, stride=2)),
-    PoolLayer("VGG-16", "features.23", "max", 512, 28, dict(kernel_size=2, stride=2)),
-    PoolLayer("VGG-16", "features.30", "max", 512, 14, dict(kernel_size=2, stride=2)),
-    PoolLayer("VGG-16", "avgpool", "adaptive", 512, 7, dict(output_size=7)),
-    PoolLayer("ResNet-50", "maxpool", "max", 64, 112, dict(kernel_size=3, stride=2, padding=1)),
-    PoolLayer("ResNet-50", "avgpool", "adaptive", 2048, 7, dict(output_size=1)),
+    PoolLayer("AlexNet", "features.2", "max_pool2d", 64, 55, dict(kernel_size=3, stride=2)),
+    PoolLayer("AlexNet", "features.5", "max_pool2d", 192, 27, dict(kernel_size=3, stride=2)),
+    PoolLayer("AlexNet", "features.12", "max_pool2d", 256, 13, dict(kernel_size=3, stride=2)),
+    PoolLayer("AlexNet", "avgpool", "adaptive_avg_pool2d", 256, 6, dict(output_size=6)),
+    PoolLayer("VGG-16", "features.4", "max_pool2d", 64, 224, dict(kernel_size=2, stride=2)),
+    PoolLayer("VGG-16", "features.9", "max_pool2d", 128, 112, dict(kernel_size=2, stride=2)),
+    PoolLayer("VGG-16", "features.16", "max_pool2d", 256, 56, dict(kernel_size=2, stride=2)),
+    PoolLayer("VGG-16", "features.23", "max_pool2d", 512, 28, dict(kernel_size=2, stride=2)),
+    PoolLayer("VGG-16", "features.30", "max_pool2d", 512, 14, dict(kernel_size=2, stride=2)),
+    PoolLayer("VGG-16", "avgpool", "adaptive_avg_pool2d", 512, 7, dict(output_size=7)),
+    PoolLayer("ResNet-50", "maxpool", "max_pool2d", 64, 112, dict(kernel_size=3, stride=2, padding=1)),
+    PoolLayer("ResNet-50", "avgpool", "adaptive_avg_pool2d", 2048, 7, dict(output_size=1)),
 ]
-
 POOL_BATCHES = (1, 32, 128)
+POOL_MODES = ("forward", "forward+backward")
 QUICK_POOL_LAYERS = [POOL_LAYERS[0], POOL_LAYERS[4], POOL_LAYERS[10], POOL_LAYERS[11]]
-
-_FUNCTIONS = {
-    "max": (fastdl.ops.max_pool2d, F.max_pool2d),
-    "avg": (fastdl.ops.avg_pool2d, F.avg_pool2d),
-    "adaptive": (fastdl.ops.adaptive_avg_pool2d, F.adaptive_avg_pool2d),
-}
 
 
 @dataclass
-class Case:
-    """One measurement: a layer at a batch size, dtype, device and mode."""
+class PoolCase(Case):
+    kwargs: dict = field(default_factory=dict)
 
-    family: str
-    layer: PoolLayer
-    batch: int
-    dtype: torch.dtype
-    device: str
-    mode: str
+    def _output_numel(self) -> int:
+        _, reference = _POOL_FUNCTIONS[self.op.split("(")[0]]
+        return reference(torch.empty(self.shape, device="meta"), **self.kwargs).numel()
 
-    @property
-    def id(self) -> str:
-        dt = str(self.dtype).removeprefix("torch.")
-        return f"{self.layer.network}/{self.layer.layer}/b{self.batch}/{dt}/{self.mode}"
-
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.layer.channels, self.layer.size, self.layer.size)
-
-    def make_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The input, and for forward+backward a gradient of the output; both sides share them."""
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(self.input_shape(), generator=gen).to(self.device, self.dtype)
+    def make_inputs(self) -> dict:
+        x = self.random(self.shape, 0)
         if self.mode == "forward":
-            return x, None
-        _, reference = _FUNCTIONS[self.layer.op]
-        out_shape = reference(torch.empty(self.input_shape(), device="meta"), **self.layer.kwargs).shape
-        return x.requires_grad_(), torch.randn(out_shape, generator=gen).to(self.device, self.dtype)
+            return {"x": x}
+        _, reference = _POOL_FUNCTIONS[self.op.split("(")[0]]
+        out_shape = reference(torch.empty(self.shape, device="meta"), **self.kwargs).shape
+        return {"x": x.requires_grad_(), "grad": self.random(out_shape, 1)}
 
-    def make_step(self, impl: str, inputs: tuple[torch.Tensor, torch.Tensor | None]) -> Callable[[], torch.Tensor]:
-        """A zero-argument callable running one step of `impl` ("fastdl" or "torch") and returning
-        its result (the output, or the input's gradient)."""
-        ours, theirs = _FUNCTIONS[self.layer.op]
+    def make_step(self, impl: str, inputs: dict) -> Step:
+        ours, theirs = _POOL_FUNCTIONS[self.op.split("(")[0]]
         fn = ours if impl == "fastdl" else theirs
-        kwargs = self.layer.kwargs
-        x, grad = inputs
-        if grad is None:
+        x, kwargs = inputs["x"], self.kwargs
+        if self.mode == "forward":
             def step():
                 with torch.no_grad():
                     return fn(x, **kwargs)
             return step
-
-        def step():
-            return torch.autograd.grad(fn(x, **kwargs), x, grad)[0]
-        return step
+        grad = inputs["grad"]
+        return lambda: torch.autograd.grad(fn(x, **kwargs), x, grad)[0]
 
     def bytes_moved(self) -> int:
-        """The fewest bytes a step must move through memory: every tensor read or written once.
-        Forward: input and output; forward+backward with max pooling adds int64 indices (written
-        by forward, read by backward), grad_output and grad_input."""
-        el = torch.tensor([], dtype=self.dtype).element_size()
-        n_in = torch.Size(self.input_shape()).numel()
-        _, reference = _FUNCTIONS[self.layer.op]
-        n_out = reference(torch.empty(self.input_shape(), device="meta"), **self.layer.kwargs).numel()
+        """Forward: input and output once each; forward+backward adds grad_output and grad_input
+        and, for max pooling, int64 indices written by forward and read by backward."""
+        el, n_in, n_out = element_size(self.dtype), torch.Size(self.shape).numel(), self._output_numel()
         if self.mode == "forward":
             return (n_in + n_out) * el
-        indices = 2 * n_out * 8 if self.layer.op == "max" else 0
+        indices = 2 * n_out * 8 if self.op.startswith("max") else 0
         return 2 * (n_in + n_out) * el + indices
 
 
 def pool_cases(device: str, dtype: torch.dtype, batches=POOL_BATCHES, quick: bool = False) -> list[Case]:
     layers = QUICK_POOL_LAYERS if quick else POOL_LAYERS
-    return [Case("pool", layer, b, dtype, device, mode) for layer in layers for b in batches for mode in MODES]
+    out = []
+    for layer in layers:
+        args = ", ".join(f"{k}={v}" for k, v in layer.kwargs.items())
+        for b in batches:
+            for mode in POOL_MODES:
+                out.append(PoolCase("pool", layer.network, layer.layer, f"{layer.op}({args})", b,
+                                    (b, layer.channels, layer.size, layer.size), dtype, device, mode,
+                                    exact=layer.op == "max_pool2d", kwargs=layer.kwargs))
+    return out
+
+
+# ---- batch normalization -------------------------------------------------------------------------------
+
+# The distinct batch norm shapes (C, H=W) of torchvision's ResNet-50 at 224x224 input.
+RESNET50_BN = [(64, 112), (64, 56), (256, 56), (128, 28), (512, 28), (256, 14), (1024, 14), (512, 7), (2048, 7)]
+BN_BATCHES = (32, 128)
+# (N, C) features, as after global pooling or in a classifier head.
+BN_FEATURES = [(32, 512), (256, 2048), (1024, 4096)]
+BN_MODES = ("train forward", "train forward+backward", "eval forward")
+QUICK_RESNET50_BN = [(64, 56), (1024, 14), (2048, 7)]
+
+
+@dataclass
+class BatchNormCase(Case):
+    def make_inputs(self) -> dict:
+        C = self.shape[1]
+        inputs = {"x": self.random(self.shape, 0) * 2 + 1, "weight": self.random((C,), 2), "bias": self.random((C,), 3),
+                  "running_mean": torch.zeros(C, device=self.device, dtype=self.dtype),
+                  "running_var": torch.ones(C, device=self.device, dtype=self.dtype)}
+        if self.mode == "train forward+backward":
+            for name in ("x", "weight", "bias"):
+                inputs[name].requires_grad_()
+            inputs["grad"] = self.random(self.shape, 1)
+        return inputs
+
+    def make_step(self, impl: str, inputs: dict) -> Step:
+        fn = fastdl.ops.batch_norm if impl == "fastdl" else F.batch_norm
+        x, w, b, rm, rv = (inputs[k] for k in ("x", "weight", "bias", "running_mean", "running_var"))
+        training = self.mode != "eval forward"
+        if self.mode != "train forward+backward":
+            def step():
+                with torch.no_grad():
+                    return fn(x, rm, rv, w, b, training, 0.1, 1e-5)
+            return step
+        grad = inputs["grad"]
+        return lambda: torch.autograd.grad(fn(x, rm, rv, w, b, True, 0.1, 1e-5), (x, w, b), grad)[0]
+
+    def bytes_moved(self) -> int:
+        """Passes over a tensor of the input's size that the step cannot avoid: eval reads x and writes
+        y; training first reads x for the statistics (3 passes); backward reads dy and x for the sums,
+        then dy and x again and writes dx (5 more)."""
+        passes = {"eval forward": 2, "train forward": 3, "train forward+backward": 8}[self.mode]
+        return passes * torch.Size(self.shape).numel() * element_size(self.dtype)
+
+
+def bn_cases(device: str, dtype: torch.dtype, batches=BN_BATCHES, quick: bool = False) -> list[Case]:
+    out = []
+    for C, size in QUICK_RESNET50_BN if quick else RESNET50_BN:
+        for b in batches:
+            for mode in BN_MODES:
+                out.append(BatchNormCase("bn", "ResNet-50", f"bn {C}x{size}x{size}", f"batch_norm on {C}x{size}x{size}",
+                                         b, (b, C, size, size), dtype, device, mode))
+    for n, C in BN_FEATURES[:1] if quick else BN_FEATURES:
+        for mode in BN_MODES:
+            out.append(BatchNormCase("bn", "features", f"bn1d {C}", f"batch_norm on ({n}, {C})", n, (n, C), dtype,
+                                     device, mode))
+    return out
+
+
+FAMILIES = {"pool": pool_cases, "bn": bn_cases}

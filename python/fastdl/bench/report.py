@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def case_line(i: int, total: int, r: dict) -> str:
-    head = f"[{i:>3}/{total}] {r['network']:<9} {r['layer']:<11} b{r['batch']:<4} {r['mode']:<16}"
+    head = f"[{i:>3}/{total}] {r['network']:<9} {r['layer']:<13} b{r['batch']:<4} {r['mode']:<22}"
     if r.get("error"):
         return f"{head} ERROR: {r['error']}"
     return (f"{head} torch {r['torch_ms']:9.3f} ms  fastdl {r['fastdl_ms']:9.3f} ms  "
