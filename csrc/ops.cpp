@@ -39,6 +39,11 @@ TORCH_LIBRARY(fastdl, m) {
   m.def(
       "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  // Inference only: relu(batch_norm(...)) with the running statistics, in one pass over the data
+  // (fastdl.fuse_conv_bn puts it where a BatchNorm feeds only a ReLU). Not differentiable.
+  m.def(
+      "batch_norm_relu_inference(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, "
+      "Tensor running_var, float eps) -> Tensor");
   // Gradients for input, weight and bias (an output whose output_mask entry is false is empty).
   m.def(
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "

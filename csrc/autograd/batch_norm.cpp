@@ -80,6 +80,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, cons
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm", &batch_norm_autograd);
   m.impl("batch_norm_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("batch_norm_relu_inference", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace fastdl

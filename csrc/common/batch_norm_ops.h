@@ -30,6 +30,7 @@ struct BatchNormForward {
   bool training;
   double momentum, eps;
   BatchNormProblem problem;
+  bool relu = false;  // eval only: output relu(y)
 };
 
 // What a backward kernel reads and writes; an undefined gradient is not wanted.
@@ -50,22 +51,16 @@ struct BatchNormOps {
       bool training, double momentum, double eps) {
     const auto p = batch_norm_problem("fastdl.batch_norm", input, weight, bias, running_mean, running_var,
                                       training, Backend::kReducedPrecision);
-    const c10::DeviceGuard guard(input.device());
-    BatchNormForward f{p.dense(input), {}, dense_or_none(weight), dense_or_none(bias),
-                       running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor()), {}, {},
-                       training, momentum, eps, p};
-    f.output = new_output(input.sizes(), f.input.options(), p.memory_format);
-    const auto stats = f.input.options().dtype(p.stats_type);
-    f.save_mean = new_output({p.shape.channels}, stats);
-    f.save_invstd = new_output({p.shape.channels}, stats);
-    if (p.shape.count() == 0 && training) {
-      // No values: nothing to normalize, and the running statistics stay as they are (as in torch).
-      f.save_mean.zero_();
-      f.save_invstd.zero_();
-    } else if (p.shape.channels > 0) {
-      Backend::forward(f);
-    }
+    BatchNormForward f = forward(p, input, weight, bias, running_mean, running_var, training, momentum, eps, false);
     return {f.output, f.save_mean, f.save_invstd};
+  }
+
+  static at::Tensor batch_norm_relu_inference(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                              const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
+                                              const at::Tensor& running_var, double eps) {
+    const auto p = batch_norm_problem("fastdl.batch_norm_relu_inference", input, weight, bias, running_mean,
+                                      running_var, /*training=*/false, Backend::kReducedPrecision);
+    return forward(p, input, weight, bias, running_mean, running_var, false, 0.0, eps, true).output;
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
@@ -100,7 +95,32 @@ struct BatchNormOps {
 
   static void define_kernels(torch::Library& m) {
     m.impl("batch_norm", &batch_norm);
+    m.impl("batch_norm_relu_inference", &batch_norm_relu_inference);
     m.impl("batch_norm_backward", &batch_norm_backward);
+  }
+
+ private:
+  static BatchNormForward forward(const BatchNormProblem& p, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& running_mean,
+                                  const std::optional<at::Tensor>& running_var, bool training, double momentum,
+                                  double eps, bool relu) {
+    const c10::DeviceGuard guard(input.device());
+    BatchNormForward f{p.dense(input), {}, dense_or_none(weight), dense_or_none(bias),
+                       running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor()), {}, {},
+                       training, momentum, eps, p, relu};
+    f.output = new_output(input.sizes(), f.input.options(), p.memory_format);
+    const auto stats = f.input.options().dtype(p.stats_type);
+    f.save_mean = new_output({p.shape.channels}, stats);
+    f.save_invstd = new_output({p.shape.channels}, stats);
+    if (p.shape.count() == 0 && training) {
+      // No values: nothing to normalize, and the running statistics stay as they are (as in torch).
+      f.save_mean.zero_();
+      f.save_invstd.zero_();
+    } else if (p.shape.channels > 0) {
+      Backend::forward(f);
+    }
+    return f;
   }
 };
 

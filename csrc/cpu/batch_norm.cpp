@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -185,14 +186,33 @@ Affine<T> channel_affine(const BatchNormForward& f, const Channels<T>& ch, int64
   return {T(shift), T(mean - shift), T(w * invstd), T(b)};
 }
 
-template <typename T>
+// max(v, 0) when kRelu (batch_norm_relu_inference), else v. NaN stays NaN, as in torch.relu.
+template <bool kRelu, typename T>
+Vec<T> relu_if(const Vec<T>& v) {
+  if constexpr (kRelu) {
+    return at::vec::clamp_min(v, Vec<T>(T(0)));
+  } else {
+    return v;
+  }
+}
+
+template <bool kRelu, typename T>
+std::enable_if_t<std::is_floating_point_v<T>, T> relu_if(T v) {
+  if constexpr (kRelu) {
+    return v > T(0) || v != v ? v : T(0);
+  } else {
+    return v;
+  }
+}
+
+template <bool kRelu, typename T>
 void normalize_run(const T* x, T* y, int64_t n, const Affine<T>& a) {
   const Vec<T> shift(a.shift), centered(a.centered), scale(a.scale), bias(a.bias);
   int64_t i = 0;
   for (; i + Vec<T>::size() <= n; i += Vec<T>::size()) {
-    at::vec::fmadd((Vec<T>::loadu(x + i) - shift) - centered, scale, bias).store(y + i);
+    relu_if<kRelu>(at::vec::fmadd((Vec<T>::loadu(x + i) - shift) - centered, scale, bias)).store(y + i);
   }
-  for (; i < n; ++i) y[i] = ((x[i] - a.shift) - a.centered) * a.scale + a.bias;
+  for (; i < n; ++i) y[i] = relu_if<kRelu>(((x[i] - a.shift) - a.centered) * a.scale + a.bias);
 }
 
 // Channel planes at least this long are processed a channel at a time (sums, then the same planes
@@ -322,7 +342,7 @@ void forward_channel_at_a_time(const BatchNormForward& f) {
       ShiftedSums sums;
       for (int64_t n = 0; n < s.batch; ++n) add_shifted(x + plane(n), s.spatial, shift, sums);
       const Affine<T> a = channel_affine<T>(f, ch, c, shift, sums);
-      for (int64_t n = 0; n < s.batch; ++n) normalize_run(x + plane(n), y + plane(n), s.spatial, a);
+      for (int64_t n = 0; n < s.batch; ++n) normalize_run<false>(x + plane(n), y + plane(n), s.spatial, a);
     }
   });
 }
@@ -365,12 +385,12 @@ std::vector<std::pair<double, double>> shifted_sums_in_memory_order(const T* x, 
       });
 }
 
-template <typename T>
+template <bool kRelu, typename T>
 void normalize_in_memory_order(const T* x, T* y, const BatchNormShape& s, const std::vector<Affine<T>>& affine) {
   const int64_t C = s.channels;
   if (s.layout == Layout::nchw) {
     at::parallel_for(0, s.batch * C, grain_for(s.spatial), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) normalize_run(x + p * s.spatial, y + p * s.spatial, s.spatial, affine[p % C]);
+      for (int64_t p = p0; p < p1; ++p) normalize_run<kRelu>(x + p * s.spatial, y + p * s.spatial, s.spatial, affine[p % C]);
     });
     return;
   }
@@ -391,10 +411,10 @@ void normalize_in_memory_order(const T* x, T* y, const BatchNormShape& s, const 
       T* yr = y + row * C;
       int64_t c = 0;
       for (; c + Vec<T>::size() <= C; c += Vec<T>::size()) {
-        at::vec::fmadd(Vec<T>::loadu(xr + c) - Vec<T>::loadu(shift + c), Vec<T>::loadu(scale + c),
-                       Vec<T>::loadu(offset + c)).store(yr + c);
+        relu_if<kRelu>(at::vec::fmadd(Vec<T>::loadu(xr + c) - Vec<T>::loadu(shift + c), Vec<T>::loadu(scale + c),
+                                      Vec<T>::loadu(offset + c))).store(yr + c);
       }
-      for (; c < C; ++c) yr[c] = (xr[c] - shift[c]) * scale[c] + offset[c];
+      for (; c < C; ++c) yr[c] = relu_if<kRelu>((xr[c] - shift[c]) * scale[c] + offset[c]);
     }
   });
 }
@@ -413,7 +433,11 @@ void forward(const BatchNormForward& f) {
   } else {
     for (int64_t c = 0; c < s.channels; ++c) affine[c] = channel_affine<T>(f, ch, c, 0.0, {});
   }
-  normalize_in_memory_order(x, f.output.data_ptr<T>(), s, affine);
+  if (f.relu) {
+    normalize_in_memory_order<true>(x, f.output.data_ptr<T>(), s, affine);
+  } else {
+    normalize_in_memory_order<false>(x, f.output.data_ptr<T>(), s, affine);
+  }
 }
 
 // ---- backward ------------------------------------------------------------------------------------

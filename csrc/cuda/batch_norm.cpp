@@ -33,7 +33,7 @@ struct CudaBatchNorm {
                                           f.output.data_ptr(), const_ptr(f.weight), const_ptr(f.bias),
                                           mutable_ptr(f.running_mean), mutable_ptr(f.running_var),
                                           f.save_mean.data_ptr(), f.save_invstd.data_ptr(), f.training,
-                                          f.momentum, f.eps, ws.data_ptr()};
+                                          f.momentum, f.eps, ws.data_ptr(), f.relu};
     check_launch("fastdl.batch_norm", cuda::batch_norm_forward(args, current_stream()));
   }
 

@@ -285,13 +285,15 @@ __device__ __forceinline__ I channel_of(I e, I channels, I spatial) {
   }
 }
 
-template <typename T, typename I, Layout L>
+template <typename T, typename I, Layout L, bool kRelu>
 __global__ void __launch_bounds__(kThreads)
     normalize_kernel(const T* __restrict__ x, T* __restrict__ y, I channels, I spatial, I total,
                      Workspace<Acc<T>> ws) {
   for (I e = global_thread<I>(); e < total; e += grid_threads<I>()) {
     const I c = channel_of<L>(e, channels, spatial);
-    y[e] = from_acc<T>(((to_acc(x[e]) - ws.coef[0][c]) - ws.coef[1][c]) * ws.coef[2][c] + ws.coef[3][c]);
+    auto v = ((to_acc(x[e]) - ws.coef[0][c]) - ws.coef[1][c]) * ws.coef[2][c] + ws.coef[3][c];
+    if constexpr (kRelu) v = v > 0 || isnan(v) ? v : decltype(v)(0);
+    y[e] = from_acc<T>(v);
   }
 }
 
@@ -363,8 +365,15 @@ cudaError_t batch_norm_forward(const BatchNormForwardArgs& a, cudaStream_t strea
       finalize_forward_kernel<T, P><<<grid_blocks(s.channels, kThreads), kThreads, 0, stream>>>(a, splits, ws);
       if (s.numel() > 0) {
         dispatch_layout(s.layout, [&](auto l) {
-          normalize_kernel<T, I, decltype(l)::value><<<grid_blocks(s.numel(), kThreads), kThreads, 0, stream>>>(
-              x, static_cast<T*>(a.output), I(s.channels), I(s.spatial), I(s.numel()), ws);
+          constexpr Layout L = decltype(l)::value;
+          const unsigned blocks = grid_blocks(s.numel(), kThreads);
+          if (a.relu) {
+            normalize_kernel<T, I, L, true><<<blocks, kThreads, 0, stream>>>(x, static_cast<T*>(a.output),
+                                                                            I(s.channels), I(s.spatial), I(s.numel()), ws);
+          } else {
+            normalize_kernel<T, I, L, false><<<blocks, kThreads, 0, stream>>>(x, static_cast<T*>(a.output),
+                                                                             I(s.channels), I(s.spatial), I(s.numel()), ws);
+          }
           return cudaSuccess;
         });
       }

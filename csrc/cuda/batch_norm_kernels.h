@@ -28,6 +28,7 @@ struct BatchNormForwardArgs {
   bool training;
   double momentum, eps;
   void* workspace;  // batch_norm_workspace_bytes(shape, input_type) bytes
+  bool relu;        // eval only: output relu(y)
 };
 
 // Backward: the gradients that are null are not computed.

@@ -4,6 +4,7 @@
     y = fastdl.ops.max_pool2d(x, 3, 2)       # functional, like torch.nn.functional
     layer = fastdl.nn.MaxPool2d(3, 2)         # drop-in layers, subclasses of torch.nn's
     fastdl.convert(model)                     # swap a model's stock layers in place
+    fastdl.fuse_conv_bn(model.eval())         # inference: fold BatchNorm into the convolutions
 
 The ops are registered as torch.ops.fastdl.* with fake kernels and autograd, so they work under
 torch.compile, torch.export and torch.library.opcheck.
@@ -38,5 +39,6 @@ def build_info() -> dict:
 
 from fastdl import nn, ops  # noqa: E402
 from fastdl.convert import convert, revert  # noqa: E402
+from fastdl.fusion import fuse_conv_bn  # noqa: E402
 
-__all__ = ["build_info", "convert", "cuda_enabled", "nn", "ops", "revert"]
+__all__ = ["build_info", "convert", "cuda_enabled", "fuse_conv_bn", "nn", "ops", "revert"]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fastdl.ops._layout import empty_like_layout
 
-__all__ = ["batch_norm"]
+__all__ = ["batch_norm", "batch_norm_relu_inference"]
 
 
 def batch_norm(
@@ -36,6 +36,19 @@ def batch_norm(
     out, _, _ = torch.ops.fastdl.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
                                             float(momentum), float(eps))
     return out
+
+
+def batch_norm_relu_inference(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """relu(batch_norm(input, ..., training=False)) in one pass over the data. Not differentiable:
+    for inference (fastdl.fuse_conv_bn uses it where a BatchNorm feeds only a ReLU)."""
+    return torch.ops.fastdl.batch_norm_relu_inference(input, weight, bias, running_mean, running_var, float(eps))
 
 
 def _stats_dtype(input: Tensor) -> torch.dtype:
@@ -56,3 +69,8 @@ def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd
     grad_input = empty_like_layout(input, input.shape) if output_mask[0] else input.new_empty((0,))
     grad_params = [input.new_empty((channels,) if wanted else (0,), dtype=param_dtype) for wanted in output_mask[1:]]
     return grad_input, *grad_params
+
+
+@torch.library.register_fake("fastdl::batch_norm_relu_inference")
+def _batch_norm_relu_inference_fake(input, weight, bias, running_mean, running_var, eps):
+    return empty_like_layout(input, input.shape)
