@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         for i, case in enumerate(todo, 1):
             results.append(run_case(case, env, budget_s))
             print(case_line(i, len(todo), results[-1]), flush=True)
-        name = family + ("-quick" if args.quick else "")
+        name = family + ("-quick" if args.quick else "") + ("" if args.dtype == "float32" else "-" + args.dtype.replace(",", "-"))
         paths = write_report(out_dir, name, family, env, results)
         print("\n".join(summary_lines(family, summary(results))))
         print("wrote " + ", ".join(str(p) for p in paths))
