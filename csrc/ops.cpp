@@ -48,4 +48,16 @@ TORCH_LIBRARY(fastdl, m) {
   m.def(
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
       "Tensor save_invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // ---- 2-D convolution --------------------------------------------------------------------------
+  // Cross-correlation as torch.nn.functional.conv2d with numeric padding (the Python wrapper turns
+  // 'same' and 'valid' into numbers, padding the input first where 'same' is asymmetric).
+  // input N,C,H,W or C,H,W; weight K,C/groups,R,S; bias K values; sizes one int or two.
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[2] padding=0, "
+      "int[2] dilation=1, int groups=1) -> Tensor");
+  // Gradients for input, weight and bias (an output whose output_mask entry is false is empty).
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
