@@ -5,6 +5,7 @@ import torch
 
 from fastdl.nn._fallback import fallback_counts, reset_fallback_counts
 from fastdl.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from fastdl.nn.conv import Conv2d
 from fastdl.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 # torch.nn layer -> its fastdl.nn replacement, for fastdl.convert; each op family adds its layers.
@@ -14,7 +15,8 @@ REPLACEMENTS: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
     torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
     torch.nn.BatchNorm1d: BatchNorm1d,
     torch.nn.BatchNorm2d: BatchNorm2d,
+    torch.nn.Conv2d: Conv2d,
 }
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "MaxPool2d", "REPLACEMENTS",
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "MaxPool2d", "REPLACEMENTS",
            "fallback_counts", "reset_fallback_counts"]

@@ -1,0 +1,83 @@
+// Autograd of 2-D convolution, registered in C++ at the Autograd key (see autograd/pool2d.cpp for
+// why not from Python). The formula saves the input and the weight and calls the backward op for
+// exactly the gradients autograd asks for; the backward op gets torch's not-implemented fallback, so
+// double backward raises an error naming it.
+
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "autograd/autograd_utils.h"
+
+namespace fastdl {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef, at::IntArrayRef,
+                          at::IntArrayRef, int64_t);
+using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                       at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                                       int64_t, std::array<bool, 3>);
+
+Tensor call_forward(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
+                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto forward_op = op<ForwardSig>("fastdl::conv2d");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return forward_op.call(input, weight, bias, stride, padding, dilation, groups);
+}
+
+struct Conv2d : torch::autograd::Function<Conv2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        int64_t groups) {
+    Tensor out = call_forward(input, weight, bias, stride, padding, dilation, groups);
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op<BackwardSig>("fastdl::conv2d_backward");
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   has_bias && ctx->needs_input_grad(2)};
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    const BelowAutogradUnlessRecording below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = backward_op.call(
+        grads[0], saved[0], saved[1], stride, padding, dilation, ctx->saved_data["groups"].toInt(), mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
+    return call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's ops
+  }
+  return Conv2d::apply(input, weight, bias, stride, padding, dilation, groups);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("conv2d", &conv2d_autograd);
+  m.impl("conv2d_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace fastdl

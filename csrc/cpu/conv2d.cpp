@@ -1,0 +1,597 @@
+// CPU kernels of 2-D convolution (float32, float64): forward, grad_input, grad_weight, grad_bias.
+//
+// Forward. Work items are (image, a group of output rows, a range of output-channel blocks). An item
+// copies the input rows its outputs read into a per-thread buffer, zero-padded and, for stride s > 1,
+// split into s column phases so that neighbouring outputs read neighbouring elements for every
+// kernel tap; then conv_tile (conv2d_tiles.h) computes 4 output channels x 3 vectors of pixels at a
+// time from weights packed once per call. Reduction channels go in blocks sized for the L1 cache,
+// the partial sums staying in the output between blocks. A 1x1, stride-1, unpadded convolution of an
+// N,C,H,W input reads the input directly, each image plane being one long row.
+//
+// grad_input is a convolution of the zero-padded grad_output with the transposed weights, done with
+// the same tiles once per output phase (ih mod sh, iw mod sw): in phase (a, b) only the kernel taps
+// with (a + ph - r*dh) and (b + pw - s*dw) divisible by the stride contribute, at a constant offset.
+//
+// grad_weight[k][c][r][s] sums grad_output[k] times the shifted input plane over all pixels:
+// weight_grad_tile does 4 output channels x 3 (channel, tap) pairs over a block of about a thousand
+// pixels (input packed as for the forward), then adds its horizontal sums. Threads take blocks of
+// pixels into private sums (added at the end) when there are many pixels, else blocks of channels.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/conv2d_ops.h"
+#include "cpu/conv2d_tiles.h"
+
+namespace fastdl {
+namespace {
+
+constexpr int64_t kItemBufferBytes = 384 * 1024;  // packed rows of one work item: about the L2 cache
+constexpr int64_t kTileInputBytes = 24 * 1024;    // a tile's inputs over one channel block: about L1
+constexpr int64_t kGradPixels = 1024;             // pixels one weight-gradient tile sums over
+
+// An N,C,H,W tensor of any layout: element (n, c, h, w) at data[n*sn + c*sc + h*sh + w*sw].
+template <typename T>
+struct Strided4d {
+  T* data;
+  int64_t sn, sc, sh, sw;
+  T* at(int64_t n, int64_t c, int64_t h, int64_t w) const { return data + n * sn + c * sc + h * sh + w * sw; }
+};
+
+template <typename T>
+Strided4d<T> strided(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Part p of [0, n) split into `parts` near-equal ranges.
+Range part_of(int64_t n, int64_t parts, int64_t p) { return {n * p / parts, n * (p + 1) / parts}; }
+
+// How many ranges to split `blocks` output-channel blocks into so that `items` x that keeps every
+// thread busy (four items per thread balance uneven items).
+int64_t block_chunks(int64_t items, int64_t blocks) {
+  const int64_t wanted = div_up(4 * at::get_num_threads(), std::max<int64_t>(items, 1));
+  return std::clamp<int64_t>(wanted, 1, blocks);
+}
+
+// Channel strides that are a multiple of 4 KiB make the tile's loads alias in the L1 cache.
+int64_t unaliased(int64_t elements, int64_t elem_size) {
+  return (elements * elem_size) % 4096 == 0 ? elements + 64 / elem_size : elements;
+}
+
+// A buffer per thread, grown on demand, freed with the call.
+template <typename T>
+class ThreadBuffers {
+ public:
+  ThreadBuffers() : buffers_(at::get_num_threads()) {}
+  T* get(int64_t size) {
+    Buffer& b = buffers_[at::get_thread_num()];
+    if (b.size < size) {
+      b.data.reset(new T[size]);
+      b.size = size;
+    }
+    return b.data.get();
+  }
+
+ private:
+  struct Buffer {
+    std::unique_ptr<T[]> data;
+    int64_t size = 0;
+  };
+  std::vector<Buffer> buffers_;
+};
+
+// ---- packing ----------------------------------------------------------------------------------------
+
+// A window of image rows as packed rows: dst[c][i][phase * phase_width + j] is
+// src[c][row0 + i][col0 + phase + step * j], zero outside the image.
+struct Window {
+  int64_t row0, rows, col0, step, phases, phase_width;
+  int64_t row_stride() const { return phases * phase_width; }
+};
+
+template <typename T>
+void pack_window(const Strided4d<const T>& src, int64_t H, int64_t W, int64_t n, int64_t c0, int64_t c1,
+                 const Window& win, T* buf, int64_t cs) {
+  const int64_t rs = win.row_stride();
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t i = 0; i < win.rows; ++i) {
+      T* dst = buf + (c - c0) * cs + i * rs;
+      const int64_t h = win.row0 + i;
+      if (h < 0 || h >= H) {
+        std::fill(dst, dst + rs, T(0));
+        continue;
+      }
+      const T* row = src.at(n, c, h, 0);
+      for (int64_t ph = 0; ph < win.phases; ++ph, dst += win.phase_width) {
+        // Columns col0 + ph + step*j inside [0, W) are j in [lo, hi).
+        const int64_t first = win.col0 + ph;
+        const int64_t lo = std::clamp<int64_t>(ceil_div<int64_t>(-first, win.step), 0, win.phase_width);
+        const int64_t hi = std::clamp<int64_t>(floor_div<int64_t>(W - 1 - first, win.step) + 1, lo, win.phase_width);
+        std::fill(dst, dst + lo, T(0));
+        if (win.step == 1 && src.sw == 1) {
+          std::memcpy(dst + lo, row + first + lo, (hi - lo) * sizeof(T));
+        } else {
+          for (int64_t j = lo; j < hi; ++j) dst[j] = row[(first + win.step * j) * src.sw];
+        }
+        std::fill(dst + hi, dst + win.phase_width, T(0));
+      }
+    }
+  }
+  std::fill(buf + (c1 - c0) * cs, buf + (c1 - c0) * cs + Vec<T>::size(), T(0));  // the over-read slack
+}
+
+// The forward's input window: padded columns split into stride_w phases, so that output column ow
+// and kernel column s read phase (s*dw) % sw at ow + (s*dw) / sw; taps[r*S + s] is that offset plus
+// r*dh rows.
+struct InputGeometry {
+  Window window;  // rows and row0 are per item
+  std::vector<int64_t> taps;
+
+  explicit InputGeometry(const Conv2dShape& s) {
+    const int64_t phases = s.stride_w;
+    window = {0, 0, -s.pad_w, phases, phases, div_up(s.in_w + 2 * s.pad_w, phases)};
+    for (int64_t r = 0; r < s.kernel_h; ++r) {
+      for (int64_t c = 0; c < s.kernel_w; ++c) {
+        const int64_t col = c * s.dilation_w;
+        taps.push_back(r * s.dilation_h * window.row_stride() + (col % phases) * window.phase_width + col / phases);
+      }
+    }
+  }
+  // The window of output rows [oh0, oh1).
+  Window rows(const Conv2dShape& s, int64_t oh0, int64_t oh1) const {
+    Window w = window;
+    w.row0 = oh0 * s.stride_h - s.pad_h;
+    w.rows = (oh1 - 1 - oh0) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1;
+    return w;
+  }
+};
+
+// Output rows per item such that the packed input of `channels` channels stays within the budget.
+int64_t rows_per_item(const Conv2dShape& s, const InputGeometry& geo, int64_t channels, int64_t elem_size) {
+  const int64_t row_bytes = channels * geo.window.row_stride() * elem_size;
+  const int64_t input_rows = std::max<int64_t>(1, kItemBufferBytes / std::max<int64_t>(row_bytes, 1));
+  const int64_t extra = (s.kernel_h - 1) * s.dilation_h + 1 - s.stride_h;  // input rows beyond sh per output row
+  return std::clamp<int64_t>((input_rows - extra) / s.stride_h, 1, s.out_h);
+}
+
+// Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
+// consecutive output channels of its group (zero past the last). Forward: output channels k,
+// reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
+// given taps.
+template <typename T>
+std::vector<T> pack_weights(const T* w, const Conv2dShape& s, int64_t KT, bool transposed,
+                            const std::vector<int64_t>& tap_index) {
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), taps = s.taps();
+  const int64_t outs = transposed ? Cg : Kg, reds = transposed ? Kg : Cg, nt = int64_t(tap_index.size());
+  const int64_t blocks = div_up(outs, KT);
+  std::vector<T> packed(s.groups * blocks * reds * nt * KT, T(0));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    for (int64_t o = 0; o < outs; ++o) {
+      for (int64_t r = 0; r < reds; ++r) {
+        const int64_t k = transposed ? r : o, c = transposed ? o : r;
+        const T* src = w + ((g * Kg + k) * Cg + c) * taps;
+        T* dst = packed.data() + (((g * blocks + o / KT) * reds + r) * nt) * KT + o % KT;
+        for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
+      }
+    }
+  }
+  return packed;
+}
+
+// ---- forward and input gradient: tiles over packed rows ---------------------------------------------
+
+// A convolution as the tiles compute it (forward, or one phase of the input gradient).
+template <typename T>
+struct TiledConv {
+  int64_t reds, outs, blocks;  // per group: reduction channels, output channels, blocks of KT outputs
+  int64_t ntaps;
+  const T* weights;            // pack_weights
+  const T* bias;               // [group][block][KT], or null
+  int64_t out_channel_stride, out_pixel_stride;
+  int64_t channel_block;       // reduction channels per pass over the tiles
+};
+
+// Where a vector of pixels reads (from its buffer's channel 0) and writes (from output channel 0).
+struct VectorPos {
+  int64_t in, out, count;
+};
+
+template <int KT>
+constexpr int kTileVectors = KT == 4 ? 3 : 4;  // 12 or fewer accumulators
+
+template <typename T, int KT, int VT>
+void tile(const T* const* in, T* const* out, const int64_t* count, const TileGeometry& g, const T* w,
+          TileInit init, const T* bias, int64_t kvalid, int vectors) {
+  if constexpr (VT > 1) {
+    if (vectors < VT) return tile<T, KT, VT - 1>(in, out, count, g, w, init, bias, kvalid, vectors);
+  }
+  conv_tile<T, KT, VT>(in, out, count, g, w, init, bias, kvalid);
+}
+
+// Output blocks [b0, b1) (numbered across groups) of `vectors` pixel vectors. buf holds the reduction
+// channels of groups first_group.. at channel stride cs; vector_at(q) places vector q.
+template <typename T, int KT, typename VectorAt>
+void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int64_t* taps, int64_t first_group,
+                    T* out, int64_t b0, int64_t b1, int64_t vectors, VectorAt&& vector_at) {
+  constexpr int VT = kTileVectors<KT>;
+  std::vector<int64_t> offsets(tc.channel_block * tc.ntaps);
+  for (int64_t c = 0; c < tc.channel_block; ++c) {
+    for (int64_t t = 0; t < tc.ntaps; ++t) offsets[c * tc.ntaps + t] = c * cs + taps[t];
+  }
+  for (int64_t g = b0 / tc.blocks; g <= (b1 - 1) / tc.blocks; ++g) {
+    const int64_t kb0 = std::max(b0, g * tc.blocks), kb1 = std::min(b1, (g + 1) * tc.blocks);
+    const T* group_in = buf + (g - first_group) * tc.reds * cs;
+    for (int64_t c0 = 0; c0 < tc.reds; c0 += tc.channel_block) {
+      const TileGeometry geo{std::min(tc.channel_block, tc.reds - c0) * tc.ntaps, offsets.data(),
+                             tc.out_channel_stride, tc.out_pixel_stride};
+      const TileInit init = c0 > 0 ? TileInit::accumulate : tc.bias ? TileInit::bias : TileInit::zero;
+      for (int64_t q = 0; q < vectors; q += VT) {
+        const int n = int(std::min<int64_t>(VT, vectors - q));
+        const T* in[VT];
+        int64_t out_at[VT], count[VT];
+        for (int v = 0; v < n; ++v) {
+          const VectorPos p = vector_at(q + v);
+          in[v] = group_in + c0 * cs + p.in;
+          out_at[v] = p.out;
+          count[v] = p.count;
+        }
+        for (int64_t kb = kb0; kb < kb1; ++kb) {
+          const int64_t k0 = (kb - g * tc.blocks) * KT;
+          T* outs[VT];
+          for (int v = 0; v < n; ++v) outs[v] = out + out_at[v] + (g * tc.outs + k0) * tc.out_channel_stride;
+          const T* w = tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
+          tile<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
+                          std::min<int64_t>(KT, tc.outs - k0), n);
+        }
+      }
+    }
+  }
+}
+
+// Reduction channels per pass: a tile's inputs over them fit kTileInputBytes.
+template <typename T, int KT>
+int64_t channel_block(int64_t kernel_rows, int64_t reds) {
+  const int64_t per_channel = kernel_rows * kTileVectors<KT> * (Vec<T>::size() * int64_t(sizeof(T)) + 64);
+  return std::clamp<int64_t>(kTileInputBytes / per_channel, 8, std::max<int64_t>(reds, 1));
+}
+
+template <typename T, int KT>
+void forward_tiles(const Conv2dForward& f) {
+  constexpr int64_t V = Vec<T>::size();
+  const Conv2dShape& s = f.shape;
+  const auto x = strided<const T>(f.input);
+  const auto y = strided<T>(f.output);
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
+  std::vector<int64_t> all_taps(s.taps());
+  for (int64_t t = 0; t < s.taps(); ++t) all_taps[t] = t;
+  const std::vector<T> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, all_taps);
+  std::vector<T> bias;
+  if (f.bias.defined()) {
+    bias.assign(blocks * KT, T(0));
+    const T* b = f.bias.const_data_ptr<T>();
+    for (int64_t g = 0; g < s.groups; ++g) {
+      for (int64_t k = 0; k < Kg; ++k) bias[(g * nb + k / KT) * KT + k % KT] = b[g * Kg + k];
+    }
+  }
+  TiledConv<T> tc{Cg, Kg, nb, s.taps(), weights.data(), bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
+                  channel_block<T, KT>(s.kernel_h, Cg)};
+  const int64_t plane = s.in_h * s.in_w;
+
+  const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+                      s.pad_w == 0 && x.sw == 1 && x.sh == s.in_w && y.sw == 1 && y.sh == s.out_w && plane >= V;
+  if (direct) {
+    // Each plane is one row of H*W pixels; its last vector overlaps the one before instead of
+    // running past the plane (recomputing an output writes the same value).
+    const int64_t zero_tap = 0, nvec = div_up(plane, V);
+    const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * V * int64_t(sizeof(T))), 1, nvec);
+    const int64_t chunks = div_up(nvec, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
+    tc.ntaps = 1;
+    at::parallel_for(0, s.batch * chunks * kchunks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t n = item / (chunks * kchunks), part = item / kchunks % chunks;
+        const Range b = part_of(blocks, kchunks, item % kchunks);
+        const int64_t v0 = part * chunk, vectors = std::min(nvec, v0 + chunk) - v0;
+        compute_blocks<T, KT>(tc, x.at(n, 0, 0, 0), x.sc, &zero_tap, 0, y.data + n * y.sn, b.begin, b.end, vectors,
+                              [&](int64_t q) {
+                                const int64_t p = std::min((v0 + q) * V, plane - V);
+                                return VectorPos{p, p, V};
+                              });
+      }
+    });
+    return;
+  }
+
+  const InputGeometry geo(s);
+  const int64_t rows = rows_per_item(s, geo, s.in_channels, sizeof(T)), row_groups = div_up(s.out_h, rows);
+  const int64_t kchunks = block_chunks(s.batch * row_groups, blocks), nvec = div_up(s.out_w, V);
+  const int64_t rs = geo.window.row_stride();
+  ThreadBuffers<T> buffers;
+  at::parallel_for(0, s.batch * row_groups * kchunks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t n = item / (row_groups * kchunks), oh0 = item / kchunks % row_groups * rows;
+      const int64_t oh1 = std::min(s.out_h, oh0 + rows);
+      const Range b = part_of(blocks, kchunks, item % kchunks);
+      const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
+      const Window win = geo.rows(s, oh0, oh1);
+      const int64_t cs = unaliased(win.rows * rs, sizeof(T));
+      T* buf = buffers.get((g1 - g0) * Cg * cs + V);
+      pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, buf, cs);
+      compute_blocks<T, KT>(tc, buf, cs, geo.taps.data(), g0, y.data, b.begin, b.end, (oh1 - oh0) * nvec,
+                            [&](int64_t q) {
+                              const int64_t row = q / nvec, ow = q % nvec * V;
+                              return VectorPos{row * s.stride_h * rs + ow,
+                                               n * y.sn + (oh0 + row) * y.sh + ow * y.sw,
+                                               std::min(V, s.out_w - ow)};
+                            });
+    }
+  });
+}
+
+// The kernel taps that reach input phase `a` along one axis, and their grad_output offsets:
+// input i = a + stride*m gets grad_output m + (a + pad - tap*dilation) / stride from tap `tap`.
+struct PhaseTaps {
+  std::vector<int64_t> taps, offsets;
+  int64_t min_offset = 0, max_offset = 0;
+};
+
+PhaseTaps phase_taps(int64_t a, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  PhaseTaps p;
+  for (int64_t t = 0; t < kernel; ++t) {
+    const int64_t d = a + pad - t * dilation;
+    if (((d % stride) + stride) % stride != 0) continue;
+    const int64_t off = floor_div(d, stride);
+    p.min_offset = p.taps.empty() ? off : std::min(p.min_offset, off);
+    p.max_offset = p.taps.empty() ? off : std::max(p.max_offset, off);
+    p.taps.push_back(t);
+    p.offsets.push_back(off);
+  }
+  return p;
+}
+
+template <typename T, int KT>
+void grad_input_tiles(const Conv2dBackward& b) {
+  constexpr int64_t V = Vec<T>::size();
+  const Conv2dShape& s = b.shape;
+  const auto dy = strided<const T>(b.grad_output);
+  const auto dx = strided<T>(b.grad_input);
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Cg, KT), blocks = s.groups * nb;
+  ThreadBuffers<T> buffers;
+  for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
+    for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
+      const int64_t rows_out = div_up(s.in_h - a, s.stride_h), cols_out = div_up(s.in_w - a_w, s.stride_w);
+      const PhaseTaps th = phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
+      const PhaseTaps tw = phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+      if (th.taps.empty() || tw.taps.empty()) {  // no kernel tap reaches this phase
+        at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            for (int64_t i = 0; i < rows_out; ++i) {
+              for (int64_t j = 0; j < cols_out; ++j) {
+                *dx.at(p / s.in_channels, p % s.in_channels, a + s.stride_h * i, a_w + s.stride_w * j) = T(0);
+              }
+            }
+          }
+        });
+        continue;
+      }
+      const int64_t width = cols_out + tw.max_offset - tw.min_offset;
+      std::vector<int64_t> tap_index, taps;
+      for (size_t r = 0; r < th.taps.size(); ++r) {
+        for (size_t c = 0; c < tw.taps.size(); ++c) {
+          tap_index.push_back(th.taps[r] * s.kernel_w + tw.taps[c]);
+          taps.push_back((th.offsets[r] - th.min_offset) * width + tw.offsets[c] - tw.min_offset);
+        }
+      }
+      const std::vector<T> weights = pack_weights(b.weight.const_data_ptr<T>(), s, KT, true, tap_index);
+      const TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()), weights.data(), nullptr, dx.sc, s.stride_w * dx.sw,
+                            channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
+      const int64_t extra = th.max_offset - th.min_offset;
+      const int64_t rows = std::clamp<int64_t>(
+          kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
+      const int64_t row_groups = div_up(rows_out, rows), kchunks = block_chunks(s.batch * row_groups, blocks);
+      const int64_t nvec = div_up(cols_out, V);
+      at::parallel_for(0, s.batch * row_groups * kchunks, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t item = i0; item < i1; ++item) {
+          const int64_t n = item / (row_groups * kchunks), m0 = item / kchunks % row_groups * rows;
+          const int64_t m1 = std::min(rows_out, m0 + rows);
+          const Range bl = part_of(blocks, kchunks, item % kchunks);
+          const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
+          const Window win{m0 + th.min_offset, m1 - m0 + extra, tw.min_offset, 1, 1, width};
+          const int64_t cs = unaliased(win.rows * width, sizeof(T));
+          T* buf = buffers.get((g1 - g0) * Kg * cs + V);
+          pack_window(dy, s.out_h, s.out_w, n, g0 * Kg, g1 * Kg, win, buf, cs);
+          compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, dx.data, bl.begin, bl.end, (m1 - m0) * nvec,
+                                [&](int64_t q) {
+                                  const int64_t row = q / nvec, j = q % nvec * V;
+                                  return VectorPos{row * width + j,
+                                                   n * dx.sn + (a + s.stride_h * (m0 + row)) * dx.sh +
+                                                       (a_w + s.stride_w * j) * dx.sw,
+                                                   std::min(V, cols_out - j)};
+                                });
+        }
+      });
+    }
+  }
+}
+
+// ---- weight and bias gradients ----------------------------------------------------------------------
+
+template <typename T, int KT>
+void grad_weight_tiles(const Conv2dBackward& b) {
+  constexpr int J = 3;  // (channel, tap) pairs per tile
+  constexpr int64_t V = Vec<T>::size();
+  const Conv2dShape& s = b.shape;
+  const at::Tensor dy_dense = b.grad_output.contiguous();  // rows of pixels per channel
+  const T* dy = dy_dense.const_data_ptr<T>();
+  const auto x = strided<const T>(b.input);
+  T* dw = b.grad_weight.data_ptr<T>();
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
+  const int64_t pairs = Cg * s.taps(), out_plane = s.out_h * s.out_w;
+
+  // Pixel items: row groups of one image, or whole images, of about kGradPixels pixels. A 1x1,
+  // stride-1, unpadded convolution of N,C,H,W planes sums over the planes directly.
+  const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+                      s.pad_w == 0 && x.sw == 1 && x.sh == s.in_w;
+  const InputGeometry geo(s);
+  const int64_t rs = geo.window.row_stride();
+  int64_t rows = s.out_h, images = 1;
+  if (direct || out_plane < kGradPixels) {
+    images = std::clamp<int64_t>(kGradPixels / out_plane, 1, s.batch);
+  } else {
+    rows = std::min(div_up(kGradPixels, s.out_w), rows_per_item(s, geo, s.in_channels, sizeof(T)));
+  }
+  const int64_t row_groups = div_up(s.out_h, rows), image_groups = div_up(s.batch, images);
+  const int64_t items = image_groups * row_groups;
+
+  // Threads split the pixels (each into private sums) when there are enough, else the channels.
+  const int64_t threads = at::get_num_threads();
+  const bool split_pixels = items >= 2 * threads;
+  const int64_t tasks = split_pixels ? threads : block_chunks(1, blocks);
+  std::vector<T> partial(split_pixels ? (tasks - 1) * s.weight_numel() : 0, T(0));
+  std::fill(dw, dw + s.weight_numel(), T(0));
+  ThreadBuffers<T> buffers;
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const Range it = split_pixels ? part_of(items, tasks, task) : Range{0, items};
+      const Range bl = split_pixels ? Range{0, blocks} : part_of(blocks, tasks, task);
+      T* sums = split_pixels && task > 0 ? partial.data() + (task - 1) * s.weight_numel() : dw;
+      const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
+      std::vector<const T*> dy_rows, x_rows;
+      for (int64_t item = it.begin; item < it.end; ++item) {
+        const int64_t n0 = item / row_groups * images, n1 = std::min(s.batch, n0 + images);
+        const int64_t oh0 = item % row_groups * rows, oh1 = std::min(s.out_h, oh0 + rows);
+        const Window win = geo.rows(s, oh0, oh1);
+        // The input of images [n0, n1): their planes, or their packed rows.
+        int64_t cs = x.sc, image_stride = x.sn, width = direct ? out_plane : s.out_w;
+        const T* buf = x.at(n0, g0 * Cg, 0, 0);
+        if (!direct) {
+          cs = unaliased(win.rows * rs, sizeof(T));
+          image_stride = (g1 - g0) * Cg * cs;
+          T* packed = buffers.get((n1 - n0) * image_stride + V);
+          for (int64_t n = n0; n < n1; ++n) {
+            pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, packed + (n - n0) * image_stride, cs);
+          }
+          buf = packed;
+        }
+        dy_rows.clear();
+        x_rows.clear();
+        for (int64_t n = n0; n < n1; ++n) {
+          for (int64_t oh = oh0; oh < (direct ? oh0 + 1 : oh1); ++oh) {
+            dy_rows.push_back(dy + n * s.out_channels * out_plane + oh * s.out_w);
+            x_rows.push_back(buf + (n - n0) * image_stride + (oh - oh0) * s.stride_h * rs);
+          }
+        }
+        GradRows<T> grows{dy_rows.data(), x_rows.data(), int64_t(dy_rows.size()), width, 0, out_plane};
+        for (int64_t kb = bl.begin; kb < bl.end; ++kb) {
+          const int64_t g = kb / nb, k0 = (kb % nb) * KT, kvalid = std::min<int64_t>(KT, Kg - k0);
+          grows.dy_shift = (g * Kg + k0) * out_plane;
+          for (int64_t q0 = 0; q0 < pairs; q0 += J) {
+            int64_t x_offset[J];
+            for (int q = 0; q < J; ++q) {
+              const int64_t pair = std::min(q0 + q, pairs - 1), c = (g - g0) * Cg + pair / s.taps();
+              x_offset[q] = c * cs + geo.taps[pair % s.taps()];
+            }
+            weight_grad_tile<T, KT, J>(grows, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs, kvalid,
+                                       std::min<int64_t>(J, pairs - q0));
+          }
+        }
+      }
+    }
+  });
+  if (!partial.empty()) {
+    at::parallel_for(0, s.weight_numel(), 4096, [&](int64_t e0, int64_t e1) {
+      for (int64_t t = 0; t + 1 < tasks; ++t) {
+        const T* p = partial.data() + t * s.weight_numel();
+        for (int64_t e = e0; e < e1; ++e) dw[e] += p[e];
+      }
+    });
+  }
+}
+
+template <typename T>
+void grad_bias(const Conv2dBackward& b) {
+  constexpr int64_t V = Vec<T>::size();
+  const Conv2dShape& s = b.shape;
+  const auto dy = strided<const T>(b.grad_output);
+  T* db = b.grad_bias.data_ptr<T>();
+  const int64_t K = s.out_channels, plane = s.out_h * s.out_w;
+  if (s.layout == Layout::nchw) {
+    at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        double total = 0;
+        for (int64_t n = 0; n < s.batch; ++n) {
+          const T* p = dy.at(n, k, 0, 0);
+          Vec<T> acc(T(0));
+          int64_t i = 0;
+          for (; i + V <= plane; i += V) acc = acc + Vec<T>::loadu(p + i);
+          total += double(horizontal_sum(acc + load_partial(p + i, plane - i)));
+        }
+        db[k] = T(total);
+      }
+    });
+    return;
+  }
+  // Channels-last: rows of K values; threads take channel slices of every row.
+  at::parallel_for(0, div_up(K, V), 1, [&](int64_t v0, int64_t v1) {
+    for (int64_t k = v0 * V; k < std::min(K, v1 * V); k += V) {
+      const int64_t lanes = std::min(V, K - k);
+      std::vector<double> total(V, 0.0);
+      for (int64_t n = 0; n < s.batch; ++n) {
+        Vec<T> acc(T(0));
+        for (int64_t p = 0; p < plane; ++p) acc = acc + load_partial(dy.data + n * dy.sn + p * K + k, lanes);
+        T lane_sums[V];
+        acc.store(lane_sums);
+        for (int64_t l = 0; l < V; ++l) total[l] += double(lane_sums[l]);
+      }
+      for (int64_t l = 0; l < lanes; ++l) db[k + l] = T(total[l]);
+    }
+  });
+}
+
+// ---- the CPU backend of Conv2dOps (common/conv2d_ops.h) -----------------------------------------------
+
+// Calls f(std::integral_constant<int, KT>) with KT = min(4, channels): the output channels per tile.
+template <typename F>
+void with_tile_channels(int64_t channels, F&& f) {
+  switch (std::min<int64_t>(channels, 4)) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+
+struct CpuConv2d {
+  static constexpr bool kReducedPrecision = false;
+
+  static void forward(const Conv2dForward& f) {
+    AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "fastdl.conv2d", [&] {
+      with_tile_channels(f.shape.out_per_group(), [&](auto kt) { forward_tiles<scalar_t, decltype(kt)::value>(f); });
+    });
+  }
+
+  static void backward(const Conv2dBackward& b) {
+    AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_backward", [&] {
+      if (b.grad_input.defined()) {
+        with_tile_channels(b.shape.in_per_group(), [&](auto kt) { grad_input_tiles<scalar_t, decltype(kt)::value>(b); });
+      }
+      if (b.grad_weight.defined()) {
+        with_tile_channels(b.shape.out_per_group(), [&](auto kt) { grad_weight_tiles<scalar_t, decltype(kt)::value>(b); });
+      }
+      if (b.grad_bias.defined()) grad_bias<scalar_t>(b);
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) { Conv2dOps<CpuConv2d>::define_kernels(m); }
+
+}  // namespace fastdl

@@ -1,0 +1,149 @@
+#pragma once
+// The register-blocked inner kernels of the CPU convolution (csrc/cpu/conv2d.cpp).
+//
+// Both work on "rows": runs of pixels that are contiguous in a buffer. A convolution over a prepared
+// buffer (padded input for the forward, padded grad_output for the input gradient) is, for each
+// output pixel p of a row,
+//
+//   out[k][p] = init[k] + sum_{c < channels} sum_{t < taps} w[k][c][t] * in[c * cs + tap[t] + p]
+//
+// with tap[t] the offset of kernel tap t from the row's start. conv_tile computes KT output
+// channels x VT vectors of pixels with all KT*VT accumulators in registers: per (c, t) it loads VT
+// input vectors and broadcasts KT weights (packed [c][t][KT] so they are adjacent), then KT*VT fused
+// multiply-adds. KT = 4, VT = 3 takes 12 of the 16 AVX2 registers and does 12 FMAs per 7 loads.
+//
+// weight_grad_tile is the transpose: acc[k][q] = sum_p dy[k][p] * x[q][p] over whole rows, with
+// vectors along the pixels and one horizontal sum per accumulator at the end.
+
+#include <cstdint>
+
+#include "cpu/vec_partial.h"
+
+namespace fastdl {
+
+enum class TileInit { zero, bias, accumulate };
+
+// How a conv_tile reads its inputs and writes its outputs. Step i of the reduction (reduction channel
+// c, tap t) reads at offsets[i] = c * cs + tap[t] from a vector's start: one flat loop, which keeps
+// the compiler from spilling the accumulators between channels.
+struct TileGeometry {
+  int64_t steps;
+  const int64_t* offsets;
+  int64_t out_channel_stride;  // between output channels
+  int64_t out_pixel_stride;    // between neighbouring output pixels (1, or K for channels-last)
+};
+
+template <typename T>
+Vec<T> load_pixels(const T* p, int64_t count, int64_t stride) {
+  constexpr int64_t V = Vec<T>::size();
+  if (stride == 1) return count == V ? Vec<T>::loadu(p) : load_partial(p, count);
+  T lanes[V] = {};
+  for (int64_t l = 0; l < count; ++l) lanes[l] = p[l * stride];
+  return Vec<T>::loadu(lanes);
+}
+
+template <typename T>
+void store_pixels(T* p, const Vec<T>& v, int64_t count, int64_t stride) {
+  constexpr int64_t V = Vec<T>::size();
+  if (stride == 1) {
+    if (count == V) {
+      v.store(p);
+    } else {
+      store_partial(p, v, count);
+    }
+    return;
+  }
+  T lanes[V];
+  v.store(lanes);
+  for (int64_t l = 0; l < count; ++l) p[l * stride] = lanes[l];
+}
+
+// One tile of KT output channels (the first kvalid are stored) x VT vectors. Vector v's first pixel
+// reads in[v] (reduction channel 0, tap offset 0) and writes out[v] (output channel 0 of the block),
+// for count[v] <= V pixels; buffers have at least V readable elements past the last pixel any vector
+// needs, so loads are always full. w: packed weights of the block, [channels][ntaps][KT]. init:
+// zero, bias[0, KT), or the values already in out.
+template <typename T, int KT, int VT>
+void conv_tile(const T* const* in, T* const* out, const int64_t* count, const TileGeometry& g, const T* w,
+               TileInit init, const T* bias, int64_t kvalid) {
+  Vec<T> acc[KT][VT];
+  for (int j = 0; j < KT; ++j) {
+    for (int v = 0; v < VT; ++v) {
+      if (init == TileInit::accumulate && j < kvalid) {
+        acc[j][v] = load_pixels(out[v] + j * g.out_channel_stride, count[v], g.out_pixel_stride);
+      } else {
+        acc[j][v] = Vec<T>(init == TileInit::bias ? bias[j] : T(0));
+      }
+    }
+  }
+  const T* src[VT];
+  for (int v = 0; v < VT; ++v) src[v] = in[v];
+  for (int64_t i = 0; i < g.steps; ++i, w += KT) {
+    const int64_t o = g.offsets[i];
+    Vec<T> x[VT];
+    for (int v = 0; v < VT; ++v) x[v] = Vec<T>::loadu(src[v] + o);
+    for (int j = 0; j < KT; ++j) {
+      const Vec<T> wj(w[j]);
+      for (int v = 0; v < VT; ++v) acc[j][v] = at::vec::fmadd(x[v], wj, acc[j][v]);
+    }
+  }
+  for (int j = 0; j < kvalid; ++j) {
+    for (int v = 0; v < VT; ++v) {
+      store_pixels(out[v] + j * g.out_channel_stride, acc[j][v], count[v], g.out_pixel_stride);
+    }
+  }
+}
+
+template <typename T>
+T horizontal_sum(const Vec<T>& v) {
+  constexpr int64_t V = Vec<T>::size();
+  T lanes[V];
+  v.store(lanes);
+  T sum = 0;
+  for (int64_t l = 0; l < V; ++l) sum += lanes[l];
+  return sum;
+}
+
+// The rows a weight_grad_tile sums over: row r has `width` pixels; grad_output channel j of the
+// block starts at dy[r] + dy_shift + j * dy_channel_stride, and the input of pair q at x[r] + x_offset[q].
+template <typename T>
+struct GradRows {
+  const T* const* dy;
+  const T* const* x;
+  int64_t count, width, dy_shift, dy_channel_stride;
+};
+
+// dw[j * ld + q] += sum over the rows' pixels of dy_j * x_q, for j < kvalid, q < qvalid (the other
+// channels and pairs repeat valid ones, and are dropped). Pixels past a row's width are masked on
+// both operands: an infinite input next to the row must not leak into the sums.
+template <typename T, int KT, int J>
+void weight_grad_tile(const GradRows<T>& rows, const int64_t* x_offset, T* dw, int64_t ld, int64_t kvalid,
+                      int64_t qvalid) {
+  constexpr int64_t V = Vec<T>::size();
+  Vec<T> acc[KT][J];
+  for (int j = 0; j < KT; ++j) {
+    for (int q = 0; q < J; ++q) acc[j][q] = Vec<T>(T(0));
+  }
+  const int64_t full = rows.width - rows.width % V, rest = rows.width - full;
+  for (int64_t r = 0; r < rows.count; ++r) {
+    const T* dy[KT];
+    for (int j = 0; j < KT; ++j) dy[j] = rows.dy[r] + rows.dy_shift + (j < kvalid ? j : 0) * rows.dy_channel_stride;
+    const T* x[J];
+    for (int q = 0; q < J; ++q) x[q] = rows.x[r] + x_offset[q < qvalid ? q : 0];
+    const auto step = [&](int64_t p, auto load) {
+      Vec<T> d[KT], xs[J];
+      for (int j = 0; j < KT; ++j) d[j] = load(dy[j] + p);
+      for (int q = 0; q < J; ++q) xs[q] = load(x[q] + p);
+      for (int j = 0; j < KT; ++j) {
+        for (int q = 0; q < J; ++q) acc[j][q] = at::vec::fmadd(d[j], xs[q], acc[j][q]);
+      }
+    };
+    for (int64_t p = 0; p < full; p += V) step(p, [](const T* a) { return Vec<T>::loadu(a); });
+    if (rest > 0) step(full, [rest](const T* a) { return load_partial(a, rest); });
+  }
+  for (int j = 0; j < kvalid; ++j) {
+    for (int q = 0; q < qvalid; ++q) dw[j * ld + q] += horizontal_sum(acc[j][q]);
+  }
+}
+
+}  // namespace fastdl

@@ -1,0 +1,383 @@
+"""2-D convolution against PyTorch: output and all three gradients over a hypothesis search of
+shapes and options and a grid of named cases (every path of the CPU kernels), the reference models'
+convolution layers, gradcheck, opcheck, torch.compile, the layer and convert(), non-finite inputs and
+bad input. CUDA cases carry the cuda marker (more in test_conv2d_cuda.py)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastdl
+from conftest import tolerance
+
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)]
+DTYPES = [torch.float32, torch.float64]
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def make(shape, layout, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = torch.zeros((*shape[:-1], 2 * shape[-1]), dtype=dtype, device=device)
+        wide[..., 1::2] = x
+        return wide[..., 1::2]
+    return x
+
+
+def run(fn, x, w, b, grad):
+    """fn's output and its gradients for x, w and b (None where not wanted) given grad."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    out = fn(*leaves)
+    out.backward(grad)
+    return out.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def check_against_torch(x, w, b, stride, padding, dilation, groups, seed=0):
+    """fastdl's output and gradients against torch's in float64, each element's error bounded by
+    the table's rtol times the sum of |terms| it adds (computed from |x|, |w|, |grad|)."""
+    dtype = x.dtype
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    ours = fastdl.ops.conv2d(x, w, b, **args)
+    theirs = F.conv2d(x, w, b, **args)
+    assert ours.shape == theirs.shape and ours.dtype == dtype
+    assert ours.stride() == theirs.stride()
+    grad = make(tuple(theirs.shape), "contiguous", dtype, x.device, seed + 1)
+    out, grads = run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, **args), x, w, b, grad)
+    d = lambda t: t.double() if t is not None else None  # noqa: E731
+    ref, ref_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x), d(w), d(b), d(grad))
+    bound, bound_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x).abs(), d(w).abs(),
+                             d(b).abs() if b is not None else None, d(grad).abs())
+    rtol, atol = tolerance("conv2d", dtype).values()
+    for name, got, want, scale in [("output", out, ref, bound), *zip(("grad_input", "grad_weight", "grad_bias"),
+                                                                      grads, ref_grads, bound_grads)]:
+        if want is None:
+            continue
+        err = (got.double() - want).abs()
+        assert torch.all(err <= rtol * scale + atol * 1e-6), (name, err.max().item(), scale.max().item())
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg, kg = draw(st.integers(1, 6)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 19))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 19))
+    batch = draw(st.integers(1, 3))
+    return dict(shape=(batch, cg * groups, h, w), weight=(kg * groups, cg, kh, kw), stride=(sh, sw),
+                padding=(ph, pw), dilation=(dh, dw), groups=groups, layout=draw(st.sampled_from(LAYOUTS)),
+                bias=draw(st.booleans()), weight_cl=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=150, deadline=None)
+@given(case=conv_cases())
+def test_conv2d_matches_torch(case, dtype, device):
+    x = make(case["shape"], case["layout"], dtype, device, case["seed"])
+    w = make(case["weight"], "channels_last" if case["weight_cl"] else "contiguous", dtype, device, case["seed"] + 2)
+    b = make((case["weight"][0],), "contiguous", dtype, device, case["seed"] + 3) if case["bias"] else None
+    check_against_torch(x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"], case["seed"])
+
+
+# Named cases: (input shape, weight shape, stride, padding, dilation, groups), one per kernel path.
+NAMED = {
+    "3x3 same": ((2, 16, 12, 12), (24, 16, 3, 3), 1, 1, 1, 1),
+    "1x1 planes read directly": ((2, 40, 9, 9), (36, 40, 1, 1), 1, 0, 1, 1),
+    "1x1 plane smaller than a vector": ((3, 8, 2, 2), (5, 8, 1, 1), 1, 0, 1, 1),
+    "1x1 stride 2 (ResNet downsample)": ((2, 16, 14, 14), (32, 16, 1, 1), 2, 0, 1, 1),
+    "7x7 stride 2 pad 3 (ResNet conv1)": ((2, 3, 37, 41), (16, 3, 7, 7), 2, 3, 1, 1),
+    "11x11 stride 4 pad 2 (AlexNet conv1)": ((2, 3, 63, 63), (8, 3, 11, 11), 4, 2, 1, 1),
+    "5x5 pad 2 (AlexNet conv2)": ((1, 12, 13, 13), (20, 12, 5, 5), 1, 2, 1, 1),
+    "1x7 and 7x1 (Inception)": ((2, 6, 17, 17), (10, 6, 1, 7), 1, (0, 3), 1, 1),
+    "7x1": ((2, 6, 17, 17), (10, 6, 7, 1), 1, (3, 0), 1, 1),
+    "3x2 asymmetric, stride (2, 3)": ((2, 5, 16, 19), (7, 5, 3, 2), (2, 3), (1, 0), 1, 1),
+    "dilation 2 stride 2": ((2, 4, 23, 21), (6, 4, 3, 3), 2, 2, 2, 1),
+    "padding beyond half the kernel": ((2, 4, 6, 7), (5, 4, 3, 3), 1, 4, 1, 1),
+    "output channels not a multiple of 4": ((2, 8, 10, 10), (7, 8, 3, 3), 1, 1, 1, 1),
+    "groups 2": ((2, 8, 10, 10), (12, 4, 3, 3), 1, 1, 1, 2),
+    "groups 4, 3 outputs per group": ((2, 8, 10, 10), (12, 2, 3, 3), 1, 1, 1, 4),
+    "depthwise": ((2, 12, 11, 11), (12, 1, 3, 3), 1, 1, 1, 12),
+    "depthwise x2 stride 2": ((2, 6, 11, 11), (12, 1, 5, 5), 2, 2, 1, 6),
+    "many channels (several channel blocks)": ((2, 300, 7, 7), (20, 300, 3, 3), 1, 1, 1, 1),
+    "many output channels, batch 1": ((1, 32, 5, 5), (260, 32, 3, 3), 1, 1, 1, 1),
+    "wide rows (several tiles per row)": ((1, 4, 5, 100), (8, 4, 3, 3), 1, 1, 1, 1),
+    "kernel as large as the input": ((2, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1, 1),
+    "one output pixel": ((2, 6, 1, 1), (4, 6, 1, 1), 1, 0, 1, 1),
+    "stride larger than kernel": ((2, 3, 13, 13), (4, 3, 2, 2), 3, 0, 1, 1),
+    "large stride, only some inputs reached": ((2, 3, 10, 10), (4, 3, 1, 1), 4, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_cases(name, layout, dtype, device):
+    shape, wshape, stride, padding, dilation, groups = NAMED[name]
+    x = make(shape, layout, dtype, device, 1)
+    w = make(wshape, "contiguous", dtype, device, 2)
+    b = make((wshape[0],), "contiguous", dtype, device, 3)
+    check_against_torch(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 2), 1), ((2, 5), (2, 1)), ((1, 1), 1)])
+def test_padding_strings(padding, kernel, dilation, device):
+    x = make((2, 3, 9, 10), "contiguous", torch.float64, device, 0)
+    w = make((4, 3, *kernel), "contiguous", torch.float64, device, 1)
+    check_against_torch(x, w, None, 1, padding, dilation, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input(device):
+    x = make((3, 9, 8), "contiguous", torch.float64, device, 0)
+    w = make((5, 3, 3, 3), "contiguous", torch.float64, device, 1)
+    check_against_torch(x, w, make((5,), "contiguous", torch.float64, device, 2), 2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
+                                  (False, True, True), (True, True, False)])
+def test_backward_computes_only_what_is_asked(mask, device):
+    x = make((2, 4, 7, 7), "contiguous", torch.float64, device, 0)
+    w = make((6, 4, 3, 3), "contiguous", torch.float64, device, 1)
+    g = make((2, 6, 7, 7), "contiguous", torch.float64, device, 2)
+    got = torch.ops.fastdl.conv2d_backward(g, x, w, [1], [1], [1], 1, list(mask))
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, torch.zeros(6, dtype=x.dtype, device=device)))
+    F.conv2d(xr, wr, br, padding=1).backward(g)
+    for wanted, ours, ref in zip(mask, got, (xr.grad, wr.grad, br.grad)):
+        if wanted:
+            torch.testing.assert_close(ours, ref, **tolerance("conv2d", torch.float64))
+        else:
+            assert ours.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 4, 7, 7, device=device, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(6, device=device, requires_grad=True)
+    out = fastdl.ops.conv2d(x, w, b, padding=1)
+    assert out.shape == (0, 6, 7, 7)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_inputs_spread_as_in_torch(device):
+    x = make((2, 3, 9, 10), "contiguous", torch.float32, device, 0)
+    x[0, 1, 4, 9] = float("inf")  # last column: next to a row boundary of the packed buffers
+    x[1, 0, 2, 3] = float("nan")
+    w = make((4, 3, 3, 3), "contiguous", torch.float32, device, 1)
+    g = make((2, 4, 9, 10), "contiguous", torch.float32, device, 2)
+    ours = fastdl.ops.conv2d(x, w, None, padding=1)
+    theirs = F.conv2d(x, w, None, padding=1)
+    assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())
+    gi, gw, _ = torch.ops.fastdl.conv2d_backward(g, x, w, [1], [1], [1], 1, [True, True, False])
+    _, ref_gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                       [False, True, False])
+    assert torch.equal(gw.isfinite(), ref_gw.isfinite())
+    assert gi.isfinite().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", [((2, 3, 6, 7), (4, 3, 3, 3), 1, 1, 1, 1), ((2, 4, 7, 6), (6, 2, 2, 3), 2, 1, 2, 2),
+                                    ((1, 3, 5, 5), (3, 1, 3, 3), 1, 0, 1, 3), ((5, 3, 4), (2, 5, 1, 1), 1, 0, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck(config, channels_last, device):
+    shape, wshape, stride, padding, dilation, groups = config
+    layout = "channels_last" if channels_last else "contiguous"
+    x = make(shape, layout, torch.float64, device, 0).requires_grad_()
+    w = make(wshape, "contiguous", torch.float64, device, 1).requires_grad_()
+    b = make((wshape[0],), "contiguous", torch.float64, device, 2).requires_grad_()
+    fn = lambda x, w, b: fastdl.ops.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    fd = torch.ops.fastdl
+    for shape, wshape, stride, padding, groups, layout in [((2, 4, 7, 7), (6, 4, 3, 3), [1], [1], 1, "contiguous"),
+                                                          ((2, 4, 8, 7), (6, 2, 3, 1), [2, 1], [1, 0], 2, "channels_last"),
+                                                          ((4, 6, 5), (4, 4, 1, 1), [1], [0], 1, "contiguous")]:
+        x = make(shape, layout, torch.float32, device, 0)
+        w = make(wshape, "contiguous", torch.float32, device, 1)
+        b = make((wshape[0],), "contiguous", torch.float32, device, 2)
+        for bias in (b, None):
+            args = (x.clone().requires_grad_(), w.clone().requires_grad_(),
+                    bias.clone().requires_grad_() if bias is not None else None, stride, padding, [1], groups)
+            torch.library.opcheck(fd.conv2d.default, args)
+        out = fd.conv2d(x, w, b, stride, padding, [1], groups)
+        for mask in ([True, True, True], [True, False, False], [False, True, True]):
+            torch.library.opcheck(fd.conv2d_backward.default,
+                                  (torch.randn_like(out), x, w, stride, padding, [1], groups, mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_training_step_matches_eager(device):
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(fastdl.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                fastdl.nn.Conv2d(8, 4, 3, stride=2, groups=2, bias=False)).to(device)
+    compiled_model = torch.nn.Sequential(fastdl.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                         fastdl.nn.Conv2d(8, 4, 3, stride=2, groups=2, bias=False)).to(device)
+    compiled_model.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    x = torch.randn(4, 3, 12, 12, device=device)
+    out_e, out_c = eager(x), compiled(x)
+    torch.testing.assert_close(out_c, out_e)
+    out_e.square().sum().backward()
+    out_c.square().sum().backward()
+    for pe, pc in zip(eager.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, (2, 1), "same", "valid"])
+def test_layer_matches_torch_layer(padding_mode, padding, device):
+    if padding == "valid" and padding_mode != "zeros":
+        padding = 1
+    kwargs = dict(stride=1, padding=padding, padding_mode=padding_mode, dilation=(1, 2))
+    torch.manual_seed(0)
+    stock = torch.nn.Conv2d(4, 6, (3, 4), **kwargs).to(device).double()
+    ours = fastdl.nn.Conv2d(4, 6, (3, 4), **kwargs).to(device).double()
+    ours.load_state_dict(stock.state_dict())
+    assert repr(ours).replace("fastdl.nn.", "") == repr(stock)
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64, device=device)
+    xs, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yo = stock(xs), ours(xo)
+    torch.testing.assert_close(yo, ys, **tolerance("conv2d", torch.float64))
+    ys.sum().backward()
+    yo.sum().backward()
+    torch.testing.assert_close(xo.grad, xs.grad, **tolerance("conv2d", torch.float64))
+    torch.testing.assert_close(ours.weight.grad, stock.weight.grad, **tolerance("conv2d", torch.float64))
+
+
+def test_layer_algorithm():
+    layer = fastdl.nn.Conv2d(3, 4, 3, algorithm="direct")
+    assert layer.algorithm == "direct" and fastdl.nn.Conv2d(3, 4, 3).algorithm == "auto"
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        fastdl.nn.Conv2d(3, 4, 3, algorithm="fft")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        fastdl.ops.conv2d(torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3), algorithm="fft")
+
+
+def test_convert_maps_conv_layers_and_keeps_parameters():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    weight = model[0].weight
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    fastdl.convert(model)
+    assert type(model[0]) is fastdl.nn.Conv2d and model[0].weight is weight and model[0].algorithm == "auto"
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    fastdl.revert(model)
+    assert type(model[0]) is torch.nn.Conv2d
+
+
+def lenet5_convs() -> torch.nn.Module:
+    """LeNet-5's convolutions (32x32 input, C1 6@5x5, pooling, C3 16@5x5)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
+                               torch.nn.Conv2d(6, 16, 5))
+
+
+def reference_model(name: str):
+    import torchvision
+
+    if name == "lenet5":
+        return lenet5_convs(), (2, 1, 32, 32)
+    return getattr(torchvision.models, name)(weights=None), (2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg16", "resnet18"])
+def test_reference_model_conv_layers_match(name):
+    """Every convolution of the model, on the input it sees at batch 2, forward and backward."""
+    torch.manual_seed(0)
+    model, shape = reference_model(name)
+    inputs = {}
+
+    def record(module, args, out):
+        inputs[module] = args[0].detach()
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.randn(shape))
+    for h in hooks:
+        h.remove()
+    assert inputs
+    for conv, x in inputs.items():
+        bias = conv.bias.detach() if conv.bias is not None else None
+        x = x[:, :, : min(x.shape[2], 64), : min(x.shape[3], 64)] if name == "vgg16" else x  # VGG: 64x64 crops
+        check_against_torch(x, conv.weight.detach(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def test_bad_input_names_the_argument():
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    op = fastdl.ops.conv2d
+    with pytest.raises(RuntimeError, match=r"expected input of shape \[2, 4, 8, 8\] to have 6 channels"):
+        op(x, torch.randn(6, 6, 3, 3))
+    with pytest.raises(RuntimeError, match="out_channels .* divisible by groups"):
+        op(x, torch.randn(6, 2, 3, 3), groups=4)
+    with pytest.raises(RuntimeError, match="to have 8 channels, but got 4"):
+        op(x, torch.randn(8, 4, 3, 3), groups=2)
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        op(torch.randn(2, 4, 2, 2), w)
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        op(torch.randn(2, 4, 5, 5), w, dilation=3)
+    with pytest.raises(RuntimeError, match="expected padding to be non-negative"):
+        op(x, w, padding=-1)
+    with pytest.raises(RuntimeError, match="expected stride to be positive"):
+        op(x, w, stride=0)
+    with pytest.raises(RuntimeError, match="expected dilation to be positive"):
+        op(x, w, dilation=(1, 0))
+    with pytest.raises(RuntimeError, match="expected groups to be positive"):
+        op(x, w, groups=0)
+    with pytest.raises(RuntimeError, match=r"expected input to be 3-D \(C,H,W\) or 4-D"):
+        op(torch.randn(4, 8), w)
+    with pytest.raises(RuntimeError, match=r"expected input to be 3-D \(C,H,W\) or 4-D"):
+        op(torch.randn(1, 2, 4, 8, 8), w)
+    with pytest.raises(RuntimeError, match="expected weight to be 4-D"):
+        op(x, torch.randn(6, 4, 3))
+    with pytest.raises(RuntimeError, match="expected input to be float32 or float64"):
+        op(x.long(), w.long())
+    with pytest.raises(RuntimeError, match="expected weight to have the dtype of input"):
+        op(x, w.double())
+    with pytest.raises(RuntimeError, match="expected bias to be 1-D with 6 elements"):
+        op(x, w, torch.randn(5))
+    with pytest.raises(RuntimeError, match="expected weight with no zero dimension"):
+        op(x, torch.randn(0, 4, 3, 3))
+    with pytest.raises(RuntimeError, match=r"expected grad_output of shape \[2, 6, 6, 6\]"):
+        torch.ops.fastdl.conv2d_backward(torch.randn(2, 6, 5, 5), x, w, [1], [0], [1], 1, [True, True, True])
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided convolutions"):
+        op(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be a number, a pair, 'valid' or 'same'"):
+        op(x, w, padding="full")
+    with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+        op(x, w, stride=(1, 2, 3))
+
+
+@pytest.mark.cuda
+def test_weight_on_another_device():
+    x, w = torch.randn(2, 4, 8, 8, device="cuda"), torch.randn(6, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="expected weight on the same device as input"):
+        fastdl.ops.conv2d(x, w)
+
+
+def test_double_backward_raises():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = fastdl.ops.conv2d(x, w)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for fastdl::conv2d_backward is not implemented"):
+        g.sum().backward()
