@@ -1,4 +1,4 @@
-// CUDA kernels of 2-D convolution: the forward and both weight-free backward passes as one
+// CUDA kernels of 2-D convolution: the forward, grad_input and grad_weight passes as one
 // implicit-GEMM tile kernel, plus small kernels for grad_bias, split sums and weight reordering.
 //
 // Each pass is, per group g, a GEMM C[m][n] = sum_k A[m][k] * B[k][n] whose operands are gathered
@@ -22,12 +22,13 @@
 //
 // The tile kernel: 256 threads compute a 128 x 64 tile of C, each an 8 x 4 register tile (rows in
 // two runs of 4, 64 apart, so that shared-memory reads are conflict-free 16-byte vectors). Slices of
-// BK = 16 (8 for double) reduction steps of A and B are staged in shared memory as float (double),
-// double-buffered: the next slice's global loads are in flight in registers while the current one
-// is multiplied, then stored to the other buffer, one barrier per slice. Each operand is loaded with
-// consecutive threads along whichever of its two indices is contiguous in memory (kAAlongK,
-// kBAlongK), out-of-image and out-of-range elements as zeros. Pixels and taps are decoded with
-// multiply-shift division by precomputed divisors; index arithmetic is int32 when every index fits.
+// BK = 16 reduction steps (8 for double or int64 indices) of A and B are staged in shared memory as
+// float (double), double-buffered: the next slice's global loads are in flight in registers while
+// the current one is multiplied, then stored to the other buffer, one barrier per slice. Each operand
+// is loaded with consecutive threads along whichever of its two indices is contiguous in memory
+// (kAAlongK, kBAlongK), out-of-image and out-of-range elements as zeros. Pixels and taps are decoded
+// with multiply-shift division by precomputed divisors; index arithmetic is int32 when every index
+// fits.
 //
 // The operand loaders and the thread's phases are __host__ __device__ so that the tile logic can be
 // emulated on the host (float and double).
@@ -77,7 +78,7 @@ struct Divisor<int32_t> {
 // The sizes of one problem in the kernels' index type.
 template <typename I>
 struct Dims {
-  I N, C, H, W, K, OH, OW, Cg, Kg, R, S, sh, sw, ph, pw, dh, dw, groups;
+  I N, C, H, W, K, OH, OW, Cg, Kg, sh, sw, ph, pw, dh, dw, groups;
   Divisor<I> by_hw, by_w, by_ohw, by_ow, by_rs, by_s, by_cg, by_kg, by_sh, by_sw;
 };
 
@@ -86,7 +87,7 @@ Dims<I> dims_of(const Conv2dShape& s) {
   Dims<I> d;
   d.N = I(s.batch), d.C = I(s.in_channels), d.H = I(s.in_h), d.W = I(s.in_w), d.K = I(s.out_channels);
   d.OH = I(s.out_h), d.OW = I(s.out_w), d.Cg = I(s.in_per_group()), d.Kg = I(s.out_per_group());
-  d.R = I(s.kernel_h), d.S = I(s.kernel_w), d.sh = I(s.stride_h), d.sw = I(s.stride_w);
+  d.sh = I(s.stride_h), d.sw = I(s.stride_w);
   d.ph = I(s.pad_h), d.pw = I(s.pad_w), d.dh = I(s.dilation_h), d.dw = I(s.dilation_w), d.groups = I(s.groups);
   d.by_hw = Divisor<I>(s.in_h * s.in_w), d.by_w = Divisor<I>(s.in_w);
   d.by_ohw = Divisor<I>(s.out_h * s.out_w), d.by_ow = Divisor<I>(s.out_w);
@@ -168,11 +169,12 @@ FASTDL_HOST_DEVICE void write(T* p, I offset, Acc<T> v) {
 //
 // A problem P tells the tile kernel, for part z of its grid (a group, or a group and a split):
 //   rows(), cols(), parts(), depth(z)     the GEMM's M, N, number of parts, and k range;
-//   a_fix(m, z), a_offset(fix, k)         where A[m][k] is: a per-row part computed once per tile,
+//   a_fix(m, z, ok), a_offset(fix, k)     where A[m][k] is: a per-row part computed once per tile,
 //                                         then per k an offset into `a`, or -1 for a zero;
-//   b_fix(n, z), b_offset(fix, k)         the same for B[k][n] and `b`;
+//   b_fix(n, z, ok), b_offset(fix, k)     the same for B[k][n] and `b`;
 //   row_offset(m, z) + col_offset(n, z)   where C[m][n] goes in `out`; bias_of(n, z) is added.
-// Out-of-range m and n get fixes that read zeros; k is checked against depth(z) by the kernel.
+// Rows and columns past the end come as m = 0 (n = 0) with ok false and read zeros, so that no
+// index is formed past the tensors; k is checked against depth(z) by the kernel.
 
 template <typename T_, typename I_, Layout L>
 struct ForwardGemm {
@@ -196,10 +198,10 @@ struct ForwardGemm {
     I base, ih, iw;
     bool ok;
   };
-  FASTDL_HOST_DEVICE AFix a_fix(I m, I g) const {
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I g, bool ok) const {
     const Pixel<I> q = pixel(m, d.by_ohw, d.by_ow);
     const I base = L == Layout::nchw ? (q.n * d.C + g * d.Cg) * d.by_hw.d : q.n * d.by_hw.d * d.C + g * d.Cg;
-    return {base, q.y * d.sh - d.ph, q.x * d.sw - d.pw, m < rows()};
+    return {base, q.y * d.sh - d.ph, q.x * d.sw - d.pw, ok};
   }
   FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
     const Tap<I> t = tap<L>(k, d.by_rs, d.by_s, d.by_cg);
@@ -212,7 +214,7 @@ struct ForwardGemm {
     I base;
     bool ok;
   };
-  FASTDL_HOST_DEVICE BFix b_fix(I n, I g) const { return {(g * d.Kg + n) * depth(g).end, n < d.Kg}; }
+  FASTDL_HOST_DEVICE BFix b_fix(I n, I g, bool ok) const { return {(g * d.Kg + n) * depth(g).end, ok}; }
   FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const { return f.ok ? f.base + k : I(-1); }
 
   FASTDL_HOST_DEVICE I row_offset(I m, I) const {
@@ -248,11 +250,11 @@ struct GradInputGemm {
     I base, y, x;
     bool ok;
   };
-  FASTDL_HOST_DEVICE AFix a_fix(I m, I g) const {
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I g, bool ok) const {
     const Pixel<I> q = pixel(m, d.by_hw, d.by_w);
     const I ohw = d.by_ohw.d;
     const I base = L == Layout::nchw ? (q.n * d.K + g * d.Kg) * ohw : q.n * ohw * d.K + g * d.Kg;
-    return {base, q.y + d.ph, q.x + d.pw, m < rows()};
+    return {base, q.y + d.ph, q.x + d.pw, ok};
   }
   FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
     const Tap<I> t = tap<L>(k, d.by_rs, d.by_s, d.by_kg);
@@ -267,9 +269,9 @@ struct GradInputGemm {
     I base;
     bool ok;
   };
-  FASTDL_HOST_DEVICE BFix b_fix(I c, I g) const {
+  FASTDL_HOST_DEVICE BFix b_fix(I c, I g, bool ok) const {
     const I rs = d.by_rs.d, group = g * d.Kg * d.Cg * rs;
-    return {L == Layout::nchw ? group + c * rs : group + c, c < d.Cg};
+    return {L == Layout::nchw ? group + c * rs : group + c, ok};
   }
   FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const {
     if (!f.ok) return -1;
@@ -323,10 +325,10 @@ struct GradWeightGemm {
     I base, y, x;
     bool ok;
   };
-  FASTDL_HOST_DEVICE AFix a_fix(I m, I z) const {
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I z, bool ok) const {
     const Tap<I> t = tap<L>(m, d.by_rs, d.by_s, d.by_cg);
     const I c = (z % d.groups) * d.Cg + t.c;
-    return {L == Layout::nchw ? c * d.by_hw.d : c, t.r * d.dh - d.ph, t.s * d.dw - d.pw, m < rows()};
+    return {L == Layout::nchw ? c * d.by_hw.d : c, t.r * d.dh - d.ph, t.s * d.dw - d.pw, ok};
   }
   FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
     const Pixel<I> q = pixel(k, d.by_ohw, d.by_ow);
@@ -340,9 +342,9 @@ struct GradWeightGemm {
     I base;
     bool ok;
   };
-  FASTDL_HOST_DEVICE BFix b_fix(I n, I z) const {
+  FASTDL_HOST_DEVICE BFix b_fix(I n, I z, bool ok) const {
     const I k = (z % d.groups) * d.Kg + n;
-    return {L == Layout::nchw ? k * d.by_ohw.d : k, n < d.Kg};
+    return {L == Layout::nchw ? k * d.by_ohw.d : k, ok};
   }
   FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const {
     if (!f.ok) return -1;
@@ -363,9 +365,9 @@ struct TileConfig {
   static constexpr int BM = 128, BN = 64;  // tile of C
   // Reduction steps per staged slice: 8 where 16 would spill registers (double, int64 indices).
   static constexpr int BK = sizeof(A) == 4 && sizeof(I) == 4 ? 16 : 8;
-  static constexpr int TM = 8, TN = 4;                // per thread: rows tm*4 + {0..3} and BM/2 + the same
+  static constexpr int TM = 8, TN = 4;  // per thread: rows tm*4 + {0..3} and BM/2 + the same
   static constexpr int kRowThreads = BM / TM;
-  static constexpr int kPad = 16 / int(sizeof(A));  // rows stay 16-byte aligned, stores avoid conflicts
+  static constexpr int kPad = 16 / int(sizeof(A));  // rows stay 16-byte aligned; staging stores spread over banks
   static constexpr int kMinBlocks = sizeof(A) == 4 ? 2 : 1;
   static_assert(kRowThreads * (BN / TN) == kThreads, "one thread per TM x TN tile");
 };
@@ -395,15 +397,18 @@ FASTDL_HOST_DEVICE Tile<typename P::I> tile_at(const P& p, int64_t index, int64_
 }
 
 // Which element of a D x BK operand slice load j of thread t fetches: consecutive threads along k
-// or along d, whichever is contiguous in memory.
+// or along d, whichever is contiguous in memory. Along k a thread keeps one k (one decode per slice);
+// along d, warps take runs of 32 d and a thread meets only D/32 distinct d and BK/8 distinct k.
 struct Slot {
   int d, k;
 };
 
 template <int D, int BK, bool kAlongK>
 FASTDL_HOST_DEVICE Slot slot(int t, int j) {
+  static_assert(D % kWarp == 0 && BK % (kThreads / kWarp) == 0 && kThreads % BK == 0, "whole warps per slice");
   if constexpr (kAlongK) return {t / BK + j * (kThreads / BK), t % BK};
-  return {t % D, t / D + j * (kThreads / D)};
+  constexpr int kRuns = D / kWarp;
+  return {t % kWarp + kWarp * (j % kRuns), t / kWarp + (kThreads / kWarp) * (j / kRuns)};
 }
 
 // One thread's state and the phases of its work on a tile; the kernel puts barriers between them.
@@ -425,9 +430,15 @@ struct GemmThread {
 
   FASTDL_HOST_DEVICE void begin(const P& p, const Tile<I>& tile) {
 #pragma unroll
-    for (int j = 0; j < kLoadsA; ++j) a_fix[j] = p.a_fix(tile.m0 + slot<Cfg::BM, Cfg::BK, P::kAAlongK>(t, j).d, tile.z);
+    for (int j = 0; j < kLoadsA; ++j) {
+      const I m = tile.m0 + slot<Cfg::BM, Cfg::BK, P::kAAlongK>(t, j).d;
+      a_fix[j] = p.a_fix(m < p.rows() ? m : I(0), tile.z, m < p.rows());
+    }
 #pragma unroll
-    for (int j = 0; j < kLoadsB; ++j) b_fix[j] = p.b_fix(tile.n0 + slot<Cfg::BN, Cfg::BK, P::kBAlongK>(t, j).d, tile.z);
+    for (int j = 0; j < kLoadsB; ++j) {
+      const I n = tile.n0 + slot<Cfg::BN, Cfg::BK, P::kBAlongK>(t, j).d;
+      b_fix[j] = p.b_fix(n < p.cols() ? n : I(0), tile.z, n < p.cols());
+    }
 #pragma unroll
     for (int i = 0; i < Cfg::TM; ++i) {
 #pragma unroll
@@ -700,7 +711,9 @@ const T* reordered_weight(const Conv2dShape& s, const void* weight, void* worksp
 template <typename Body>
 cudaError_t dispatch(DType dtype, bool narrow, Layout layout, Body&& body) {
   return dispatch_dtype(dtype, [&](auto t) {
-    return dispatch_index(narrow, [&](auto i) { return dispatch_layout(layout, [&](auto l) { return body(t, i, l); }); });
+    return dispatch_index(narrow, [&](auto i) {
+      return dispatch_layout(layout, [&](auto l) { return body(t, i, l); });
+    });
   });
 }
 
