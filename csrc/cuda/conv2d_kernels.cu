@@ -666,7 +666,11 @@ Plan plan(const Conv2dShape& s, DType dtype, bool reorder, bool grad_weight, boo
   const std::size_t acc = dtype == DType::f64 ? 8 : 4;
   const auto aligned = [](std::size_t bytes) { return (bytes + 255) / 256 * 256; };
   Plan p;
-  int64_t largest = max_of(s.input_numel(), s.output_numel());
+  // Element offsets, and the window positions oh*sh - ph + r*dh (which huge strides, paddings or
+  // dilations can push past the tensors' sizes).
+  int64_t largest = max_of(max_of(s.input_numel(), s.output_numel()), s.weight_numel());
+  largest = max_of(largest, s.stride_h * s.out_h + s.dilation_h * s.kernel_h + s.pad_h + s.in_h);
+  largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
   if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
   if (grad_weight) {
     p.weight_chunk = dtype == DType::f64 ? grad_weight_chunk<double>(s) : grad_weight_chunk<float>(s);
