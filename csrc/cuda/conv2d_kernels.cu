@@ -1,0 +1,789 @@
+// CUDA kernels of 2-D convolution: the forward, grad_input and grad_weight passes as one
+// implicit-GEMM tile kernel, plus small kernels for grad_bias, split sums and weight reordering.
+//
+// Each pass is, per group g, a GEMM C[m][n] = sum_k A[m][k] * B[k][n] whose operands are gathered
+// from the tensors while loading (never materialized):
+//
+//   pass         m (rows)              n (columns)         k (reduction)       A     B     C
+//   forward      output pixel n,oh,ow  output channel Kg   c,r,s  (Cg*R*S)     x     w     y
+//   grad_input   input pixel n,ih,iw   input channel Cg    k,r,s  (Kg*R*S)     dy    w     dx
+//   grad_weight  tap c,r,s (Cg*R*S)    output channel Kg   output pixel        x     dy    partials
+//
+// grad_input reads dy[n][k][oh][ow] with oh = (ih + ph - r*dh) / sh where that divides exactly and
+// lies in the output, else 0: for stride > 1 the non-dividing taps are multiplied as zeros (wasted
+// work, up to sh*sw times; decomposing by output phase would avoid it). grad_weight splits its long
+// reduction (N*OH*OW pixels) over blocks and writes one partial GEMM per split; a second kernel sums
+// the splits in a fixed order, so results are deterministic (no atomics). grad_bias sums grad_output
+// per channel the same way.
+//
+// Reduction order: channel-major (c*R*S + r*S + s) for N,C,H,W tensors, tap-major ((r*S + s)*Cg + c)
+// for N,H,W,C ones, so that consecutive k read consecutive channels there. The weight is reordered to
+// (K, R, S, Cg) for N,H,W,C so that its rows stay contiguous along k.
+//
+// The tile kernel: 256 threads compute a 128 x 64 tile of C, each an 8 x 4 register tile (rows in
+// two runs of 4, 64 apart, so that shared-memory reads are conflict-free 16-byte vectors). Slices of
+// BK = 16 reduction steps (8 for double or int64 indices) of A and B are staged in shared memory as
+// float (double), double-buffered: the next slice's global loads are in flight in registers while
+// the current one is multiplied, then stored to the other buffer, one barrier per slice. Each operand
+// is loaded with consecutive threads along whichever of its two indices is contiguous in memory
+// (kAAlongK, kBAlongK), out-of-image and out-of-range elements as zeros. Pixels and taps are decoded
+// with multiply-shift division by precomputed divisors; index arithmetic is int32 when every index
+// fits.
+//
+// The operand loaders and the thread's phases are __host__ __device__ so that the tile logic can be
+// emulated on the host (float and double).
+
+#include "cuda/conv2d_kernels.h"
+#include "cuda/device_utils.cuh"
+
+namespace fastdl::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarp = 32;
+
+// ---- index arithmetic ------------------------------------------------------------------------------
+
+// Division of non-negative values by a fixed positive divisor.
+template <typename I>
+struct Divisor {
+  I d;
+  Divisor() = default;
+  explicit Divisor(int64_t divisor) : d(I(divisor)) {}
+  FASTDL_HOST_DEVICE I div(I n) const { return n / d; }
+};
+
+// int32: multiply-high and shift (Granlund-Montgomery, as PyTorch's IntDivider) instead of a
+// division loop. Dividends stay below 2^31 (fits_int32), so hi + n cannot wrap.
+template <>
+struct Divisor<int32_t> {
+  int32_t d;
+  uint32_t magic, shift;
+  Divisor() = default;
+  explicit Divisor(int64_t divisor) : d(int32_t(divisor)) {
+    shift = 0;
+    while ((uint64_t{1} << shift) < uint64_t(divisor)) ++shift;
+    magic = uint32_t(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - uint64_t(divisor))) / uint64_t(divisor) + 1);
+  }
+  FASTDL_HOST_DEVICE int32_t div(int32_t n) const {
+#ifdef __CUDA_ARCH__
+    const uint32_t hi = __umulhi(uint32_t(n), magic);
+#else
+    const uint32_t hi = uint32_t((uint64_t(uint32_t(n)) * magic) >> 32);
+#endif
+    return int32_t((hi + uint32_t(n)) >> shift);
+  }
+};
+
+// The sizes of one problem in the kernels' index type.
+template <typename I>
+struct Dims {
+  I N, C, H, W, K, OH, OW, Cg, Kg, sh, sw, ph, pw, dh, dw, groups;
+  Divisor<I> by_hw, by_w, by_ohw, by_ow, by_rs, by_s, by_cg, by_kg, by_sh, by_sw;
+};
+
+template <typename I>
+Dims<I> dims_of(const Conv2dShape& s) {
+  Dims<I> d;
+  d.N = I(s.batch), d.C = I(s.in_channels), d.H = I(s.in_h), d.W = I(s.in_w), d.K = I(s.out_channels);
+  d.OH = I(s.out_h), d.OW = I(s.out_w), d.Cg = I(s.in_per_group()), d.Kg = I(s.out_per_group());
+  d.sh = I(s.stride_h), d.sw = I(s.stride_w);
+  d.ph = I(s.pad_h), d.pw = I(s.pad_w), d.dh = I(s.dilation_h), d.dw = I(s.dilation_w), d.groups = I(s.groups);
+  d.by_hw = Divisor<I>(s.in_h * s.in_w), d.by_w = Divisor<I>(s.in_w);
+  d.by_ohw = Divisor<I>(s.out_h * s.out_w), d.by_ow = Divisor<I>(s.out_w);
+  d.by_rs = Divisor<I>(s.taps()), d.by_s = Divisor<I>(s.kernel_w);
+  d.by_cg = Divisor<I>(s.in_per_group()), d.by_kg = Divisor<I>(s.out_per_group());
+  d.by_sh = Divisor<I>(s.stride_h), d.by_sw = Divisor<I>(s.stride_w);
+  return d;
+}
+
+template <typename I>
+struct Pixel {
+  I n, y, x;
+};
+
+// Pixel m of a batch of planes of by_plane.d pixels, rows of by_width.d.
+template <typename I>
+FASTDL_HOST_DEVICE Pixel<I> pixel(I m, const Divisor<I>& by_plane, const Divisor<I>& by_width) {
+  const I n = by_plane.div(m), p = m - n * by_plane.d, y = by_width.div(p);
+  return {n, y, p - y * by_width.d};
+}
+
+template <typename I>
+struct Tap {
+  I c, r, s;
+};
+
+// Index j over (channel < by_ch.d, r, s) in the reduction order of layout L (see the top).
+template <Layout L, typename I>
+FASTDL_HOST_DEVICE Tap<I> tap(I j, const Divisor<I>& by_rs, const Divisor<I>& by_s, const Divisor<I>& by_ch) {
+  I c, rs;
+  if constexpr (L == Layout::nchw) {
+    c = by_rs.div(j);
+    rs = j - c * by_rs.d;
+  } else {
+    rs = by_ch.div(j);
+    c = j - rs * by_ch.d;
+  }
+  const I r = by_s.div(rs);
+  return {c, r, rs - r * by_s.d};
+}
+
+// Where element e of a (K, Cg, R, S) weight goes in its (K, R, S, Cg) reordering.
+template <typename I>
+struct TapMajor {
+  Divisor<I> by_crs, by_rs;
+  I cg;
+  FASTDL_HOST_DEVICE I operator()(I e) const {
+    const I k = by_crs.div(e), col = e - k * by_crs.d, c = by_rs.div(col);
+    return k * by_crs.d + (col - c * by_rs.d) * cg + c;
+  }
+};
+
+template <typename I>
+FASTDL_HOST_DEVICE bool inside(I v, I size) {
+  return v >= 0 && v < size;
+}
+
+// Element reads and writes in the accumulation type. The host versions serve the emulation of the
+// tile logic and take float and double only.
+template <typename T, typename I>
+FASTDL_HOST_DEVICE Acc<T> read(const T* p, I offset) {
+#ifdef __CUDA_ARCH__
+  return to_acc(__ldg(p + offset));
+#else
+  return p[offset];
+#endif
+}
+
+template <typename T, typename I>
+FASTDL_HOST_DEVICE void write(T* p, I offset, Acc<T> v) {
+#ifdef __CUDA_ARCH__
+  p[offset] = from_acc<T>(v);
+#else
+  p[offset] = v;
+#endif
+}
+
+// ---- the three GEMMs -------------------------------------------------------------------------------
+//
+// A problem P tells the tile kernel, for part z of its grid (a group, or a group and a split):
+//   rows(), cols(), parts(), depth(z)     the GEMM's M, N, number of parts, and k range;
+//   a_fix(m, z, ok), a_offset(fix, k)     where A[m][k] is: a per-row part computed once per tile,
+//                                         then per k an offset into `a`, or -1 for a zero;
+//   b_fix(n, z, ok), b_offset(fix, k)     the same for B[k][n] and `b`;
+//   row_offset(m, z) + col_offset(n, z)   where C[m][n] goes in `out`; bias_of(n, z) is added.
+// Rows and columns past the end come as m = 0 (n = 0) with ok false and read zeros, so that no
+// index is formed past the tensors; k is checked against depth(z) by the kernel.
+
+template <typename T_, typename I_, Layout L>
+struct ForwardGemm {
+  using T = T_;
+  using I = I_;
+  using Out = T;
+  // Coalesced: x along output pixels (N,C,H,W) or along channels (N,H,W,C); weight rows along k.
+  static constexpr bool kAAlongK = L == Layout::nhwc, kBAlongK = true;
+  Dims<I> d;
+  const T* a;     // input
+  const T* b;     // weight (K, Cg, R, S), or reordered (K, R, S, Cg) for N,H,W,C
+  const T* bias;  // K values or null
+  T* out;         // output
+
+  FASTDL_HOST_DEVICE I rows() const { return d.N * d.by_ohw.d; }
+  FASTDL_HOST_DEVICE I cols() const { return d.Kg; }
+  FASTDL_HOST_DEVICE I parts() const { return d.groups; }
+  FASTDL_HOST_DEVICE IndexRange<I> depth(I) const { return {0, d.Cg * d.by_rs.d}; }
+
+  struct AFix {  // output pixel: offset of its image's group channels, window origin
+    I base, ih, iw;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I g, bool ok) const {
+    const Pixel<I> q = pixel(m, d.by_ohw, d.by_ow);
+    const I base = L == Layout::nchw ? (q.n * d.C + g * d.Cg) * d.by_hw.d : q.n * d.by_hw.d * d.C + g * d.Cg;
+    return {base, q.y * d.sh - d.ph, q.x * d.sw - d.pw, ok};
+  }
+  FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
+    const Tap<I> t = tap<L>(k, d.by_rs, d.by_s, d.by_cg);
+    const I ih = f.ih + t.r * d.dh, iw = f.iw + t.s * d.dw;
+    if (!f.ok || !inside(ih, d.H) || !inside(iw, d.W)) return -1;
+    return L == Layout::nchw ? f.base + (t.c * d.H + ih) * d.W + iw : f.base + (ih * d.W + iw) * d.C + t.c;
+  }
+
+  struct BFix {  // output channel: its weight row
+    I base;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE BFix b_fix(I n, I g, bool ok) const { return {(g * d.Kg + n) * depth(g).end, ok}; }
+  FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const { return f.ok ? f.base + k : I(-1); }
+
+  FASTDL_HOST_DEVICE I row_offset(I m, I) const {
+    if constexpr (L == Layout::nhwc) return m * d.K;
+    const I n = d.by_ohw.div(m);
+    return n * d.K * d.by_ohw.d + (m - n * d.by_ohw.d);
+  }
+  FASTDL_HOST_DEVICE I col_offset(I n, I g) const {
+    return L == Layout::nchw ? (g * d.Kg + n) * d.by_ohw.d : g * d.Kg + n;
+  }
+  FASTDL_HOST_DEVICE Acc<T> bias_of(I n, I g) const { return bias != nullptr ? read(bias, g * d.Kg + n) : Acc<T>(0); }
+};
+
+template <typename T_, typename I_, Layout L>
+struct GradInputGemm {
+  using T = T_;
+  using I = I_;
+  using Out = T;
+  // Coalesced: dy along input pixels (N,C,H,W) or channels (N,H,W,C); the weight along its taps
+  // (N,C,H,W: runs of R*S) or, reordered, along input channels (N,H,W,C).
+  static constexpr bool kAAlongK = L == Layout::nhwc, kBAlongK = L == Layout::nchw;
+  Dims<I> d;
+  const T* a;  // grad_output
+  const T* b;  // weight (K, Cg, R, S), or reordered (K, R, S, Cg) for N,H,W,C
+  T* out;      // grad_input
+
+  FASTDL_HOST_DEVICE I rows() const { return d.N * d.by_hw.d; }
+  FASTDL_HOST_DEVICE I cols() const { return d.Cg; }
+  FASTDL_HOST_DEVICE I parts() const { return d.groups; }
+  FASTDL_HOST_DEVICE IndexRange<I> depth(I) const { return {0, d.Kg * d.by_rs.d}; }
+
+  struct AFix {  // input pixel: offset of its image's group channels in dy, padded position
+    I base, y, x;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I g, bool ok) const {
+    const Pixel<I> q = pixel(m, d.by_hw, d.by_w);
+    const I ohw = d.by_ohw.d;
+    const I base = L == Layout::nchw ? (q.n * d.K + g * d.Kg) * ohw : q.n * ohw * d.K + g * d.Kg;
+    return {base, q.y + d.ph, q.x + d.pw, ok};
+  }
+  FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
+    const Tap<I> t = tap<L>(k, d.by_rs, d.by_s, d.by_kg);
+    const I y = f.y - t.r * d.dh, x = f.x - t.s * d.dw;
+    if (!f.ok || y < 0 || x < 0) return -1;
+    const I oh = d.by_sh.div(y), ow = d.by_sw.div(x);
+    if (oh * d.sh != y || ow * d.sw != x || oh >= d.OH || ow >= d.OW) return -1;
+    return L == Layout::nchw ? f.base + (t.c * d.OH + oh) * d.OW + ow : f.base + (oh * d.OW + ow) * d.K + t.c;
+  }
+
+  struct BFix {  // input channel c: offset of w[g*Kg][c][0][0] (or wt[g*Kg][0][0][c])
+    I base;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE BFix b_fix(I c, I g, bool ok) const {
+    const I rs = d.by_rs.d, group = g * d.Kg * d.Cg * rs;
+    return {L == Layout::nchw ? group + c * rs : group + c, ok};
+  }
+  FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const {
+    if (!f.ok) return -1;
+    const I rs = d.by_rs.d;
+    if constexpr (L == Layout::nchw) {
+      const I kk = d.by_rs.div(k);
+      return f.base + kk * d.Cg * rs + (k - kk * rs);
+    } else {
+      const I t = d.by_kg.div(k);
+      return f.base + ((k - t * d.Kg) * rs + t) * d.Cg;
+    }
+  }
+
+  FASTDL_HOST_DEVICE I row_offset(I m, I) const {
+    if constexpr (L == Layout::nhwc) return m * d.C;
+    const I n = d.by_hw.div(m);
+    return n * d.C * d.by_hw.d + (m - n * d.by_hw.d);
+  }
+  FASTDL_HOST_DEVICE I col_offset(I c, I g) const {
+    return L == Layout::nchw ? (g * d.Cg + c) * d.by_hw.d : g * d.Cg + c;
+  }
+  FASTDL_HOST_DEVICE Acc<T> bias_of(I, I) const { return 0; }
+};
+
+// Parts z = g + groups * split; C goes to partials[split][g*Kg + n][m] (m in the reduction order
+// of L), which sum_splits_kernel sums into grad_weight.
+template <typename T_, typename I_, Layout L>
+struct GradWeightGemm {
+  using T = T_;
+  using I = I_;
+  using Out = Acc<T>;
+  // Coalesced: x and dy along output pixels (N,C,H,W) or along channels (N,H,W,C).
+  static constexpr bool kAAlongK = L == Layout::nchw, kBAlongK = L == Layout::nchw;
+  Dims<I> d;
+  const T* a;  // input
+  const T* b;  // grad_output
+  Acc<T>* out;
+  I chunk;  // pixels per split
+
+  FASTDL_HOST_DEVICE I rows() const { return d.Cg * d.by_rs.d; }
+  FASTDL_HOST_DEVICE I cols() const { return d.Kg; }
+  FASTDL_HOST_DEVICE I parts() const { return d.groups * splits(); }
+  FASTDL_HOST_DEVICE I pixels() const { return d.N * d.by_ohw.d; }
+  FASTDL_HOST_DEVICE I splits() const { return (pixels() + chunk - 1) / chunk; }
+  FASTDL_HOST_DEVICE IndexRange<I> depth(I z) const {
+    const I begin = (z / d.groups) * chunk;
+    return {begin, min_of<I>(pixels(), begin + chunk)};
+  }
+
+  struct AFix {  // tap: offset of its input channel, offset from the output pixel's position
+    I base, y, x;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I z, bool ok) const {
+    const Tap<I> t = tap<L>(m, d.by_rs, d.by_s, d.by_cg);
+    const I c = (z % d.groups) * d.Cg + t.c;
+    return {L == Layout::nchw ? c * d.by_hw.d : c, t.r * d.dh - d.ph, t.s * d.dw - d.pw, ok};
+  }
+  FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const {
+    const Pixel<I> q = pixel(k, d.by_ohw, d.by_ow);
+    const I ih = q.y * d.sh + f.y, iw = q.x * d.sw + f.x;
+    if (!f.ok || !inside(ih, d.H) || !inside(iw, d.W)) return -1;
+    return L == Layout::nchw ? q.n * d.C * d.by_hw.d + f.base + ih * d.W + iw
+                             : ((q.n * d.H + ih) * d.W + iw) * d.C + f.base;
+  }
+
+  struct BFix {  // output channel: its offset in dy
+    I base;
+    bool ok;
+  };
+  FASTDL_HOST_DEVICE BFix b_fix(I n, I z, bool ok) const {
+    const I k = (z % d.groups) * d.Kg + n;
+    return {L == Layout::nchw ? k * d.by_ohw.d : k, ok};
+  }
+  FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const {
+    if (!f.ok) return -1;
+    if constexpr (L == Layout::nhwc) return k * d.K + f.base;
+    const I n = d.by_ohw.div(k);
+    return n * d.K * d.by_ohw.d + f.base + (k - n * d.by_ohw.d);
+  }
+
+  FASTDL_HOST_DEVICE I row_offset(I m, I) const { return m; }
+  FASTDL_HOST_DEVICE I col_offset(I n, I z) const { return (z * d.Kg + n) * rows(); }
+  FASTDL_HOST_DEVICE Acc<T> bias_of(I, I) const { return 0; }
+};
+
+// ---- the tile kernel -------------------------------------------------------------------------------
+
+template <typename A, typename I>
+struct TileConfig {
+  static constexpr int BM = 128, BN = 64;  // tile of C
+  // Reduction steps per staged slice: 8 where 16 would spill registers (double, int64 indices).
+  static constexpr int BK = sizeof(A) == 4 && sizeof(I) == 4 ? 16 : 8;
+  static constexpr int TM = 8, TN = 4;  // per thread: rows tm*4 + {0..3} and BM/2 + the same
+  static constexpr int kRowThreads = BM / TM;
+  static constexpr int kPad = 16 / int(sizeof(A));  // rows stay 16-byte aligned; staging stores spread over banks
+  static constexpr int kMinBlocks = sizeof(A) == 4 ? 2 : 1;
+  static_assert(kRowThreads * (BN / TN) == kThreads, "one thread per TM x TN tile");
+};
+
+template <typename Cfg, typename A>
+struct Staged {  // two buffers of one slice of A (k x m) and B (k x n)
+  alignas(16) A a[2][Cfg::BK][Cfg::BM + Cfg::kPad];
+  alignas(16) A b[2][Cfg::BK][Cfg::BN + Cfg::kPad];
+};
+
+template <typename A>
+struct alignas(16) Quad {
+  A v[4];
+};
+
+template <typename I>
+struct Tile {
+  I m0, n0, z;
+  IndexRange<I> depth;
+};
+
+template <typename Cfg, typename P>
+FASTDL_HOST_DEVICE Tile<typename P::I> tile_at(const P& p, int64_t index, int64_t m_tiles, int64_t n_tiles) {
+  using I = typename P::I;
+  const int64_t z = index / (m_tiles * n_tiles), mn = index - z * m_tiles * n_tiles, nt = mn / m_tiles;
+  return {I((mn - nt * m_tiles) * Cfg::BM), I(nt * Cfg::BN), I(z), p.depth(I(z))};
+}
+
+// Which element of a D x BK operand slice load j of thread t fetches: consecutive threads along k
+// or along d, whichever is contiguous in memory. Along k a thread keeps one k (one decode per slice);
+// along d, warps take runs of 32 d and a thread meets only D/32 distinct d and BK/8 distinct k.
+struct Slot {
+  int d, k;
+};
+
+template <int D, int BK, bool kAlongK>
+FASTDL_HOST_DEVICE Slot slot(int t, int j) {
+  static_assert(D % kWarp == 0 && BK % (kThreads / kWarp) == 0 && kThreads % BK == 0, "whole warps per slice");
+  if constexpr (kAlongK) return {t / BK + j * (kThreads / BK), t % BK};
+  constexpr int kRuns = D / kWarp;
+  return {t % kWarp + kWarp * (j % kRuns), t / kWarp + (kThreads / kWarp) * (j / kRuns)};
+}
+
+// One thread's state and the phases of its work on a tile; the kernel puts barriers between them.
+template <typename Cfg, typename P>
+struct GemmThread {
+  using I = typename P::I;
+  using A = Acc<typename P::T>;
+  static constexpr int kLoadsA = Cfg::BM * Cfg::BK / kThreads, kLoadsB = Cfg::BN * Cfg::BK / kThreads;
+
+  int t;
+  typename P::AFix a_fix[kLoadsA];
+  typename P::BFix b_fix[kLoadsB];
+  A a_next[kLoadsA], b_next[kLoadsB];  // the next slice, on its way from global memory
+  A acc[Cfg::TM][Cfg::TN];
+
+  FASTDL_HOST_DEVICE int tm() const { return t % Cfg::kRowThreads; }
+  FASTDL_HOST_DEVICE int tn() const { return t / Cfg::kRowThreads; }
+  FASTDL_HOST_DEVICE int row(int i) const { return (i / 4) * (Cfg::BM / 2) + tm() * 4 + i % 4; }
+
+  FASTDL_HOST_DEVICE void begin(const P& p, const Tile<I>& tile) {
+#pragma unroll
+    for (int j = 0; j < kLoadsA; ++j) {
+      const I m = tile.m0 + slot<Cfg::BM, Cfg::BK, P::kAAlongK>(t, j).d;
+      a_fix[j] = p.a_fix(m < p.rows() ? m : I(0), tile.z, m < p.rows());
+    }
+#pragma unroll
+    for (int j = 0; j < kLoadsB; ++j) {
+      const I n = tile.n0 + slot<Cfg::BN, Cfg::BK, P::kBAlongK>(t, j).d;
+      b_fix[j] = p.b_fix(n < p.cols() ? n : I(0), tile.z, n < p.cols());
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = 0;
+    }
+  }
+
+  FASTDL_HOST_DEVICE void fetch(const P& p, const Tile<I>& tile, I k0) {
+#pragma unroll
+    for (int j = 0; j < kLoadsA; ++j) {
+      const I k = k0 + slot<Cfg::BM, Cfg::BK, P::kAAlongK>(t, j).k;
+      const I at = k < tile.depth.end ? p.a_offset(a_fix[j], k) : I(-1);
+      a_next[j] = at >= 0 ? read(p.a, at) : A(0);
+    }
+#pragma unroll
+    for (int j = 0; j < kLoadsB; ++j) {
+      const I k = k0 + slot<Cfg::BN, Cfg::BK, P::kBAlongK>(t, j).k;
+      const I at = k < tile.depth.end ? p.b_offset(b_fix[j], k) : I(-1);
+      b_next[j] = at >= 0 ? read(p.b, at) : A(0);
+    }
+  }
+
+  FASTDL_HOST_DEVICE void stage(Staged<Cfg, A>& s, int buf) const {
+#pragma unroll
+    for (int j = 0; j < kLoadsA; ++j) {
+      const Slot e = slot<Cfg::BM, Cfg::BK, P::kAAlongK>(t, j);
+      s.a[buf][e.k][e.d] = a_next[j];
+    }
+#pragma unroll
+    for (int j = 0; j < kLoadsB; ++j) {
+      const Slot e = slot<Cfg::BN, Cfg::BK, P::kBAlongK>(t, j);
+      s.b[buf][e.k][e.d] = b_next[j];
+    }
+  }
+
+  FASTDL_HOST_DEVICE void multiply(const Staged<Cfg, A>& s, int buf) {
+#pragma unroll
+    for (int k = 0; k < Cfg::BK; ++k) {
+      const Quad<A> lo = *reinterpret_cast<const Quad<A>*>(&s.a[buf][k][tm() * 4]);
+      const Quad<A> hi = *reinterpret_cast<const Quad<A>*>(&s.a[buf][k][Cfg::BM / 2 + tm() * 4]);
+      const Quad<A> b = *reinterpret_cast<const Quad<A>*>(&s.b[buf][k][tn() * 4]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          acc[i][j] += lo.v[i] * b.v[j];
+          acc[4 + i][j] += hi.v[i] * b.v[j];
+        }
+      }
+    }
+  }
+
+  FASTDL_HOST_DEVICE void finish(const P& p, const Tile<I>& tile) const {
+    I col_at[Cfg::TN];
+    A bias[Cfg::TN];
+    bool col_ok[Cfg::TN];
+#pragma unroll
+    for (int j = 0; j < Cfg::TN; ++j) {
+      const I n = tile.n0 + tn() * Cfg::TN + j;
+      col_ok[j] = n < p.cols();
+      col_at[j] = col_ok[j] ? p.col_offset(n, tile.z) : I(0);
+      bias[j] = col_ok[j] ? p.bias_of(n, tile.z) : A(0);
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const I m = tile.m0 + row(i);
+      if (m >= p.rows()) continue;
+      const I at = p.row_offset(m, tile.z);
+#pragma unroll
+      for (int j = 0; j < Cfg::TN; ++j) {
+        if (col_ok[j]) write(p.out, at + col_at[j], acc[i][j] + bias[j]);
+      }
+    }
+  }
+};
+
+// Tiles are numbered with m fastest, so that neighbouring blocks share their B tile; the grid is
+// capped and blocks loop over tiles.
+template <typename Cfg, typename P>
+__global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks)
+    implicit_gemm_kernel(const P p, int64_t m_tiles, int64_t n_tiles, int64_t tiles) {
+  using A = Acc<typename P::T>;
+  using I = typename P::I;
+  __shared__ Staged<Cfg, A> staged;
+  GemmThread<Cfg, P> thread;
+  thread.t = int(threadIdx.x);
+  for (int64_t index = blockIdx.x; index < tiles; index += gridDim.x) {
+    const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
+    thread.begin(p, tile);
+    thread.fetch(p, tile, tile.depth.begin);
+    thread.stage(staged, 0);
+    __syncthreads();
+    int buf = 0;
+    for (I k0 = tile.depth.begin; k0 < tile.depth.end; k0 += Cfg::BK) {
+      const bool more = k0 + Cfg::BK < tile.depth.end;
+      if (more) thread.fetch(p, tile, k0 + Cfg::BK);
+      thread.multiply(staged, buf);
+      if (more) thread.stage(staged, buf ^ 1);  // the other buffer: last read before the previous barrier
+      __syncthreads();
+      buf ^= 1;
+    }
+    thread.finish(p, tile);
+  }
+}
+
+template <typename P>
+void launch_gemm(const P& p, cudaStream_t stream) {
+  using Cfg = TileConfig<Acc<typename P::T>, typename P::I>;
+  const int64_t m_tiles = (int64_t(p.rows()) + Cfg::BM - 1) / Cfg::BM;
+  const int64_t n_tiles = (int64_t(p.cols()) + Cfg::BN - 1) / Cfg::BN;
+  const int64_t tiles = m_tiles * n_tiles * int64_t(p.parts());
+  if (tiles == 0) return;
+  const int64_t cap = int64_t(sm_count()) * Cfg::kMinBlocks * 16;
+  implicit_gemm_kernel<Cfg><<<unsigned(min_of(tiles, cap)), kThreads, 0, stream>>>(p, m_tiles, n_tiles, tiles);
+}
+
+// ---- sums over splits, grad_bias, weight reordering ------------------------------------------------
+
+template <typename I>
+FASTDL_HOST_DEVICE IndexRange<I> split_range(I count, I splits, I split) {
+  const I chunk = (count + splits - 1) / splits;
+  return {split * chunk, min_of<I>(count, (split + 1) * chunk)};
+}
+
+// out[e] = sum over splits s, in order, of part[s * count + (kTapMajor ? order(e) : e)].
+template <typename T, typename I, bool kTapMajor>
+__global__ void __launch_bounds__(kThreads)
+    sum_splits_kernel(const Acc<T>* __restrict__ part, T* __restrict__ out, I count, I splits, TapMajor<I> order) {
+  for (I e = global_thread<I>(); e < count; e += grid_threads<I>()) {
+    const I src = kTapMajor ? order(e) : e;
+    Acc<T> sum = 0;
+    for (I s = 0; s < splits; ++s) sum += part[s * count + src];
+    write(out, e, sum);
+  }
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+    reorder_weight_kernel(const T* __restrict__ w, T* __restrict__ reordered, I count, TapMajor<I> order) {
+  for (I e = global_thread<I>(); e < count; e += grid_threads<I>()) reordered[order(e)] = w[e];
+}
+
+// grad_bias partials, N,C,H,W: a block per (channel, split) sums its part of the channel's
+// N*OH*OW values, threads along the planes.
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+    bias_planes_kernel(const T* __restrict__ dy, Acc<T>* __restrict__ part, I channels, Divisor<I> by_plane,
+                       I count, I splits) {
+  using A = Acc<T>;
+  __shared__ A warps[kThreads / kWarp];
+  const I k = I(blockIdx.x) % channels, split = I(blockIdx.x) / channels;
+  const IndexRange<I> r = split_range(count, splits, split);
+  A sum = 0;
+  for (I j = r.begin + I(threadIdx.x); j < r.end; j += kThreads) {
+    const I n = by_plane.div(j);
+    sum += read(dy, (n * channels + k) * by_plane.d + (j - n * by_plane.d));
+  }
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % kWarp == 0) warps[threadIdx.x / kWarp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / kWarp; ++w) sum += warps[w];
+    part[split * channels + k] = sum;
+  }
+}
+
+// grad_bias partials, N,H,W,C: a block of kWarp channels x 8 rows per (channel group, split),
+// threads along the channels.
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+    bias_rows_kernel(const T* __restrict__ dy, Acc<T>* __restrict__ part, I channels, I rows, I splits) {
+  using A = Acc<T>;
+  constexpr int kRows = kThreads / kWarp;
+  __shared__ A sums[kRows][kWarp];
+  const I chunks = (channels + kWarp - 1) / kWarp;
+  const I c = (I(blockIdx.x) % chunks) * kWarp + I(threadIdx.x), split = I(blockIdx.x) / chunks;
+  const IndexRange<I> r = split_range(rows, splits, split);
+  A sum = 0;
+  if (c < channels) {
+    for (I row = r.begin + I(threadIdx.y); row < r.end; row += kRows) sum += read(dy, row * channels + c);
+  }
+  sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < channels) {
+    for (int y = 1; y < kRows; ++y) sum += sums[y][threadIdx.x];
+    part[split * channels + c] = sum;
+  }
+}
+
+// ---- planning --------------------------------------------------------------------------------------
+
+// What a call needs besides its outputs, as byte offsets into the workspace: the reordered weight
+// (N,H,W,C forward and grad_input) and the per-split partials of grad_weight and grad_bias.
+struct Plan {
+  int64_t weight_chunk = 0, weight_splits = 0, bias_splits = 0;
+  std::size_t reordered = 0, weight_part = 0, bias_part = 0, bytes = 0;
+  bool narrow = true;  // int32 indices
+};
+
+template <typename A>
+int64_t grad_weight_chunk(const Conv2dShape& s) {
+  using Cfg = TileConfig<A, int32_t>;  // BK, which the index type changes, plays no part
+  // Enough splits for two waves of blocks, none shorter than kMinPixels reduction steps.
+  constexpr int64_t kMinPixels = 256;
+  const int64_t pixels = s.batch * s.out_h * s.out_w;
+  const int64_t tiles = ((s.in_per_group() * s.taps() + Cfg::BM - 1) / Cfg::BM) *
+                        ((s.out_per_group() + Cfg::BN - 1) / Cfg::BN) * s.groups;
+  const int64_t wanted = (2 * int64_t(sm_count()) * Cfg::kMinBlocks + tiles - 1) / tiles;
+  const int64_t splits = max_of<int64_t>(1, min_of<int64_t>(wanted, pixels / kMinPixels));
+  return (pixels + splits - 1) / splits;
+}
+
+// As batch norm: about 4 blocks per multiprocessor, none summing fewer than ~1024 values.
+int64_t grad_bias_splits(const Conv2dShape& s) {
+  const int64_t values = s.batch * s.out_h * s.out_w;
+  const bool planes = s.layout == Layout::nchw;
+  const int64_t blocks = planes ? s.out_channels : (s.out_channels + kWarp - 1) / kWarp;
+  const int64_t wanted = (4 * int64_t(sm_count()) + blocks - 1) / blocks;
+  const int64_t useful = planes ? values / 1024 : values / 32;
+  return max_of<int64_t>(1, min_of<int64_t>(min_of<int64_t>(wanted, useful), 1024));
+}
+
+Plan plan(const Conv2dShape& s, DType dtype, bool reorder, bool grad_weight, bool grad_bias) {
+  const std::size_t element = dtype == DType::f64 ? 8 : dtype == DType::f32 ? 4 : 2;
+  const std::size_t acc = dtype == DType::f64 ? 8 : 4;
+  const auto aligned = [](std::size_t bytes) { return (bytes + 255) / 256 * 256; };
+  Plan p;
+  // Element offsets, and the window positions oh*sh - ph + r*dh (which huge strides, paddings or
+  // dilations can push past the tensors' sizes).
+  int64_t largest = max_of(max_of(s.input_numel(), s.output_numel()), s.weight_numel());
+  largest = max_of(largest, s.stride_h * s.out_h + s.dilation_h * s.kernel_h + s.pad_h + s.in_h);
+  largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
+  if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
+  if (grad_weight) {
+    p.weight_chunk = dtype == DType::f64 ? grad_weight_chunk<double>(s) : grad_weight_chunk<float>(s);
+    p.weight_splits = (s.batch * s.out_h * s.out_w + p.weight_chunk - 1) / p.weight_chunk;
+    p.weight_part = p.bytes;
+    p.bytes += aligned(acc * std::size_t(p.weight_splits * s.weight_numel()));
+    largest = max_of(largest, p.weight_splits * s.weight_numel());
+  }
+  if (grad_bias) {
+    p.bias_splits = grad_bias_splits(s);
+    p.bias_part = p.bytes;
+    p.bytes += aligned(acc * std::size_t(p.bias_splits * s.out_channels));
+    largest = max_of(largest, p.bias_splits * s.out_channels);
+  }
+  p.narrow = fits_int32(largest);
+  return p;
+}
+
+Plan plan(const Conv2dForwardArgs& a) { return plan(a.shape, a.dtype, a.shape.layout == Layout::nhwc, false, false); }
+
+Plan plan(const Conv2dBackwardArgs& a) {
+  return plan(a.shape, a.dtype, a.grad_input != nullptr && a.shape.layout == Layout::nhwc, a.grad_weight != nullptr,
+              a.grad_bias != nullptr);
+}
+
+template <typename I>
+TapMajor<I> tap_major(const Conv2dShape& s) {
+  return {Divisor<I>(s.in_per_group() * s.taps()), Divisor<I>(s.taps()), I(s.in_per_group())};
+}
+
+template <typename T, typename I>
+const T* reordered_weight(const Conv2dShape& s, const void* weight, void* workspace, const Plan& plan,
+                          cudaStream_t stream) {
+  T* out = reinterpret_cast<T*>(static_cast<char*>(workspace) + plan.reordered);
+  const I count = I(s.weight_numel());
+  reorder_weight_kernel<T, I><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(
+      static_cast<const T*>(weight), out, count, tap_major<I>(s));
+  return out;
+}
+
+// Runs body(TypeTag<T>, TypeTag<I>, LayoutTag<L>).
+template <typename Body>
+cudaError_t dispatch(DType dtype, bool narrow, Layout layout, Body&& body) {
+  return dispatch_dtype(dtype, [&](auto t) {
+    return dispatch_index(narrow, [&](auto i) {
+      return dispatch_layout(layout, [&](auto l) { return body(t, i, l); });
+    });
+  });
+}
+
+}  // namespace
+
+std::size_t conv2d_workspace_bytes(const Conv2dForwardArgs& args) { return plan(args).bytes; }
+std::size_t conv2d_workspace_bytes(const Conv2dBackwardArgs& args) { return plan(args).bytes; }
+
+cudaError_t conv2d_forward(const Conv2dForwardArgs& a, cudaStream_t stream) {
+  const Conv2dShape& s = a.shape;
+  if (s.output_numel() == 0) return cudaSuccess;
+  const Plan pl = plan(a);
+  return dispatch(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    constexpr Layout L = decltype(l)::value;
+    const T* w = L == Layout::nhwc ? reordered_weight<T, I>(s, a.weight, a.workspace, pl, stream)
+                                   : static_cast<const T*>(a.weight);
+    launch_gemm(ForwardGemm<T, I, L>{dims_of<I>(s), static_cast<const T*>(a.input), w,
+                                     static_cast<const T*>(a.bias), static_cast<T*>(a.output)},
+                stream);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t conv2d_backward(const Conv2dBackwardArgs& a, cudaStream_t stream) {
+  const Conv2dShape& s = a.shape;
+  if (s.output_numel() == 0) return cudaSuccess;
+  const Plan pl = plan(a);
+  return dispatch(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    using A = Acc<T>;
+    constexpr Layout L = decltype(l)::value;
+    const Dims<I> d = dims_of<I>(s);
+    const auto* dy = static_cast<const T*>(a.grad_output);
+    const auto* x = static_cast<const T*>(a.input);
+    char* ws = static_cast<char*>(a.workspace);
+    if (a.grad_input != nullptr) {
+      const T* w = L == Layout::nhwc ? reordered_weight<T, I>(s, a.weight, a.workspace, pl, stream)
+                                     : static_cast<const T*>(a.weight);
+      launch_gemm(GradInputGemm<T, I, L>{d, dy, w, static_cast<T*>(a.grad_input)}, stream);
+    }
+    if (a.grad_weight != nullptr) {
+      A* part = reinterpret_cast<A*>(ws + pl.weight_part);
+      launch_gemm(GradWeightGemm<T, I, L>{d, x, dy, part, I(pl.weight_chunk)}, stream);
+      const I count = I(s.weight_numel());
+      sum_splits_kernel<T, I, L == Layout::nhwc><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(
+          part, static_cast<T*>(a.grad_weight), count, I(pl.weight_splits), tap_major<I>(s));
+    }
+    if (a.grad_bias != nullptr) {
+      A* part = reinterpret_cast<A*>(ws + pl.bias_part);
+      const I channels = I(s.out_channels), splits = I(pl.bias_splits), values = d.N * d.by_ohw.d;
+      if (L == Layout::nchw) {
+        bias_planes_kernel<T, I><<<unsigned(s.out_channels * pl.bias_splits), kThreads, 0, stream>>>(
+            dy, part, channels, d.by_ohw, values, splits);
+      } else {
+        const int64_t chunks = (s.out_channels + kWarp - 1) / kWarp;
+        bias_rows_kernel<T, I><<<unsigned(chunks * pl.bias_splits), dim3(kWarp, kThreads / kWarp), 0, stream>>>(
+            dy, part, channels, values, splits);
+      }
+      sum_splits_kernel<T, I, false><<<grid_blocks(channels, kThreads), kThreads, 0, stream>>>(
+          part, static_cast<T*>(a.grad_bias), channels, splits, tap_major<I>(s));
+    }
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace fastdl::cuda

@@ -1,0 +1,271 @@
+"""CUDA convolution checks against torch.nn.functional.conv2d (cuDNN with TF32 off): float32 and float64
+values and gradients over a grid of shapes and options in both memory formats, float16/bfloat16 within
+twice PyTorch's own error against float64, output_mask subsets, empty batches, unbatched input, large
+shapes (64-bit indexing past 2^31 elements) and the current stream."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REDUCED_PRECISION_FACTOR, tolerance
+
+pytestmark = pytest.mark.cuda
+
+DEVICE = "cuda"
+ALL = [True, True, True]
+
+
+@pytest.fixture(autouse=True)
+def true_fp32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pair(v):
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+# (N, C, H, W, K, (R, S), stride, padding, dilation, groups)
+CASES = [
+    (2, 16, 14, 14, 32, (1, 1), 1, 0, 1, 1),  # 1x1
+    (3, 8, 13, 17, 24, (3, 3), 1, 1, 1, 1),  # 3x3, odd H and W, batch 3
+    (1, 6, 20, 20, 10, (5, 5), 1, 2, 1, 1),  # 5x5, batch 1
+    (2, 3, 33, 31, 16, (7, 7), 2, 3, 1, 1),  # 7x7/2 pad 3 (ResNet stem)
+    (1, 3, 67, 67, 24, (11, 11), 4, 2, 1, 1),  # 11x11/4 pad 2 (AlexNet conv1)
+    (2, 8, 16, 15, 12, (1, 7), 1, (0, 3), 1, 1),  # 1x7
+    (2, 5, 13, 17, 7, (3, 2), (2, 3), (1, 0), 1, 1),  # 3x2, strides 2 and 3
+    (2, 8, 15, 15, 16, (3, 3), 3, 1, 1, 1),  # stride 3
+    (2, 4, 10, 12, 6, (3, 3), 1, 3, 1, 1),  # padding larger than kernel/2
+    (2, 8, 17, 19, 8, (3, 3), 1, 2, 2, 1),  # dilation 2
+    (2, 8, 16, 16, 12, (3, 3), 2, 1, (2, 1), 2),  # groups 2, stride 2, mixed dilation
+    (2, 16, 14, 14, 16, (3, 3), 1, 1, 1, 16),  # depthwise
+    (2, 12, 15, 13, 24, (5, 5), 2, 2, 1, 12),  # depthwise, 2 outputs per channel, 5x5/2
+    (2, 20, 9, 9, 70, (3, 3), 1, 1, 1, 1),  # K = 70: two column tiles, the second almost empty
+    (2, 24, 9, 9, 150, (3, 3), 1, 1, 1, 3),  # 50 output channels per group
+    (1, 300, 7, 7, 40, (1, 1), 1, 0, 1, 1),  # long reduction: many slices
+    (4, 32, 28, 28, 64, (3, 3), 1, 1, 1, 1),  # several row tiles and grad_weight splits
+]
+
+
+def seeded_cases(count=16, seed=0):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        groups = rng.choice([1, 1, 2, 4])
+        cg, kg = rng.randint(1, 9), rng.randint(1, 20)
+        kernel = (rng.randint(1, 5), rng.randint(1, 5))
+        stride = (rng.randint(1, 3), rng.randint(1, 3))
+        padding = (rng.randint(0, 3), rng.randint(0, 3))
+        dilation = (rng.randint(1, 3), rng.randint(1, 2))
+        size = (rng.randint(5, 24), rng.randint(5, 24))
+        if any(size[i] + 2 * padding[i] < dilation[i] * (kernel[i] - 1) + 1 for i in range(2)):
+            continue  # the dilated kernel must fit the padded input
+        h, w = size
+        cases.append((rng.randint(1, 3), cg * groups, h, w, kg * groups, kernel, stride, padding, dilation, groups))
+    return cases
+
+
+GRID = CASES + seeded_cases()
+
+
+def case_id(case):
+    n, c, h, w, k, (r, s), stride, padding, dilation, groups = case
+    return f"{n}x{c}x{h}x{w}-k{k}-{r}x{s}-s{stride}-p{padding}-d{dilation}-g{groups}".replace(" ", "")
+
+
+def make_inputs(case, dtype, bias=True, input_format=torch.contiguous_format, weight_format=torch.contiguous_format,
+                seed=0):
+    n, c, h, w, k, (r, s), stride, padding, dilation, groups = case
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(n, c, h, w, device=DEVICE, generator=gen).to(dtype).contiguous(memory_format=input_format)
+    weight = torch.randn(k, c // groups, r, s, device=DEVICE, generator=gen).to(dtype)
+    weight = weight.contiguous(memory_format=weight_format)
+    b = torch.randn(k, device=DEVICE, generator=gen).to(dtype) if bias else None
+    return x, weight, b, (pair(stride), pair(padding), pair(dilation), groups)
+
+
+def ours(x, w, b, args, grad_out, mask=ALL):
+    y = torch.ops.fastdl.conv2d(x, w, b, *args)
+    return (y, *torch.ops.fastdl.conv2d_backward(grad_out, x, w, *args, mask))
+
+
+def torch_reference(x, w, b, args, grad_out):
+    """Output and (grad_input, grad_weight, grad_bias) from F.conv2d and autograd; a missing bias is
+    a zero bias, whose gradient is still the per-channel sum of grad_out."""
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    br = b.detach().clone() if b is not None else torch.zeros(w.shape[0], device=x.device, dtype=x.dtype)
+    br.requires_grad_()
+    y = F.conv2d(xr, wr, br if b is not None else None, *args)
+    y = y if b is not None else y + br.view(-1, 1, 1)
+    return (y.detach(), *torch.autograd.grad(y, (xr, wr, br), grad_out))
+
+
+def assert_matches(mine, theirs, dtype):
+    """Compare on values scaled to unit size: sums of many products round differently in another order."""
+    assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+    scale = theirs.abs().max().clamp_min(1e-30)
+    torch.testing.assert_close(mine / scale, theirs / scale, **tolerance("conv2d", dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_values_and_gradients_match_torch(case, input_format, bias, dtype):
+    x, w, b, args = make_inputs(case, dtype, bias, input_format)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    y_ref = F.conv2d(x, w, b, *args)
+    grad_out = torch.randn(y_ref.shape, device=DEVICE, generator=gen).to(dtype).contiguous(memory_format=input_format)
+    mine = ours(x, w, b, args, grad_out)
+    theirs = torch_reference(x, w, b, args, grad_out)
+    for got, want in zip(mine, theirs):
+        assert_matches(got, want, dtype)
+    n, c, h, w_, k = case[:5]
+    if min(c, k, h * w_, y_ref.shape[2] * y_ref.shape[3]) > 1:  # else both formats have the same strides
+        assert mine[0].is_contiguous(memory_format=input_format) and mine[1].is_contiguous(memory_format=input_format)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[10], CASES[14]], ids=case_id)
+def test_channels_last_weight_gives_channels_last_output(case, dtype):
+    x, w, b, args = make_inputs(case, dtype, weight_format=torch.channels_last)
+    assert x.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+    y_ref = F.conv2d(x, w, b, *args)
+    grad_out = torch.randn_like(y_ref)
+    mine = ours(x, w, b, args, grad_out)
+    for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
+        assert_matches(got, want, dtype)
+    assert mine[0].is_contiguous(memory_format=torch.channels_last)
+    assert mine[1].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last], ids=["w_nchw", "w_nhwc"])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["x_nchw", "x_nhwc"])
+def test_output_strides_as_torch(input_format, weight_format):
+    x, w, b, args = make_inputs(CASES[1], torch.float32, True, input_format, weight_format)
+    assert torch.ops.fastdl.conv2d(x, w, b, *args).stride() == F.conv2d(x, w, b, *args).stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[11]], ids=case_id)
+def test_unbatched_input(case, dtype):
+    x, w, b, args = make_inputs(case, dtype)
+    x = x[0]
+    y_ref = F.conv2d(x, w, b, *args)
+    assert y_ref.dim() == 3
+    grad_out = torch.randn_like(y_ref)
+    mine = ours(x, w, b, args, grad_out)
+    for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
+        assert_matches(got, want, dtype)
+
+
+def rel_error(t, ref):
+    return ((t.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
+
+
+REDUCED_CASES = [
+    (2, 32, 14, 14, 48, (3, 3), 1, 1, 1, 1),
+    (2, 3, 30, 30, 16, (7, 7), 2, 3, 1, 1),
+    (2, 64, 8, 8, 32, (1, 1), 1, 0, 1, 1),
+    (2, 16, 14, 14, 16, (3, 3), 1, 1, 1, 16),
+    (2, 8, 16, 16, 12, (3, 3), 2, 1, 2, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", REDUCED_CASES, ids=case_id)
+def test_reduced_precision_within_twice_torch_error(case, input_format, dtype):
+    x, w, b, args = make_inputs(case, dtype, True, input_format)
+    grad_out = torch.randn_like(F.conv2d(x, w, b, *args))
+    mine = ours(x, w, b, args, grad_out)
+    theirs = torch_reference(x, w, b, args, grad_out)
+    exact = torch_reference(x.double(), w.double(), b.double(), args, grad_out.double())
+    floor = torch.finfo(dtype).eps
+    for name, got, want, ref in zip(["output", "grad_input", "grad_weight", "grad_bias"], mine, theirs, exact):
+        assert got.dtype == dtype
+        err, torch_err = rel_error(got, ref), rel_error(want, ref)
+        assert err <= REDUCED_PRECISION_FACTOR * max(torch_err, floor), (name, err, torch_err)
+
+
+@pytest.mark.parametrize("mask", [[True, False, False], [False, True, False], [False, False, True],
+                                  [True, True, False], [False, True, True]])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_output_mask_subsets(mask, input_format):
+    x, w, b, args = make_inputs(CASES[10], torch.float32, True, input_format)
+    grad_out = torch.randn_like(F.conv2d(x, w, b, *args))
+    got = torch.ops.fastdl.conv2d_backward(grad_out, x, w, *args, mask)
+    want = torch_reference(x, w, b, args, grad_out)[1:]
+    for wanted, g, ref in zip(mask, got, want):
+        if wanted:
+            assert_matches(g, ref, torch.float32)
+        else:
+            assert g.numel() == 0
+
+
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_empty_batch(input_format):
+    x = torch.randn(0, 4, 9, 9, device=DEVICE).contiguous(memory_format=input_format)
+    w, b = torch.randn(6, 4, 3, 3, device=DEVICE), torch.randn(6, device=DEVICE)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    y = torch.ops.fastdl.conv2d(x, w, b, *args)
+    assert y.shape == F.conv2d(x, w, b, *args).shape == (0, 6, 9, 9)
+    gi, gw, gb = torch.ops.fastdl.conv2d_backward(torch.randn(0, 6, 9, 9, device=DEVICE), x, w, *args, ALL)
+    assert gi.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_large_resnet_layer(input_format):
+    case = (8, 256, 56, 56, 256, (3, 3), 1, 1, 1, 1)
+    x, w, b, args = make_inputs(case, torch.float32, True, input_format)
+    grad_out = torch.randn_like(F.conv2d(x, w, b, *args))
+    for got, want in zip(ours(x, w, b, args, grad_out), torch_reference(x, w, b, args, grad_out)):
+        assert_matches(got, want, torch.float32)
+
+
+def test_input_past_2_31_elements_uses_64_bit_indexing():
+    if torch.cuda.mem_get_info()[0] < 48 * 2**30:
+        pytest.skip("needs 48 GiB of free GPU memory")
+    torch.manual_seed(0)
+    # Two images of 1.08e9 elements each: cuDNN (the reference) splits the batch to stay in int32.
+    x = torch.randn(2, 2, 23200, 23200, device=DEVICE, dtype=torch.float16)
+    assert x.numel() > 2**31
+    w = torch.randn(2, 2, 3, 3, device=DEVICE, dtype=torch.float16)
+    b = torch.randn(2, device=DEVICE, dtype=torch.float16)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    y = torch.ops.fastdl.conv2d(x, w, b, *args)
+    ref = F.conv2d(x, w, b, *args)
+    for n in range(2):
+        torch.testing.assert_close(y[n], ref[n], rtol=1e-2, atol=1e-2)
+    del y, ref
+    grad_out = torch.randn(2, 2, 23200, 23200, device=DEVICE, dtype=torch.float16) * 0.01
+    gi, gw, gb = torch.ops.fastdl.conv2d_backward(grad_out, x, w, *args, ALL)
+    ref_gi, ref_gw, ref_gb = torch.ops.aten.convolution_backward(grad_out, x, w, [2], *args[:3], False, [0, 0], 1,
+                                                                 ALL)
+    for n in range(2):
+        torch.testing.assert_close(gi[n], ref_gi[n], rtol=1e-2, atol=1e-2)
+    for got, want in ((gw, ref_gw), (gb, ref_gb)):
+        scale = want.float().abs().max()
+        torch.testing.assert_close(got.float() / scale, want.float() / scale, rtol=0, atol=1e-2)
+
+
+def test_runs_on_the_current_stream():
+    x, w, b, args = make_inputs((16, 64, 56, 56, 128, (3, 3), 1, 1, 1, 1), torch.float32)
+    grad_out = torch.randn(16, 128, 56, 56, device=DEVICE)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        # The inputs are made on the side stream after a delay: a kernel on any other stream would read
+        # them before they exist.
+        torch.cuda._sleep(50_000_000)
+        x2, g2 = x * 2, grad_out * 2
+        mine = ours(x2, w, b, args, g2)
+    torch.cuda.current_stream().wait_stream(side)
+    for got, want in zip(mine, torch_reference(x * 2, w, b, args, grad_out * 2)):
+        assert_matches(got, want, torch.float32)
