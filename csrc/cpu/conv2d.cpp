@@ -33,8 +33,9 @@ namespace fastdl {
 namespace {
 
 constexpr int64_t kItemBufferBytes = 384 * 1024;  // packed rows of one work item: about the L2 cache
-constexpr int64_t kTileInputBytes = 24 * 1024;    // a tile's inputs over one channel block: about L1
+constexpr int64_t kTileInputBytes = 24 * 1024;    // one tile's input rows over a channel block: L1
 constexpr int64_t kGradPixels = 1024;             // pixels one weight-gradient tile sums over
+constexpr int64_t kGradChunkBytes = 128 * 1024;   // grad_output or input rows a weight-gradient pass reuses
 
 // An N,C,H,W tensor of any layout: element (n, c, h, w) at data[n*sn + c*sc + h*sh + w*sw].
 template <typename T>
@@ -128,6 +129,37 @@ void pack_window(const Strided4d<const T>& src, int64_t H, int64_t W, int64_t n,
   std::fill(buf + (c1 - c0) * cs, buf + (c1 - c0) * cs + Vec<T>::size(), T(0));  // the over-read slack
 }
 
+// The input pixels of 1x1 kernels, tile-major: buf[tile][c - c0][l] is the input under output
+// pixel p0 + tile * tile_size + l (pixels in flat order oh * OW + ow), zero past p1 or in the padding.
+// A tile's values over all channels are then one contiguous run.
+template <typename T>
+void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, int64_t c0, int64_t c1, int64_t p0,
+                 int64_t p1, int64_t tile_size, T* buf) {
+  std::vector<int64_t> offset(tile_size);
+  for (int64_t t0 = p0; t0 < p1; t0 += tile_size) {
+    T* dst = buf + (t0 - p0) / tile_size * (c1 - c0) * tile_size;
+    bool all_inside = true, contiguous = true;
+    for (int64_t l = 0; l < tile_size; ++l) {
+      const int64_t p = t0 + l, ih = p / s.out_w * s.stride_h - s.pad_h, iw = p % s.out_w * s.stride_w - s.pad_w;
+      const bool inside = p < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+      offset[l] = inside ? n * x.sn + ih * x.sh + iw * x.sw : -1;
+      all_inside &= inside;
+      contiguous &= offset[l] == offset[0] + l;
+    }
+    const int64_t* off = offset.data();
+    for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
+      const T* src = x.data + c * x.sc;
+      if (contiguous) {  // a run of one input row: stride 1, no padding, N,C,H,W
+        std::memcpy(dst, src + off[0], tile_size * sizeof(T));
+      } else if (all_inside) {
+        for (int64_t l = 0; l < tile_size; ++l) dst[l] = src[off[l]];
+      } else {
+        for (int64_t l = 0; l < tile_size; ++l) dst[l] = off[l] >= 0 ? src[off[l]] : T(0);
+      }
+    }
+  }
+}
+
 // The forward's input window: padded columns split into stride_w phases, so that output column ow
 // and kernel column s read phase (s*dw) % sw at ow + (s*dw) / sw; taps[r*S + s] is that offset plus
 // r*dh rows.
@@ -217,15 +249,22 @@ void tile(const T* const* in, T* const* out, const int64_t* count, const TileGeo
 }
 
 // Output blocks [b0, b1) (numbered across groups) of `vectors` pixel vectors. buf holds the reduction
-// channels of groups first_group.. at channel stride cs; vector_at(q) places vector q.
+// channels of groups first_group.. at channel stride cs, each `in_channel_bytes` of the item's input;
+// vector_at(q) places vector q. Of the item's inputs and the weights, the smaller is kept in cache
+// and the other streamed once per channel block: tiles inside the blocks loop when the inputs are
+// smaller (small images), blocks inside the tiles loop otherwise.
 template <typename T, int KT, typename VectorAt>
 void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int64_t* taps, int64_t first_group,
-                    T* out, int64_t b0, int64_t b1, int64_t vectors, VectorAt&& vector_at) {
+                    int64_t in_channel_bytes, T* out, int64_t b0, int64_t b1, int64_t vectors,
+                    VectorAt&& vector_at) {
   constexpr int VT = kTileVectors<KT>;
   std::vector<int64_t> offsets(tc.channel_block * tc.ntaps);
   for (int64_t c = 0; c < tc.channel_block; ++c) {
     for (int64_t t = 0; t < tc.ntaps; ++t) offsets[c * tc.ntaps + t] = c * cs + taps[t];
   }
+  std::vector<VectorPos> pos(vectors);
+  for (int64_t q = 0; q < vectors; ++q) pos[q] = vector_at(q);
+  const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T));
   for (int64_t g = b0 / tc.blocks; g <= (b1 - 1) / tc.blocks; ++g) {
     const int64_t kb0 = std::max(b0, g * tc.blocks), kb1 = std::min(b1, (g + 1) * tc.blocks);
     const T* group_in = buf + (g - first_group) * tc.reds * cs;
@@ -233,23 +272,28 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
       const TileGeometry geo{std::min(tc.channel_block, tc.reds - c0) * tc.ntaps, offsets.data(),
                              tc.out_channel_stride, tc.out_pixel_stride};
       const TileInit init = c0 > 0 ? TileInit::accumulate : tc.bias ? TileInit::bias : TileInit::zero;
-      for (int64_t q = 0; q < vectors; q += VT) {
+      const auto run = [&](int64_t q, int64_t kb) {
         const int n = int(std::min<int64_t>(VT, vectors - q));
+        const int64_t k0 = (kb - g * tc.blocks) * KT, out_shift = (g * tc.outs + k0) * tc.out_channel_stride;
         const T* in[VT];
-        int64_t out_at[VT], count[VT];
+        T* outs[VT];
+        int64_t count[VT];
         for (int v = 0; v < n; ++v) {
-          const VectorPos p = vector_at(q + v);
-          in[v] = group_in + c0 * cs + p.in;
-          out_at[v] = p.out;
-          count[v] = p.count;
+          in[v] = group_in + c0 * cs + pos[q + v].in;
+          outs[v] = out + pos[q + v].out + out_shift;
+          count[v] = pos[q + v].count;
         }
+        const T* w = tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
+        tile<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
+                        std::min<int64_t>(KT, tc.outs - k0), n);
+      };
+      if (blocks_outside) {
         for (int64_t kb = kb0; kb < kb1; ++kb) {
-          const int64_t k0 = (kb - g * tc.blocks) * KT;
-          T* outs[VT];
-          for (int v = 0; v < n; ++v) outs[v] = out + out_at[v] + (g * tc.outs + k0) * tc.out_channel_stride;
-          const T* w = tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
-          tile<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
-                          std::min<int64_t>(KT, tc.outs - k0), n);
+          for (int64_t q = 0; q < vectors; q += VT) run(q, kb);
+        }
+      } else {
+        for (int64_t q = 0; q < vectors; q += VT) {
+          for (int64_t kb = kb0; kb < kb1; ++kb) run(q, kb);
         }
       }
     }
@@ -283,26 +327,28 @@ void forward_tiles(const Conv2dForward& f) {
   }
   TiledConv<T> tc{Cg, Kg, nb, s.taps(), weights.data(), bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
                   channel_block<T, KT>(s.kernel_h, Cg)};
-  const int64_t plane = s.in_h * s.in_w;
-
-  const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
-                      s.pad_w == 0 && x.sw == 1 && x.sh == s.in_w && y.sw == 1 && y.sh == s.out_w && plane >= V;
-  if (direct) {
-    // Each plane is one row of H*W pixels; its last vector overlaps the one before instead of
-    // running past the plane (recomputing an output writes the same value).
-    const int64_t zero_tap = 0, nvec = div_up(plane, V);
-    const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * V * int64_t(sizeof(T))), 1, nvec);
-    const int64_t chunks = div_up(nvec, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
+  if (s.kernel_h == 1 && s.kernel_w == 1) {
+    // Pointwise: output pixels in flat order, tiles of them gathered tile-major (pack_pixels).
+    constexpr int64_t tile = kTileVectors<KT> * V;
+    const int64_t zero_tap = 0, pixels = s.out_h * s.out_w, tiles = div_up(pixels, tile);
+    const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * tile * int64_t(sizeof(T))), 1, tiles);
+    const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
     tc.ntaps = 1;
+    ThreadBuffers<T> buffers;
     at::parallel_for(0, s.batch * chunks * kchunks, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t item = i0; item < i1; ++item) {
-        const int64_t n = item / (chunks * kchunks), part = item / kchunks % chunks;
+        const int64_t n = item / (chunks * kchunks), t0 = item / kchunks % chunks * chunk;
+        const int64_t t1 = std::min(tiles, t0 + chunk);
         const Range b = part_of(blocks, kchunks, item % kchunks);
-        const int64_t v0 = part * chunk, vectors = std::min(nvec, v0 + chunk) - v0;
-        compute_blocks<T, KT>(tc, x.at(n, 0, 0, 0), x.sc, &zero_tap, 0, y.data + n * y.sn, b.begin, b.end, vectors,
-                              [&](int64_t q) {
-                                const int64_t p = std::min((v0 + q) * V, plane - V);
-                                return VectorPos{p, p, V};
+        const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1, channels = (g1 - g0) * Cg;
+        T* buf = buffers.get((t1 - t0) * channels * tile);
+        pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, buf);
+        compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
+                              b.begin, b.end,
+                              div_up(std::min(pixels, t1 * tile) - t0 * tile, V), [&](int64_t q) {
+                                const int64_t p = t0 * tile + q * V;
+                                return VectorPos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
+                                                 p / s.out_w * y.sh + p % s.out_w * y.sw, std::min(V, pixels - p)};
                               });
       }
     });
@@ -324,7 +370,8 @@ void forward_tiles(const Conv2dForward& f) {
       const int64_t cs = unaliased(win.rows * rs, sizeof(T));
       T* buf = buffers.get((g1 - g0) * Cg * cs + V);
       pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, buf, cs);
-      compute_blocks<T, KT>(tc, buf, cs, geo.taps.data(), g0, y.data, b.begin, b.end, (oh1 - oh0) * nvec,
+      compute_blocks<T, KT>(tc, buf, cs, geo.taps.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
+                            (oh1 - oh0) * nvec,
                             [&](int64_t q) {
                               const int64_t row = q / nvec, ow = q % nvec * V;
                               return VectorPos{row * s.stride_h * rs + ow,
@@ -407,7 +454,8 @@ void grad_input_tiles(const Conv2dBackward& b) {
           const int64_t cs = unaliased(win.rows * width, sizeof(T));
           T* buf = buffers.get((g1 - g0) * Kg * cs + V);
           pack_window(dy, s.out_h, s.out_w, n, g0 * Kg, g1 * Kg, win, buf, cs);
-          compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, dx.data, bl.begin, bl.end, (m1 - m0) * nvec,
+          compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, cs * int64_t(sizeof(T)), dx.data, bl.begin, bl.end,
+                                (m1 - m0) * nvec,
                                 [&](int64_t q) {
                                   const int64_t row = q / nvec, j = q % nvec * V;
                                   return VectorPos{row * width + j,
@@ -435,14 +483,14 @@ void grad_weight_tiles(const Conv2dBackward& b) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   const int64_t pairs = Cg * s.taps(), out_plane = s.out_h * s.out_w;
 
-  // Pixel items: row groups of one image, or whole images, of about kGradPixels pixels. A 1x1,
-  // stride-1, unpadded convolution of N,C,H,W planes sums over the planes directly.
-  const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
-                      s.pad_w == 0 && x.sw == 1 && x.sh == s.in_w;
+  // Pixel items: row groups of one image, or whole images, of about kGradPixels pixels. The input
+  // is packed per item: a 1x1 kernel's pixels as one row per image and channel (pack_pixels),
+  // else the rows the forward packs.
+  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;
   const InputGeometry geo(s);
   const int64_t rs = geo.window.row_stride();
   int64_t rows = s.out_h, images = 1;
-  if (direct || out_plane < kGradPixels) {
+  if (pointwise || out_plane < kGradPixels) {
     images = std::clamp<int64_t>(kGradPixels / out_plane, 1, s.batch);
   } else {
     rows = std::min(div_up(kGradPixels, s.out_w), rows_per_item(s, geo, s.in_channels, sizeof(T)));
@@ -462,44 +510,63 @@ void grad_weight_tiles(const Conv2dBackward& b) {
       const Range it = split_pixels ? part_of(items, tasks, task) : Range{0, items};
       const Range bl = split_pixels ? Range{0, blocks} : part_of(blocks, tasks, task);
       T* sums = split_pixels && task > 0 ? partial.data() + (task - 1) * s.weight_numel() : dw;
-      const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
-      std::vector<const T*> dy_rows, x_rows;
+      const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1, channels = (g1 - g0) * Cg;
+      std::vector<const T*> dy_steps, x_steps;
+      std::vector<int64_t> pair_offset(pairs);
       for (int64_t item = it.begin; item < it.end; ++item) {
         const int64_t n0 = item / row_groups * images, n1 = std::min(s.batch, n0 + images);
         const int64_t oh0 = item % row_groups * rows, oh1 = std::min(s.out_h, oh0 + rows);
+        // The input of images [n0, n1), packed: rows of `width` pixels, channel stride cs.
         const Window win = geo.rows(s, oh0, oh1);
-        // The input of images [n0, n1): their planes, or their packed rows.
-        int64_t cs = x.sc, image_stride = x.sn, width = direct ? out_plane : s.out_w;
-        const T* buf = x.at(n0, g0 * Cg, 0, 0);
-        if (!direct) {
-          cs = unaliased(win.rows * rs, sizeof(T));
-          image_stride = (g1 - g0) * Cg * cs;
-          T* packed = buffers.get((n1 - n0) * image_stride + V);
-          for (int64_t n = n0; n < n1; ++n) {
-            pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, packed + (n - n0) * image_stride, cs);
-          }
-          buf = packed;
-        }
-        dy_rows.clear();
-        x_rows.clear();
+        const int64_t cs = pointwise ? out_plane : unaliased(win.rows * rs, sizeof(T));
+        const int64_t width = pointwise ? out_plane : s.out_w, image_stride = channels * cs;
+        T* buf = buffers.get((n1 - n0) * image_stride + V);
         for (int64_t n = n0; n < n1; ++n) {
-          for (int64_t oh = oh0; oh < (direct ? oh0 + 1 : oh1); ++oh) {
-            dy_rows.push_back(dy + n * s.out_channels * out_plane + oh * s.out_w);
-            x_rows.push_back(buf + (n - n0) * image_stride + (oh - oh0) * s.stride_h * rs);
+          T* dst = buf + (n - n0) * image_stride;
+          if (pointwise) {
+            pack_pixels(x, s, n, g0 * Cg, g1 * Cg, 0, out_plane, out_plane, dst);
+          } else {
+            pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, cs);
           }
         }
-        GradRows<T> grows{dy_rows.data(), x_rows.data(), int64_t(dy_rows.size()), width, 0, out_plane};
-        for (int64_t kb = bl.begin; kb < bl.end; ++kb) {
-          const int64_t g = kb / nb, k0 = (kb % nb) * KT, kvalid = std::min<int64_t>(KT, Kg - k0);
-          grows.dy_shift = (g * Kg + k0) * out_plane;
-          for (int64_t q0 = 0; q0 < pairs; q0 += J) {
-            int64_t x_offset[J];
-            for (int q = 0; q < J; ++q) {
-              const int64_t pair = std::min(q0 + q, pairs - 1), c = (g - g0) * Cg + pair / s.taps();
-              x_offset[q] = c * cs + geo.taps[pair % s.taps()];
+        for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * cs + geo.taps[pair % s.taps()];
+        // Steps: each row's full vectors, then each row's partial last vector.
+        dy_steps.clear();
+        x_steps.clear();
+        const int64_t full = width / V * V, rest = width - full;
+        for (int pass = 0; pass < (rest > 0 ? 2 : 1); ++pass) {
+          for (int64_t n = n0; n < n1; ++n) {
+            for (int64_t oh = oh0; oh < (pointwise ? oh0 + 1 : oh1); ++oh) {
+              const T* dy_row = dy + n * s.out_channels * out_plane + oh * s.out_w;
+              const T* x_row = buf + (n - n0) * image_stride + (oh - oh0) * s.stride_h * rs;
+              for (int64_t p = pass == 0 ? 0 : full; p < (pass == 0 ? full : width); p += V) {
+                dy_steps.push_back(dy_row + p);
+                x_steps.push_back(x_row + p);
+              }
             }
-            weight_grad_tile<T, KT, J>(grows, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs, kvalid,
-                                       std::min<int64_t>(J, pairs - q0));
+          }
+        }
+        const GradSteps<T> steps{dy_steps.data(), x_steps.data(),
+                                 (n1 - n0) * (pointwise ? 1 : oh1 - oh0) * (full / V), int64_t(dy_steps.size()), rest};
+        // Blocks of output channels x blocks of (channel, tap) pairs whose grad_output and input
+        // rows each fit in half the L2 cache, so that every tile reads both from it.
+        const int64_t dy_block_bytes = KT * steps.count * V * int64_t(sizeof(T));
+        const int64_t x_channel_bytes = (n1 - n0) * cs * int64_t(sizeof(T));
+        const int64_t kb_step = std::max<int64_t>(1, kGradChunkBytes / dy_block_bytes);
+        const int64_t q_step = div_up(std::max<int64_t>(1, kGradChunkBytes / x_channel_bytes) * s.taps(), J) * J;
+        for (int64_t kc = bl.begin; kc < bl.end; kc += kb_step) {
+          for (int64_t qc = 0; qc < pairs; qc += q_step) {
+            for (int64_t kb = kc; kb < std::min(bl.end, kc + kb_step); ++kb) {
+              const int64_t g = kb / nb, k0 = (kb % nb) * KT, kvalid = std::min<int64_t>(KT, Kg - k0);
+              int64_t dy_offset[KT];
+              for (int j = 0; j < KT; ++j) dy_offset[j] = (g * Kg + k0 + std::min<int64_t>(j, kvalid - 1)) * out_plane;
+              for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
+                int64_t x_offset[J];
+                for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * cs + pair_offset[std::min(q0 + q, pairs - 1)];
+                weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs,
+                                           kvalid, std::min<int64_t>(J, pairs - q0));
+              }
+            }
           }
         }
       }

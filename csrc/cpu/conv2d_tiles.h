@@ -104,43 +104,41 @@ T horizontal_sum(const Vec<T>& v) {
   return sum;
 }
 
-// The rows a weight_grad_tile sums over: row r has `width` pixels; grad_output channel j of the
-// block starts at dy[r] + dy_shift + j * dy_channel_stride, and the input of pair q at x[r] + x_offset[q].
+// The pixels a weight_grad_tile sums over, as steps of one vector: step i reads grad_output channel
+// j of the block at dy[i] + dy_offset[j] and the input of pair q at x[i] + x_offset[q]. Steps
+// [0, full) are full vectors, steps [full, count) the first `rest` pixels of one (row ends).
 template <typename T>
-struct GradRows {
+struct GradSteps {
   const T* const* dy;
   const T* const* x;
-  int64_t count, width, dy_shift, dy_channel_stride;
+  int64_t full, count, rest;
 };
 
-// dw[j * ld + q] += sum over the rows' pixels of dy_j * x_q, for j < kvalid, q < qvalid (the other
-// channels and pairs repeat valid ones, and are dropped). Pixels past a row's width are masked on
-// both operands: an infinite input next to the row must not leak into the sums.
+// dw[j * ld + q] += sum over the steps' pixels of dy_j * x_q, for j < kvalid, q < qvalid (offsets of
+// the other channels and pairs repeat valid ones; their sums are dropped). Partial steps are masked on
+// both operands: an infinite input next to a row must not leak into the sums. One flat loop per
+// kind of step keeps the accumulators in registers.
 template <typename T, int KT, int J>
-void weight_grad_tile(const GradRows<T>& rows, const int64_t* x_offset, T* dw, int64_t ld, int64_t kvalid,
-                      int64_t qvalid) {
-  constexpr int64_t V = Vec<T>::size();
+void weight_grad_tile(const GradSteps<T>& steps, const int64_t* dy_offset, const int64_t* x_offset, T* dw,
+                      int64_t ld, int64_t kvalid, int64_t qvalid) {
   Vec<T> acc[KT][J];
   for (int j = 0; j < KT; ++j) {
     for (int q = 0; q < J; ++q) acc[j][q] = Vec<T>(T(0));
   }
-  const int64_t full = rows.width - rows.width % V, rest = rows.width - full;
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const T* dy[KT];
-    for (int j = 0; j < KT; ++j) dy[j] = rows.dy[r] + rows.dy_shift + (j < kvalid ? j : 0) * rows.dy_channel_stride;
-    const T* x[J];
-    for (int q = 0; q < J; ++q) x[q] = rows.x[r] + x_offset[q < qvalid ? q : 0];
-    const auto step = [&](int64_t p, auto load) {
-      Vec<T> d[KT], xs[J];
-      for (int j = 0; j < KT; ++j) d[j] = load(dy[j] + p);
-      for (int q = 0; q < J; ++q) xs[q] = load(x[q] + p);
-      for (int j = 0; j < KT; ++j) {
-        for (int q = 0; q < J; ++q) acc[j][q] = at::vec::fmadd(d[j], xs[q], acc[j][q]);
-      }
-    };
-    for (int64_t p = 0; p < full; p += V) step(p, [](const T* a) { return Vec<T>::loadu(a); });
-    if (rest > 0) step(full, [rest](const T* a) { return load_partial(a, rest); });
-  }
+  int64_t dyo[KT], xo[J];
+  for (int j = 0; j < KT; ++j) dyo[j] = dy_offset[j];
+  for (int q = 0; q < J; ++q) xo[q] = x_offset[q];
+  const auto step = [&](int64_t i, auto load) {
+    Vec<T> xs[J];  // J + 1 + KT*J registers: one grad_output vector at a time
+    for (int q = 0; q < J; ++q) xs[q] = load(steps.x[i] + xo[q]);
+    for (int j = 0; j < KT; ++j) {
+      const Vec<T> d = load(steps.dy[i] + dyo[j]);
+      for (int q = 0; q < J; ++q) acc[j][q] = at::vec::fmadd(d, xs[q], acc[j][q]);
+    }
+  };
+  for (int64_t i = 0; i < steps.full; ++i) step(i, [](const T* a) { return Vec<T>::loadu(a); });
+  const int64_t rest = steps.rest;
+  for (int64_t i = steps.full; i < steps.count; ++i) step(i, [rest](const T* a) { return load_partial(a, rest); });
   for (int j = 0; j < kvalid; ++j) {
     for (int q = 0; q < qvalid; ++q) dw[j * ld + q] += horizontal_sum(acc[j][q]);
   }

@@ -9,6 +9,9 @@ accumulation is timed). It also states the fewest bytes a step must move, for th
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,12 +40,14 @@ class Case:
     dtype: torch.dtype
     device: str
     mode: str
-    exact: bool = False  # whether fastdl must equal torch exactly (else within 1e-4)
+    exact: bool = False  # whether fastdl must equal torch exactly (else within 1e-4 of the largest value)
+    baseline: str = "torch"  # what torch runs, where it has a choice (cuDNN with or without TF32)
 
     @property
     def id(self) -> str:
         dt = str(self.dtype).removeprefix("torch.")
-        return f"{self.network}/{self.layer}/b{self.batch}/{dt}/{self.mode}"
+        suffix = "" if self.baseline == "torch" else f"/{self.baseline}"
+        return f"{self.network}/{self.layer}/b{self.batch}/{dt}/{self.mode}{suffix}"
 
     def random(self, shape, seed: int) -> torch.Tensor:
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -56,6 +61,10 @@ class Case:
 
     def bytes_moved(self) -> int:
         raise NotImplementedError
+
+    def flops(self) -> int | None:
+        """Floating-point operations of a step, for compute-bound families (None: report bandwidth)."""
+        return None
 
 
 # ---- pooling -----------------------------------------------------------------------------------------
@@ -208,4 +217,145 @@ def bn_cases(device: str, dtype: torch.dtype, batches=BN_BATCHES, quick: bool = 
     return out
 
 
-FAMILIES = {"pool": pool_cases, "bn": bn_cases}
+# ---- convolution -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of a reference network: weight (K, C/groups, R, S) on (C, H, W) images."""
+
+    network: str
+    layer: str
+    in_channels: int
+    out_channels: int
+    size: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    bias: bool
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, groups=self.groups)
+
+    def describe(self) -> str:
+        k, s, p = (f"{a}x{b}" if a != b else str(a) for a, b in (self.kernel, self.stride, self.padding))
+        return f"conv2d({self.in_channels}->{self.out_channels}, {k}, stride {s}, pad {p})"
+
+
+def _lenet5() -> torch.nn.Module:
+    """LeNet-5's convolutions on a 32x32 image: C1 (6@5x5), subsampling, C3 (16@5x5)."""
+    layers = [("C1", torch.nn.Conv2d(1, 6, 5)), ("tanh", torch.nn.Tanh()), ("S2", torch.nn.AvgPool2d(2)),
+              ("C3", torch.nn.Conv2d(6, 16, 5))]
+    return torch.nn.Sequential(collections.OrderedDict(layers))
+
+
+def conv_layers() -> list[ConvLayer]:
+    """The distinct convolutions of LeNet-5, torchvision's AlexNet, VGG-16 and ResNet-50 (224x224),
+    read off the models by running them on the meta device; each shape once, named by its first use."""
+    import torchvision
+
+    nets = [("LeNet-5", _lenet5, 32, 1), ("AlexNet", torchvision.models.alexnet, 224, 3),
+            ("VGG-16", torchvision.models.vgg16, 224, 3), ("ResNet-50", torchvision.models.resnet50, 224, 3)]
+    layers: list[ConvLayer] = []
+    for network, build, size, channels in nets:
+        with torch.device("meta"):
+            model = build()
+        seen: dict = {}
+
+        def record(module, args, out, name):
+            x = args[0]
+            layer = ConvLayer(network, name, module.in_channels, module.out_channels, tuple(x.shape[-2:]),
+                              module.kernel_size, module.stride, module.padding, module.groups,
+                              module.bias is not None)
+            seen.setdefault(dataclasses.replace(layer, layer=""), layer)
+
+        hooks = [m.register_forward_hook(functools.partial(record, name=name))
+                 for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            model.eval()(torch.empty(1, channels, size, size, device="meta"))
+        for h in hooks:
+            h.remove()
+        layers += seen.values()
+    return layers
+
+
+CONV_BATCHES = {"cpu": (1, 8, 32), "cuda": (1, 8, 32, 128)}
+CONV_MODES = ("forward", "forward+backward")
+QUICK_CONV_LAYERS = ["LeNet-5/C3", "AlexNet/features.3", "VGG-16/features.7", "ResNet-50/layer1.0.conv2",
+                     "ResNet-50/layer3.1.conv1", "ResNet-50/layer4.1.conv2"]
+
+
+@dataclass
+class ConvCase(Case):
+    conv: ConvLayer | None = None
+
+    def make_inputs(self) -> dict:
+        c = self.conv
+        w = self.random((c.out_channels, c.in_channels // c.groups, *c.kernel), 1) / (c.in_channels * c.kernel[0] * c.kernel[1]) ** 0.5
+        inputs = {"x": self.random(self.shape, 0), "weight": w,
+                  "bias": self.random((c.out_channels,), 2) if c.bias else None}
+        if self.mode == "forward+backward":
+            # Training needs no gradient for the image itself: a first layer computes only its weight's.
+            wants = ["weight"] + (["bias"] if c.bias else []) + ([] if self.first_layer else ["x"])
+            for name in wants:
+                inputs[name].requires_grad_()
+            inputs["wants"] = wants
+            with torch.device("meta"):
+                out = F.conv2d(torch.empty(self.shape), torch.empty(w.shape), **c.kwargs)
+            inputs["grad"] = self.random(out.shape, 3)
+        return inputs
+
+    @property
+    def first_layer(self) -> bool:
+        return self.conv.in_channels <= 3
+
+    def make_step(self, impl: str, inputs: dict) -> Step:
+        c, x, w, b = self.conv, inputs["x"], inputs["weight"], inputs["bias"]
+        conv = fastdl.ops.conv2d if impl == "fastdl" else F.conv2d
+        tf32 = self.baseline == "cuDNN TF32"
+
+        def fn():
+            if impl == "torch" and self.device == "cuda":
+                torch.backends.cudnn.allow_tf32 = tf32
+            return conv(x, w, b, **c.kwargs)
+
+        if self.mode == "forward":
+            def step():
+                with torch.no_grad():
+                    return fn()
+            return step
+        grad, wants = inputs["grad"], [inputs[name] for name in inputs["wants"]]
+        return lambda: torch.autograd.grad(fn(), wants, grad)
+
+    def flops(self) -> int:
+        """2 x multiply-adds of the forward; forward+backward adds one such convolution per gradient
+        of the input and of the weight (the bias gradient is a sum, not counted)."""
+        c = self.conv
+        with torch.device("meta"):
+            out = F.conv2d(torch.empty(self.shape), torch.empty(c.out_channels, c.in_channels // c.groups,
+                                                                    *c.kernel), **c.kwargs)
+        macs = out.numel() * (c.in_channels // c.groups) * c.kernel[0] * c.kernel[1]
+        if self.mode == "forward":
+            return 2 * macs
+        return 2 * macs * (2 if self.first_layer else 3)
+
+
+def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
+    layers = conv_layers()
+    if quick:
+        layers = [layer for layer in layers if f"{layer.network}/{layer.layer}" in QUICK_CONV_LAYERS]
+    baselines = ["cuDNN", "cuDNN TF32"] if device == "cuda" and dtype == torch.float32 else ["torch"]
+    out = []
+    for layer in layers:
+        for b in batches or ((8,) if quick else CONV_BATCHES[device]):
+            for mode in CONV_MODES:
+                for baseline in baselines:
+                    out.append(ConvCase("conv", layer.network, layer.layer, layer.describe(), b,
+                                        (b, layer.in_channels, *layer.size), dtype, device, mode,
+                                        baseline=baseline, conv=layer))
+    return out
+
+
+FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases}

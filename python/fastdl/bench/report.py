@@ -12,8 +12,10 @@ def case_line(i: int, total: int, r: dict) -> str:
     head = f"[{i:>3}/{total}] {r['network']:<9} {r['layer']:<13} b{r['batch']:<4} {r['mode']:<22}"
     if r.get("error"):
         return f"{head} ERROR: {r['error']}"
-    return (f"{head} torch {r['torch_ms']:9.3f} ms  fastdl {r['fastdl_ms']:9.3f} ms  "
-            f"{r['speedup']:6.2f}x  {r['fastdl_gbps']:7.1f} GB/s ({100 * r['fraction_of_ceiling']:3.0f}%)")
+    head += f" {r['baseline']:<10}" if r.get("baseline", "torch") != "torch" else ""
+    rate = (f"{r['fastdl_gflops']:7.1f} GFLOP/s (torch {r['torch_gflops']:.1f})" if "fastdl_gflops" in r
+            else f"{r['fastdl_gbps']:7.1f} GB/s ({100 * r['fraction_of_ceiling']:3.0f}%)")
+    return f"{head} torch {r['torch_ms']:9.3f} ms  fastdl {r['fastdl_ms']:9.3f} ms  {r['speedup']:6.2f}x  {rate}"
 
 
 def summary(results: list[dict]) -> dict:
@@ -61,19 +63,28 @@ def markdown(family: str, env: dict, results: list[dict], s: dict) -> str:
         "- speedup = torch time / fastdl time (above 1 means fastdl is faster); medians of "
         "interleaved samples; GB/s counts the fewest bytes each step must move",
         "",
-        "| network | layer | shape (N,C,H,W) | dtype | mode | torch ms | fastdl ms | speedup | fastdl GB/s | % of copy |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
+    compute = any("fastdl_gflops" in r for r in results)
+    if compute:
+        lines[-1:-1] = ["- GFLOP/s: 2 x multiply-adds of the convolutions the step computes (forward, and one per "
+                        "gradient taken); baseline: what torch ran"]
+        lines += ["| network | layer | op | shape (N,C,H,W) | dtype | mode | baseline | torch ms | fastdl ms | speedup "
+                  "| fastdl GFLOP/s | torch GFLOP/s |", "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    else:
+        lines += ["| network | layer | shape (N,C,H,W) | dtype | mode | torch ms | fastdl ms | speedup | fastdl GB/s "
+                  "| % of copy |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = "x".join(str(v) for v in r["input_shape"])
+        head = f"| {r['network']} | {r['layer']} | " + (f"{r['op']} | " if compute else "") + \
+            f"{shape} | {r['dtype']} | {r['mode']} | " + (f"{r.get('baseline', 'torch')} | " if compute else "")
         if r.get("error"):
-            lines.append(f"| {r['network']} | {r['layer']} | {shape} | {r['dtype']} | {r['mode']} | "
-                         f"ERROR: {r['error']} | | | | |")
-            continue
-        lines.append(
-            f"| {r['network']} | {r['layer']} | {shape} | {r['dtype']} | {r['mode']} | {r['torch_ms']:.3f} | "
-            f"{r['fastdl_ms']:.3f} | {r['speedup']:.2f} | {r['fastdl_gbps']:.1f} | "
-            f"{100 * r['fraction_of_ceiling']:.0f}% |")
+            lines.append(f"{head}ERROR: {r['error']} | | | | |")
+        elif compute:
+            lines.append(f"{head}{r['torch_ms']:.3f} | {r['fastdl_ms']:.3f} | {r['speedup']:.2f} | "
+                         f"{r['fastdl_gflops']:.1f} | {r['torch_gflops']:.1f} |")
+        else:
+            lines.append(f"{head}{r['torch_ms']:.3f} | {r['fastdl_ms']:.3f} | {r['speedup']:.2f} | "
+                         f"{r['fastdl_gbps']:.1f} | {100 * r['fraction_of_ceiling']:.0f}% |")
     lines += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(family, s)]
     return "\n".join(lines) + "\n"
 
