@@ -34,6 +34,11 @@
 // emulated on the host (float and double).
 
 #include "cuda/conv2d_kernels.h"
+
+#include <memory>
+#include <type_traits>
+#include <vector>
+
 #include "cuda/device_utils.cuh"
 
 namespace fastdl::cuda {
@@ -639,29 +644,31 @@ struct Plan {
 };
 
 template <typename A>
-int64_t grad_weight_chunk(const Conv2dShape& s) {
+int64_t grad_weight_chunk(const Conv2dShape& s, int sms) {
   using Cfg = TileConfig<A, int32_t>;  // BK, which the index type changes, plays no part
   // Enough splits for two waves of blocks, none shorter than kMinPixels reduction steps.
   constexpr int64_t kMinPixels = 256;
   const int64_t pixels = s.batch * s.out_h * s.out_w;
   const int64_t tiles = ((s.in_per_group() * s.taps() + Cfg::BM - 1) / Cfg::BM) *
                         ((s.out_per_group() + Cfg::BN - 1) / Cfg::BN) * s.groups;
-  const int64_t wanted = (2 * int64_t(sm_count()) * Cfg::kMinBlocks + tiles - 1) / tiles;
+  const int64_t wanted = (2 * int64_t(sms) * Cfg::kMinBlocks + tiles - 1) / tiles;
   const int64_t splits = max_of<int64_t>(1, min_of<int64_t>(wanted, pixels / kMinPixels));
   return (pixels + splits - 1) / splits;
 }
 
 // As batch norm: about 4 blocks per multiprocessor, none summing fewer than ~1024 values.
-int64_t grad_bias_splits(const Conv2dShape& s) {
+int64_t grad_bias_splits(const Conv2dShape& s, int sms) {
   const int64_t values = s.batch * s.out_h * s.out_w;
   const bool planes = s.layout == Layout::nchw;
   const int64_t blocks = planes ? s.out_channels : (s.out_channels + kWarp - 1) / kWarp;
-  const int64_t wanted = (4 * int64_t(sm_count()) + blocks - 1) / blocks;
+  const int64_t wanted = (4 * int64_t(sms) + blocks - 1) / blocks;
   const int64_t useful = planes ? values / 1024 : values / 32;
   return max_of<int64_t>(1, min_of<int64_t>(min_of<int64_t>(wanted, useful), 1024));
 }
 
-Plan plan(const Conv2dShape& s, DType dtype, bool reorder, bool grad_weight, bool grad_bias) {
+Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, bool grad_weight, bool grad_bias) {
+  // The multiprocessors the splits spread over: the current device's, or the emulated one's.
+  const int sms = execution == Execution::device ? sm_count() : kEmulatedMultiprocessors;
   const std::size_t element = dtype == DType::f64 ? 8 : dtype == DType::f32 ? 4 : 2;
   const std::size_t acc = dtype == DType::f64 ? 8 : 4;
   const auto aligned = [](std::size_t bytes) { return (bytes + 255) / 256 * 256; };
@@ -673,27 +680,29 @@ Plan plan(const Conv2dShape& s, DType dtype, bool reorder, bool grad_weight, boo
   largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
   if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
   if (grad_weight) {
-    p.weight_chunk = dtype == DType::f64 ? grad_weight_chunk<double>(s) : grad_weight_chunk<float>(s);
+    p.weight_chunk = dtype == DType::f64 ? grad_weight_chunk<double>(s, sms) : grad_weight_chunk<float>(s, sms);
     p.weight_splits = (s.batch * s.out_h * s.out_w + p.weight_chunk - 1) / p.weight_chunk;
     p.weight_part = p.bytes;
     p.bytes += aligned(acc * std::size_t(p.weight_splits * s.weight_numel()));
     largest = max_of(largest, p.weight_splits * s.weight_numel());
   }
   if (grad_bias) {
-    p.bias_splits = grad_bias_splits(s);
+    p.bias_splits = grad_bias_splits(s, sms);
     p.bias_part = p.bytes;
     p.bytes += aligned(acc * std::size_t(p.bias_splits * s.out_channels));
     largest = max_of(largest, p.bias_splits * s.out_channels);
   }
-  p.narrow = fits_int32(largest);
+  p.narrow = fits_int32(largest) && execution != Execution::host_int64;
   return p;
 }
 
-Plan plan(const Conv2dForwardArgs& a) { return plan(a.shape, a.dtype, a.shape.layout == Layout::nhwc, false, false); }
+Plan plan(const Conv2dForwardArgs& a) {
+  return plan(a.shape, a.dtype, a.execution, a.shape.layout == Layout::nhwc, false, false);
+}
 
 Plan plan(const Conv2dBackwardArgs& a) {
-  return plan(a.shape, a.dtype, a.grad_input != nullptr && a.shape.layout == Layout::nhwc, a.grad_weight != nullptr,
-              a.grad_bias != nullptr);
+  return plan(a.shape, a.dtype, a.execution, a.grad_input != nullptr && a.shape.layout == Layout::nhwc,
+              a.grad_weight != nullptr, a.grad_bias != nullptr);
 }
 
 template <typename I>
@@ -701,53 +710,153 @@ TapMajor<I> tap_major(const Conv2dShape& s) {
   return {Divisor<I>(s.in_per_group() * s.taps()), Divisor<I>(s.taps()), I(s.in_per_group())};
 }
 
-template <typename T, typename I>
-const T* reordered_weight(const Conv2dShape& s, const void* weight, void* workspace, const Plan& plan,
-                          cudaStream_t stream) {
-  T* out = reinterpret_cast<T*>(static_cast<char*>(workspace) + plan.reordered);
-  const I count = I(s.weight_numel());
-  reorder_weight_kernel<T, I><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(
-      static_cast<const T*>(weight), out, count, tap_major<I>(s));
-  return out;
-}
+// ---- running a call: launched on a stream, or emulated on the host -------------------------------
 
-// Runs body(TypeTag<T>, TypeTag<I>, LayoutTag<L>).
-template <typename Body>
+// Launches the kernels on `stream`.
+struct Launcher {
+  cudaStream_t stream;
+
+  template <typename P>
+  void gemm(const P& p) const {
+    launch_gemm(p, stream);
+  }
+  template <typename T, typename I>
+  void reorder_weight(const T* w, T* reordered, I count, TapMajor<I> order) const {
+    reorder_weight_kernel<T, I><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(w, reordered, count, order);
+  }
+  template <typename T, typename I, bool kTapMajor>
+  void sum_splits(const Acc<T>* part, T* out, I count, I splits, TapMajor<I> order) const {
+    sum_splits_kernel<T, I, kTapMajor><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(part, out, count,
+                                                                                                splits, order);
+  }
+  // grad_bias partials: part[split][k] for splits of the N*OH*OW values of every channel.
+  template <typename T, typename I, Layout L>
+  void bias_partials(const T* dy, Acc<T>* part, const Dims<I>& d, I splits) const {
+    const I values = d.N * d.by_ohw.d;
+    if constexpr (L == Layout::nchw) {
+      bias_planes_kernel<T, I><<<unsigned(int64_t(d.K) * splits), kThreads, 0, stream>>>(dy, part, d.K, d.by_ohw,
+                                                                                          values, splits);
+    } else {
+      const int64_t chunks = (int64_t(d.K) + kWarp - 1) / kWarp;
+      bias_rows_kernel<T, I><<<unsigned(chunks * splits), dim3(kWarp, kThreads / kWarp), 0, stream>>>(
+          dy, part, d.K, values, splits);
+    }
+  }
+  cudaError_t status() const { return cudaGetLastError(); }
+};
+
+// Runs the same plan on host memory, for tests on machines without a GPU: the tile kernel's tiles one
+// after another, each tile's threads one after another through each phase between two barriers (so
+// shared-memory races are not detected, but every index, bound and buffer swap is exercised), and the
+// small kernels as plain loops in their summation order. float and double only.
+struct Emulator {
+  template <typename P>
+  void gemm(const P& p) const {
+    using Cfg = TileConfig<Acc<typename P::T>, typename P::I>;
+    using I = typename P::I;
+    const int64_t m_tiles = (int64_t(p.rows()) + Cfg::BM - 1) / Cfg::BM;
+    const int64_t n_tiles = (int64_t(p.cols()) + Cfg::BN - 1) / Cfg::BN;
+    const auto staged = std::make_unique<Staged<Cfg, Acc<typename P::T>>>();
+    std::vector<GemmThread<Cfg, P>> threads(kThreads);
+    for (int t = 0; t < kThreads; ++t) threads[t].t = t;
+    for (int64_t index = 0; index < m_tiles * n_tiles * int64_t(p.parts()); ++index) {
+      const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
+      for (auto& thread : threads) {
+        thread.begin(p, tile);
+        thread.fetch(p, tile, tile.depth.begin);
+        thread.stage(*staged, 0);
+      }
+      int buf = 0;
+      for (I k0 = tile.depth.begin; k0 < tile.depth.end; k0 += Cfg::BK) {
+        const bool more = k0 + Cfg::BK < tile.depth.end;
+        for (auto& thread : threads) {
+          if (more) thread.fetch(p, tile, k0 + Cfg::BK);
+          thread.multiply(*staged, buf);
+          if (more) thread.stage(*staged, buf ^ 1);
+        }
+        buf ^= 1;
+      }
+      for (auto& thread : threads) thread.finish(p, tile);
+    }
+  }
+  template <typename T, typename I>
+  void reorder_weight(const T* w, T* reordered, I count, TapMajor<I> order) const {
+    for (I e = 0; e < count; ++e) reordered[order(e)] = w[e];
+  }
+  template <typename T, typename I, bool kTapMajor>
+  void sum_splits(const Acc<T>* part, T* out, I count, I splits, TapMajor<I> order) const {
+    for (I e = 0; e < count; ++e) {
+      const I src = kTapMajor ? order(e) : e;
+      Acc<T> sum = 0;
+      for (I s = 0; s < splits; ++s) sum += part[s * count + src];
+      out[e] = T(sum);
+    }
+  }
+  template <typename T, typename I, Layout L>
+  void bias_partials(const T* dy, Acc<T>* part, const Dims<I>& d, I splits) const {
+    const I values = d.N * d.by_ohw.d;
+    for (I s = 0; s < splits; ++s) {
+      const IndexRange<I> r = split_range(values, splits, s);
+      for (I k = 0; k < d.K; ++k) {
+        Acc<T> sum = 0;
+        for (I j = r.begin; j < r.end; ++j) {
+          const I n = d.by_ohw.div(j);
+          sum += L == Layout::nchw ? dy[(n * d.K + k) * d.by_ohw.d + (j - n * d.by_ohw.d)] : dy[j * d.K + k];
+        }
+        part[s * d.K + k] = sum;
+      }
+    }
+  }
+  cudaError_t status() const { return cudaSuccess; }
+};
+
+// Runs body(TypeTag<T>, TypeTag<I>, LayoutTag<L>); the emulator takes float and double only.
+template <typename Exec, typename Body>
 cudaError_t dispatch(DType dtype, bool narrow, Layout layout, Body&& body) {
   return dispatch_dtype(dtype, [&](auto t) {
-    return dispatch_index(narrow, [&](auto i) {
-      return dispatch_layout(layout, [&](auto l) { return body(t, i, l); });
-    });
+    using T = typename decltype(t)::type;
+    if constexpr (std::is_same_v<Exec, Emulator> && !std::is_floating_point_v<T>) {
+      return cudaErrorNotSupported;
+    } else {
+      return dispatch_index(narrow, [&](auto i) {
+        return dispatch_layout(layout, [&](auto l) { return body(t, i, l); });
+      });
+    }
   });
 }
 
-}  // namespace
+// The weight as the GEMMs of layout L read it: reordered to (K, R, S, Cg) in the workspace for N,H,W,C.
+template <typename T, typename I, Layout L, typename Exec>
+const T* gemm_weight(const Exec& exec, const Conv2dShape& s, const void* weight, void* workspace, const Plan& plan) {
+  const T* w = static_cast<const T*>(weight);
+  if constexpr (L == Layout::nchw) return w;
+  T* reordered = reinterpret_cast<T*>(static_cast<char*>(workspace) + plan.reordered);
+  exec.template reorder_weight<T, I>(w, reordered, I(s.weight_numel()), tap_major<I>(s));
+  return reordered;
+}
 
-std::size_t conv2d_workspace_bytes(const Conv2dForwardArgs& args) { return plan(args).bytes; }
-std::size_t conv2d_workspace_bytes(const Conv2dBackwardArgs& args) { return plan(args).bytes; }
-
-cudaError_t conv2d_forward(const Conv2dForwardArgs& a, cudaStream_t stream) {
+template <typename Exec>
+cudaError_t run_forward(const Conv2dForwardArgs& a, const Exec& exec) {
   const Conv2dShape& s = a.shape;
   if (s.output_numel() == 0) return cudaSuccess;
   const Plan pl = plan(a);
-  return dispatch(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
+  return dispatch<Exec>(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     constexpr Layout L = decltype(l)::value;
-    const T* w = L == Layout::nhwc ? reordered_weight<T, I>(s, a.weight, a.workspace, pl, stream)
-                                   : static_cast<const T*>(a.weight);
-    launch_gemm(ForwardGemm<T, I, L>{dims_of<I>(s), static_cast<const T*>(a.input), w,
-                                     static_cast<const T*>(a.bias), static_cast<T*>(a.output)},
-                stream);
-    return cudaGetLastError();
+    const T* w = gemm_weight<T, I, L>(exec, s, a.weight, a.workspace, pl);
+    exec.gemm(ForwardGemm<T, I, L>{dims_of<I>(s), static_cast<const T*>(a.input), w, static_cast<const T*>(a.bias),
+                                   static_cast<T*>(a.output)});
+    return exec.status();
   });
 }
 
-cudaError_t conv2d_backward(const Conv2dBackwardArgs& a, cudaStream_t stream) {
+template <typename Exec>
+cudaError_t run_backward(const Conv2dBackwardArgs& a, const Exec& exec) {
   const Conv2dShape& s = a.shape;
   if (s.output_numel() == 0) return cudaSuccess;
   const Plan pl = plan(a);
-  return dispatch(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
+  return dispatch<Exec>(a.dtype, pl.narrow, s.layout, [&](auto t, auto i, auto l) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     using A = Acc<T>;
@@ -757,33 +866,37 @@ cudaError_t conv2d_backward(const Conv2dBackwardArgs& a, cudaStream_t stream) {
     const auto* x = static_cast<const T*>(a.input);
     char* ws = static_cast<char*>(a.workspace);
     if (a.grad_input != nullptr) {
-      const T* w = L == Layout::nhwc ? reordered_weight<T, I>(s, a.weight, a.workspace, pl, stream)
-                                     : static_cast<const T*>(a.weight);
-      launch_gemm(GradInputGemm<T, I, L>{d, dy, w, static_cast<T*>(a.grad_input)}, stream);
+      const T* w = gemm_weight<T, I, L>(exec, s, a.weight, a.workspace, pl);
+      exec.gemm(GradInputGemm<T, I, L>{d, dy, w, static_cast<T*>(a.grad_input)});
     }
     if (a.grad_weight != nullptr) {
       A* part = reinterpret_cast<A*>(ws + pl.weight_part);
-      launch_gemm(GradWeightGemm<T, I, L>{d, x, dy, part, I(pl.weight_chunk)}, stream);
-      const I count = I(s.weight_numel());
-      sum_splits_kernel<T, I, L == Layout::nhwc><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(
-          part, static_cast<T*>(a.grad_weight), count, I(pl.weight_splits), tap_major<I>(s));
+      exec.gemm(GradWeightGemm<T, I, L>{d, x, dy, part, I(pl.weight_chunk)});
+      exec.template sum_splits<T, I, L == Layout::nhwc>(part, static_cast<T*>(a.grad_weight), I(s.weight_numel()),
+                                                         I(pl.weight_splits), tap_major<I>(s));
     }
     if (a.grad_bias != nullptr) {
       A* part = reinterpret_cast<A*>(ws + pl.bias_part);
-      const I channels = I(s.out_channels), splits = I(pl.bias_splits), values = d.N * d.by_ohw.d;
-      if (L == Layout::nchw) {
-        bias_planes_kernel<T, I><<<unsigned(s.out_channels * pl.bias_splits), kThreads, 0, stream>>>(
-            dy, part, channels, d.by_ohw, values, splits);
-      } else {
-        const int64_t chunks = (s.out_channels + kWarp - 1) / kWarp;
-        bias_rows_kernel<T, I><<<unsigned(chunks * pl.bias_splits), dim3(kWarp, kThreads / kWarp), 0, stream>>>(
-            dy, part, channels, values, splits);
-      }
-      sum_splits_kernel<T, I, false><<<grid_blocks(channels, kThreads), kThreads, 0, stream>>>(
-          part, static_cast<T*>(a.grad_bias), channels, splits, tap_major<I>(s));
+      exec.template bias_partials<T, I, L>(dy, part, d, I(pl.bias_splits));
+      exec.template sum_splits<T, I, false>(part, static_cast<T*>(a.grad_bias), d.K, I(pl.bias_splits),
+                                            tap_major<I>(s));
     }
-    return cudaGetLastError();
+    return exec.status();
   });
+}
+
+}  // namespace
+
+std::size_t conv2d_workspace_bytes(const Conv2dForwardArgs& args) { return plan(args).bytes; }
+std::size_t conv2d_workspace_bytes(const Conv2dBackwardArgs& args) { return plan(args).bytes; }
+
+cudaError_t conv2d_forward(const Conv2dForwardArgs& args, cudaStream_t stream) {
+  return args.execution == Execution::device ? run_forward(args, Launcher{stream}) : run_forward(args, Emulator{});
+}
+
+cudaError_t conv2d_backward(const Conv2dBackwardArgs& args, cudaStream_t stream) {
+  return args.execution == Execution::device ? run_backward(args, Launcher{stream})
+                                             : run_backward(args, Emulator{});
 }
 
 }  // namespace fastdl::cuda

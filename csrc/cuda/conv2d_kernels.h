@@ -15,6 +15,14 @@
 
 namespace fastdl::cuda {
 
+// Where a call runs. The host emulation takes host pointers (float and double only; other dtypes
+// return cudaErrorNotSupported; `stream` is ignored) and runs the same plan, for a device of
+// kEmulatedMultiprocessors (an H100), and the same tile logic, the threads of a block one after another
+// between the kernel's barriers; host_int64 uses 64-bit indices where the sizes would allow 32-bit
+// ones. The tests use it to check the kernels' indexing on machines without a GPU.
+enum class Execution { device, host, host_int64 };
+constexpr int kEmulatedMultiprocessors = 132;
+
 struct Conv2dForwardArgs {
   Conv2dShape shape;
   DType dtype;
@@ -23,6 +31,7 @@ struct Conv2dForwardArgs {
   const void* bias;  // null: no bias
   void* output;
   void* workspace;  // conv2d_workspace_bytes(*this) bytes
+  Execution execution = Execution::device;
 };
 
 // The gradients that are null are not computed; the others are written in full.
@@ -36,6 +45,7 @@ struct Conv2dBackwardArgs {
   void* grad_weight;
   void* grad_bias;
   void* workspace;  // conv2d_workspace_bytes(*this) bytes
+  Execution execution = Execution::device;
 };
 
 // Scratch memory a call needs (reordered weights, per-split partial sums); may be 0. Depends on the
