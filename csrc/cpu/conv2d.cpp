@@ -5,8 +5,11 @@
 // split into s column phases so that neighbouring outputs read neighbouring elements for every
 // kernel tap; then conv_tile (conv2d_tiles.h) computes 4 output channels x 3 vectors of pixels at a
 // time from weights packed once per call. Reduction channels go in blocks sized for the L1 cache,
-// the partial sums staying in the output between blocks. A 1x1, stride-1, unpadded convolution of an
-// N,C,H,W input reads the input directly, each image plane being one long row.
+// the partial sums staying in the output between blocks. A 1x1 convolution (any stride) takes its
+// output pixels in flat order instead of rows: tiles of them are gathered tile-major (pack_pixels,
+// one memcpy per channel where the pixels are contiguous), so that a tile's inputs over a channel
+// block are one contiguous run. Of the item's inputs and its weights, the smaller stays in cache
+// and the other streams (compute_blocks picks the loop order).
 //
 // grad_input is a convolution of the zero-padded grad_output with the transposed weights, done with
 // the same tiles once per output phase (ih mod sh, iw mod sw): in phase (a, b) only the kernel taps
