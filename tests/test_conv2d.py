@@ -114,6 +114,10 @@ NAMED = {
     "one output pixel": ((2, 6, 1, 1), (4, 6, 1, 1), 1, 0, 1, 1),
     "stride larger than kernel": ((2, 3, 13, 13), (4, 3, 2, 2), 3, 0, 1, 1),
     "large stride, only some inputs reached": ((2, 3, 10, 10), (4, 3, 1, 1), 4, 1, 1, 1),
+    # The weight gradient's channel-vector form (rows under 16 vectors, 2 vectors of outputs per group):
+    "groups 2, outputs per group past one channel block": ((2, 16, 9, 9), (56, 8, 3, 3), 1, 1, 1, 2),
+    "stride 2, dilation 2, many outputs": ((2, 6, 15, 15), (40, 6, 3, 3), 2, 2, 2, 1),
+    "rows of 140 pixels, many outputs (pixel-vector form)": ((1, 3, 6, 140), (16, 3, 3, 3), 1, 1, 1, 1),
 }
 
 
@@ -175,12 +179,13 @@ def test_empty_batch(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_finite_inputs_spread_as_in_torch(device):
+@pytest.mark.parametrize("out_channels", [4, 20])  # the weight gradient's pixel- and channel-vector forms
+def test_non_finite_inputs_spread_as_in_torch(out_channels, device):
     x = make((2, 3, 9, 10), "contiguous", torch.float32, device, 0)
     x[0, 1, 4, 9] = float("inf")  # last column: next to a row boundary of the packed buffers
     x[1, 0, 2, 3] = float("nan")
-    w = make((4, 3, 3, 3), "contiguous", torch.float32, device, 1)
-    g = make((2, 4, 9, 10), "contiguous", torch.float32, device, 2)
+    w = make((out_channels, 3, 3, 3), "contiguous", torch.float32, device, 1)
+    g = make((2, out_channels, 9, 10), "contiguous", torch.float32, device, 2)
     ours = fastdl.ops.conv2d(x, w, None, padding=1)
     theirs = F.conv2d(x, w, None, padding=1)
     assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())

@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -474,6 +475,94 @@ void grad_input_tiles(const Conv2dBackward& b) {
 
 // ---- weight and bias gradients ----------------------------------------------------------------------
 
+// The pixel items of a weight gradient: row groups of one image, or whole images, of about
+// kGradPixels pixels. Each item packs the input it reads: a 1x1 kernel's pixels as one row per image
+// and channel (pack_pixels), else the rows the forward packs.
+struct GradItems {
+  bool pointwise;
+  InputGeometry geo;
+  int64_t rs, rows, images, row_groups, count;
+
+  explicit GradItems(const Conv2dShape& s, int64_t elem_size)
+      : pointwise(s.kernel_h == 1 && s.kernel_w == 1), geo(s), rs(geo.window.row_stride()), rows(s.out_h),
+        images(1) {
+    const int64_t out_plane = s.out_h * s.out_w;
+    if (pointwise || out_plane < kGradPixels) {
+      images = std::clamp<int64_t>(kGradPixels / out_plane, 1, s.batch);
+    } else {
+      rows = std::min(div_up(kGradPixels, s.out_w), rows_per_item(s, geo, s.in_channels, elem_size));
+    }
+    row_groups = div_up(s.out_h, rows);
+    count = div_up(s.batch, images) * row_groups;
+  }
+};
+
+// One item's packed input (reduction channels of groups [g0, g1)): images [n0, n1), output rows
+// [oh0, oh1); channel stride cs, image stride image_stride; output pixel (n, oh, ow) reads its first
+// tap at buf + at(n, oh, ow).
+template <typename T>
+struct PackedItem {
+  const T* buf;
+  int64_t n0, n1, oh0, oh1, cs, image_stride;
+  int64_t row_step;  // between the first taps of consecutive output rows (pointwise: out_w)
+
+  int64_t at(int64_t n, int64_t oh, int64_t ow) const { return (n - n0) * image_stride + (oh - oh0) * row_step + ow; }
+};
+
+template <typename T>
+PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item,
+                             int64_t g0, int64_t g1, ThreadBuffers<T>& buffers) {
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t Cg = s.in_per_group(), out_plane = s.out_h * s.out_w;
+  PackedItem<T> p;
+  p.n0 = item / gi.row_groups * gi.images, p.n1 = std::min(s.batch, p.n0 + gi.images);
+  p.oh0 = item % gi.row_groups * gi.rows, p.oh1 = std::min(s.out_h, p.oh0 + gi.rows);
+  const Window win = gi.geo.rows(s, p.oh0, p.oh1);
+  p.cs = gi.pointwise ? out_plane : unaliased(win.rows * gi.rs, sizeof(T));
+  p.row_step = gi.pointwise ? s.out_w : s.stride_h * gi.rs;
+  p.image_stride = (g1 - g0) * Cg * p.cs;
+  T* buf = buffers.get((p.n1 - p.n0) * p.image_stride + V);
+  for (int64_t n = p.n0; n < p.n1; ++n) {
+    T* dst = buf + (n - p.n0) * p.image_stride;
+    if (gi.pointwise) {
+      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, 0, out_plane, out_plane, dst);
+    } else {
+      pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, p.cs);
+    }
+  }
+  p.buf = buf;
+  return p;
+}
+
+// Runs body(task, items, blocks, sums) over the tasks of a weight gradient of `blocks` output-channel
+// blocks: threads split the pixel items (each into private sums, added at the end in thread order)
+// when there are enough, else the blocks; then writes grad_weight.
+template <typename T, typename Body>
+void grad_weight_tasks(const Conv2dBackward& b, int64_t items, int64_t blocks, Body&& body) {
+  const int64_t numel = b.shape.weight_numel(), threads = at::get_num_threads();
+  T* dw = b.grad_weight.data_ptr<T>();
+  const bool split_pixels = items >= 2 * threads;
+  const int64_t tasks = split_pixels ? threads : block_chunks(1, blocks);
+  std::vector<T> partial(split_pixels ? (tasks - 1) * numel : 0, T(0));
+  std::fill(dw, dw + numel, T(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const Range it = split_pixels ? part_of(items, tasks, task) : Range{0, items};
+      const Range bl = split_pixels ? Range{0, blocks} : part_of(blocks, tasks, task);
+      body(it, bl, split_pixels && task > 0 ? partial.data() + (task - 1) * numel : dw);
+    }
+  });
+  if (!partial.empty()) {
+    at::parallel_for(0, numel, 4096, [&](int64_t e0, int64_t e1) {
+      for (int64_t t = 0; t + 1 < tasks; ++t) {
+        const T* p = partial.data() + t * numel;
+        for (int64_t e = e0; e < e1; ++e) dw[e] += p[e];
+      }
+    });
+  }
+}
+
+// Pixel-vector form: weight_grad_tile over rows of pixels (large maps).
 template <typename T, int KT>
 void grad_weight_tiles(const Conv2dBackward& b) {
   constexpr int J = 3;  // (channel, tap) pairs per tile
@@ -482,107 +571,125 @@ void grad_weight_tiles(const Conv2dBackward& b) {
   const at::Tensor dy_dense = b.grad_output.contiguous();  // rows of pixels per channel
   const T* dy = dy_dense.const_data_ptr<T>();
   const auto x = strided<const T>(b.input);
-  T* dw = b.grad_weight.data_ptr<T>();
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   const int64_t pairs = Cg * s.taps(), out_plane = s.out_h * s.out_w;
-
-  // Pixel items: row groups of one image, or whole images, of about kGradPixels pixels. The input
-  // is packed per item: a 1x1 kernel's pixels as one row per image and channel (pack_pixels),
-  // else the rows the forward packs.
-  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;
-  const InputGeometry geo(s);
-  const int64_t rs = geo.window.row_stride();
-  int64_t rows = s.out_h, images = 1;
-  if (pointwise || out_plane < kGradPixels) {
-    images = std::clamp<int64_t>(kGradPixels / out_plane, 1, s.batch);
-  } else {
-    rows = std::min(div_up(kGradPixels, s.out_w), rows_per_item(s, geo, s.in_channels, sizeof(T)));
-  }
-  const int64_t row_groups = div_up(s.out_h, rows), image_groups = div_up(s.batch, images);
-  const int64_t items = image_groups * row_groups;
-
-  // Threads split the pixels (each into private sums) when there are enough, else the channels.
-  const int64_t threads = at::get_num_threads();
-  const bool split_pixels = items >= 2 * threads;
-  const int64_t tasks = split_pixels ? threads : block_chunks(1, blocks);
-  std::vector<T> partial(split_pixels ? (tasks - 1) * s.weight_numel() : 0, T(0));
-  std::fill(dw, dw + s.weight_numel(), T(0));
+  const GradItems gi(s, sizeof(T));
   ThreadBuffers<T> buffers;
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {
-      const Range it = split_pixels ? part_of(items, tasks, task) : Range{0, items};
-      const Range bl = split_pixels ? Range{0, blocks} : part_of(blocks, tasks, task);
-      T* sums = split_pixels && task > 0 ? partial.data() + (task - 1) * s.weight_numel() : dw;
-      const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1, channels = (g1 - g0) * Cg;
-      std::vector<const T*> dy_steps, x_steps;
-      std::vector<int64_t> pair_offset(pairs);
-      for (int64_t item = it.begin; item < it.end; ++item) {
-        const int64_t n0 = item / row_groups * images, n1 = std::min(s.batch, n0 + images);
-        const int64_t oh0 = item % row_groups * rows, oh1 = std::min(s.out_h, oh0 + rows);
-        // The input of images [n0, n1), packed: rows of `width` pixels, channel stride cs.
-        const Window win = geo.rows(s, oh0, oh1);
-        const int64_t cs = pointwise ? out_plane : unaliased(win.rows * rs, sizeof(T));
-        const int64_t width = pointwise ? out_plane : s.out_w, image_stride = channels * cs;
-        T* buf = buffers.get((n1 - n0) * image_stride + V);
-        for (int64_t n = n0; n < n1; ++n) {
-          T* dst = buf + (n - n0) * image_stride;
-          if (pointwise) {
-            pack_pixels(x, s, n, g0 * Cg, g1 * Cg, 0, out_plane, out_plane, dst);
-          } else {
-            pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, cs);
-          }
-        }
-        for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * cs + geo.taps[pair % s.taps()];
-        // Steps: each row's full vectors, then each row's partial last vector.
-        dy_steps.clear();
-        x_steps.clear();
-        const int64_t full = width / V * V, rest = width - full;
-        for (int pass = 0; pass < (rest > 0 ? 2 : 1); ++pass) {
-          for (int64_t n = n0; n < n1; ++n) {
-            for (int64_t oh = oh0; oh < (pointwise ? oh0 + 1 : oh1); ++oh) {
-              const T* dy_row = dy + n * s.out_channels * out_plane + oh * s.out_w;
-              const T* x_row = buf + (n - n0) * image_stride + (oh - oh0) * s.stride_h * rs;
-              for (int64_t p = pass == 0 ? 0 : full; p < (pass == 0 ? full : width); p += V) {
-                dy_steps.push_back(dy_row + p);
-                x_steps.push_back(x_row + p);
-              }
+  grad_weight_tasks<T>(b, gi.count, blocks, [&](Range it, Range bl, T* sums) {
+    const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
+    std::vector<const T*> dy_steps, x_steps;
+    std::vector<int64_t> pair_offset(pairs);
+    for (int64_t item = it.begin; item < it.end; ++item) {
+      const PackedItem<T> pk = pack_grad_item(gi, x, s, item, g0, g1, buffers);
+      for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * pk.cs + gi.geo.taps[pair % s.taps()];
+      // Steps: each row's full vectors, then each row's partial last vector.
+      dy_steps.clear();
+      x_steps.clear();
+      const int64_t width = gi.pointwise ? out_plane : s.out_w, row_end = gi.pointwise ? pk.oh0 + 1 : pk.oh1;
+      const int64_t full = width / V * V, rest = width - full;
+      for (int pass = 0; pass < (rest > 0 ? 2 : 1); ++pass) {
+        for (int64_t n = pk.n0; n < pk.n1; ++n) {
+          for (int64_t oh = pk.oh0; oh < row_end; ++oh) {
+            const T* dy_row = dy + n * s.out_channels * out_plane + oh * s.out_w;
+            const T* x_row = pk.buf + pk.at(n, oh, 0);
+            for (int64_t p = pass == 0 ? 0 : full; p < (pass == 0 ? full : width); p += V) {
+              dy_steps.push_back(dy_row + p);
+              x_steps.push_back(x_row + p);
             }
           }
         }
-        const GradSteps<T> steps{dy_steps.data(), x_steps.data(),
-                                 (n1 - n0) * (pointwise ? 1 : oh1 - oh0) * (full / V), int64_t(dy_steps.size()), rest};
-        // Blocks of output channels x blocks of (channel, tap) pairs whose grad_output and input
-        // rows each fit in half the L2 cache, so that every tile reads both from it.
-        const int64_t dy_block_bytes = KT * steps.count * V * int64_t(sizeof(T));
-        const int64_t x_channel_bytes = (n1 - n0) * cs * int64_t(sizeof(T));
-        const int64_t kb_step = std::max<int64_t>(1, kGradChunkBytes / dy_block_bytes);
-        const int64_t q_step = div_up(std::max<int64_t>(1, kGradChunkBytes / x_channel_bytes) * s.taps(), J) * J;
-        for (int64_t kc = bl.begin; kc < bl.end; kc += kb_step) {
-          for (int64_t qc = 0; qc < pairs; qc += q_step) {
-            for (int64_t kb = kc; kb < std::min(bl.end, kc + kb_step); ++kb) {
-              const int64_t g = kb / nb, k0 = (kb % nb) * KT, kvalid = std::min<int64_t>(KT, Kg - k0);
-              int64_t dy_offset[KT];
-              for (int j = 0; j < KT; ++j) dy_offset[j] = (g * Kg + k0 + std::min<int64_t>(j, kvalid - 1)) * out_plane;
-              for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
-                int64_t x_offset[J];
-                for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * cs + pair_offset[std::min(q0 + q, pairs - 1)];
-                weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs,
-                                           kvalid, std::min<int64_t>(J, pairs - q0));
-              }
+      }
+      const GradSteps<T> steps{dy_steps.data(), x_steps.data(), (pk.n1 - pk.n0) * (row_end - pk.oh0) * (full / V),
+                               int64_t(dy_steps.size()), rest};
+      // Blocks of output channels x blocks of (channel, tap) pairs whose grad_output and input
+      // rows each fit in kGradChunkBytes, so that every tile reads both from the L2 cache.
+      const int64_t dy_block_bytes = KT * steps.count * V * int64_t(sizeof(T));
+      const int64_t x_channel_bytes = (pk.n1 - pk.n0) * pk.cs * int64_t(sizeof(T));
+      const int64_t kb_step = std::max<int64_t>(1, kGradChunkBytes / dy_block_bytes);
+      const int64_t q_step = div_up(std::max<int64_t>(1, kGradChunkBytes / x_channel_bytes) * s.taps(), J) * J;
+      for (int64_t kc = bl.begin; kc < bl.end; kc += kb_step) {
+        for (int64_t qc = 0; qc < pairs; qc += q_step) {
+          for (int64_t kb = kc; kb < std::min(bl.end, kc + kb_step); ++kb) {
+            const int64_t g = kb / nb, k0 = (kb % nb) * KT, kvalid = std::min<int64_t>(KT, Kg - k0);
+            int64_t dy_offset[KT];
+            for (int j = 0; j < KT; ++j) dy_offset[j] = (g * Kg + k0 + std::min<int64_t>(j, kvalid - 1)) * out_plane;
+            for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
+              int64_t x_offset[J];
+              for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
+              weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs,
+                                         kvalid, std::min<int64_t>(J, pairs - q0));
             }
           }
         }
       }
     }
   });
-  if (!partial.empty()) {
-    at::parallel_for(0, s.weight_numel(), 4096, [&](int64_t e0, int64_t e1) {
-      for (int64_t t = 0; t + 1 < tasks; ++t) {
-        const T* p = partial.data() + t * s.weight_numel();
-        for (int64_t e = e0; e < e1; ++e) dw[e] += p[e];
+}
+
+// Channel-vector form: weight_grad_channel_tile over the item's pixels in any order (small maps,
+// where a row fills its pixel vectors badly), VT vectors of output channels per block.
+template <typename T>
+void grad_weight_channel_tiles(const Conv2dBackward& b) {
+  constexpr int J = 4, VT = 3;
+  constexpr int64_t KV = VT * Vec<T>::size();
+  const Conv2dShape& s = b.shape;
+  const auto x = strided<const T>(b.input);
+  const auto dy = strided<const T>(b.grad_output);
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KV), blocks = s.groups * nb;
+  const int64_t pairs = Cg * s.taps();
+  const GradItems gi(s, sizeof(T));
+  ThreadBuffers<T> buffers, dy_buffers;
+  grad_weight_tasks<T>(b, gi.count, blocks, [&](Range it, Range bl, T* sums) {
+    const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
+    std::vector<int64_t> pair_offset(pairs), pos;
+    std::vector<std::array<int64_t, 3>> pixels;  // (n, oh, ow)
+    for (int64_t item = it.begin; item < it.end; ++item) {
+      const PackedItem<T> pk = pack_grad_item(gi, x, s, item, g0, g1, buffers);
+      for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * pk.cs + gi.geo.taps[pair % s.taps()];
+      pixels.clear();
+      pos.clear();
+      for (int64_t n = pk.n0; n < pk.n1; ++n) {
+        for (int64_t oh = pk.oh0; oh < pk.oh1; ++oh) {
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            pixels.push_back({n, oh, ow});
+            pos.push_back(pk.at(n, oh, ow));
+          }
+        }
       }
-    });
-  }
+      // Chunks of blocks whose packed grad_output fits 2 * kGradChunkBytes, and of pairs whose input
+      // rows fit kGradChunkBytes: each tile reads both from the L2 cache.
+      const int64_t count = int64_t(pixels.size()), block_bytes = count * KV * int64_t(sizeof(T));
+      const int64_t kb_step = std::max<int64_t>(1, 2 * kGradChunkBytes / block_bytes);
+      const int64_t x_channel_bytes = (pk.n1 - pk.n0) * pk.cs * int64_t(sizeof(T));
+      const int64_t q_step = div_up(std::max<int64_t>(1, kGradChunkBytes / x_channel_bytes) * s.taps(), J) * J;
+      T* dyb = dy_buffers.get(std::min(kb_step, bl.end - bl.begin) * count * KV);
+      for (int64_t kc = bl.begin; kc < bl.end; kc += kb_step) {
+        const int64_t kc_end = std::min(bl.end, kc + kb_step);
+        for (int64_t kb = kc; kb < kc_end; ++kb) {  // the blocks' grad_output, pixel-major
+          const int64_t g = kb / nb, k0 = (kb % nb) * KV, kvalid = std::min<int64_t>(KV, Kg - k0);
+          for (int64_t i = 0; i < count; ++i) {
+            const auto& [n, oh, ow] = pixels[i];
+            const T* src = dy.at(n, g * Kg + k0, oh, ow);
+            T* dst = dyb + ((kb - kc) * count + i) * KV;
+            for (int64_t k = 0; k < kvalid; ++k) dst[k] = src[k * dy.sc];
+            std::fill(dst + kvalid, dst + KV, T(0));
+          }
+        }
+        for (int64_t qc = 0; qc < pairs; qc += q_step) {
+          for (int64_t kb = kc; kb < kc_end; ++kb) {
+            const int64_t g = kb / nb, k0 = (kb % nb) * KV, kvalid = std::min<int64_t>(KV, Kg - k0);
+            for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
+              int64_t x_offset[J];
+              for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
+              weight_grad_channel_tile<T, J, VT>(dyb + (kb - kc) * count * KV, pk.buf, pos.data(), count, x_offset,
+                                                 sums + (g * Kg + k0) * pairs + q0, pairs, kvalid,
+                                                 std::min<int64_t>(J, pairs - q0));
+            }
+          }
+        }
+      }
+    }
+  });
 }
 
 template <typename T>
@@ -638,6 +745,14 @@ void with_tile_channels(int64_t channels, F&& f) {
   }
 }
 
+// Whether the weight gradient takes the channel-vector form (bench/NOTES.md, convolution entry 5):
+// measured faster for every kernel larger than 1x1 on rows of up to 112 pixels, slower on 224-pixel
+// rows, the same for 1x1 kernels. It needs output channels per group to fill its vectors.
+bool channel_vectors_for_grad_weight(const Conv2dShape& s, int64_t lanes) {
+  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;
+  return !pointwise && s.out_w < 16 * lanes && s.out_per_group() >= 2 * lanes;
+}
+
 struct CpuConv2d {
   static constexpr bool kReducedPrecision = false;
 
@@ -652,7 +767,9 @@ struct CpuConv2d {
       if (b.grad_input.defined()) {
         with_tile_channels(b.shape.in_per_group(), [&](auto kt) { grad_input_tiles<scalar_t, decltype(kt)::value>(b); });
       }
-      if (b.grad_weight.defined()) {
+      if (b.grad_weight.defined() && channel_vectors_for_grad_weight(b.shape, Vec<scalar_t>::size())) {
+        grad_weight_channel_tiles<scalar_t>(b);
+      } else if (b.grad_weight.defined()) {
         with_tile_channels(b.shape.out_per_group(), [&](auto kt) { grad_weight_tiles<scalar_t, decltype(kt)::value>(b); });
       }
       if (b.grad_bias.defined()) grad_bias<scalar_t>(b);

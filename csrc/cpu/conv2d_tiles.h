@@ -144,4 +144,38 @@ void weight_grad_tile(const GradSteps<T>& steps, const int64_t* dy_offset, const
   }
 }
 
+// The channel-vector form of the weight gradient, for small maps whose rows fill pixel vectors badly:
+// vectors run along VT*V output channels instead of pixels, so any set of pixels is summed without
+// masks or horizontal sums. dy holds the block's grad_output pixel-major, [pixel][VT * V] (zero past
+// the last channel); pair q of pixel i reads the input at x[pos[i] + x_offset[q]], broadcast.
+// dw[k * ld + q] += the sums, for channels k < kvalid and pairs q < qvalid (offsets of other pairs
+// repeat valid ones).
+template <typename T, int J, int VT>
+void weight_grad_channel_tile(const T* dy, const T* x, const int64_t* pos, int64_t pixels, const int64_t* x_offset,
+                              T* dw, int64_t ld, int64_t kvalid, int64_t qvalid) {
+  constexpr int64_t V = Vec<T>::size();
+  Vec<T> acc[J][VT];
+  for (int q = 0; q < J; ++q) {
+    for (int v = 0; v < VT; ++v) acc[q][v] = Vec<T>(T(0));
+  }
+  int64_t xo[J];
+  for (int q = 0; q < J; ++q) xo[q] = x_offset[q];
+  for (int64_t i = 0; i < pixels; ++i, dy += VT * V) {
+    Vec<T> d[VT];
+    for (int v = 0; v < VT; ++v) d[v] = Vec<T>::loadu(dy + v * V);
+    const T* xi = x + pos[i];
+    for (int q = 0; q < J; ++q) {
+      const Vec<T> xq(xi[xo[q]]);
+      for (int v = 0; v < VT; ++v) acc[q][v] = at::vec::fmadd(d[v], xq, acc[q][v]);
+    }
+  }
+  for (int q = 0; q < qvalid; ++q) {
+    for (int v = 0; v < VT; ++v) {
+      T lanes[V];
+      acc[q][v].store(lanes);
+      for (int64_t l = 0; l < V && v * V + l < kvalid; ++l) dw[(v * V + l) * ld + q] += lanes[l];
+    }
+  }
+}
+
 }  // namespace fastdl
