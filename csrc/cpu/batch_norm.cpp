@@ -227,6 +227,19 @@ int64_t parts_for(int64_t units, int64_t work_per_unit) {
   return std::min<int64_t>({at::get_num_threads(), useful, std::max<int64_t>(1, units)});
 }
 
+// Per-channel totals of `parts` partial sums s1[part * C + c], s2[...], added in part order.
+std::vector<std::pair<double, double>> combine_parts(const std::vector<double>& s1, const std::vector<double>& s2,
+                                                     int64_t parts, int64_t C) {
+  std::vector<std::pair<double, double>> total(C, {0.0, 0.0});
+  for (int64_t t = 0; t < parts; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      total[c].first += s1[t * C + c];
+      total[c].second += s2[t * C + c];
+    }
+  }
+  return total;
+}
+
 // Per-channel sums over units (planes or rows) in memory order: each part of the units accumulates
 // into its own per-channel array, and the arrays are added in part order (the result does not
 // depend on scheduling). add(unit, sums_of_part) does the accumulating.
@@ -240,14 +253,7 @@ std::vector<std::pair<double, double>> memory_order_sums(int64_t units, int64_t 
       for (int64_t u = r.begin; u < r.end; ++u) add(u, s1.data() + t * C, s2.data() + t * C);
     }
   });
-  std::vector<std::pair<double, double>> total(C, {0.0, 0.0});
-  for (int64_t t = 0; t < parts; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      total[c].first += s1[t * C + c];
-      total[c].second += s2[t * C + c];
-    }
-  }
-  return total;
+  return combine_parts(s1, s2, parts, C);
 }
 
 // ---- rows of C channels, in chunks ------------------------------------------------------------------
@@ -317,14 +323,7 @@ std::vector<std::pair<double, double>> column_sums(int64_t rows, int64_t C, AddB
       }
     }
   });
-  std::vector<std::pair<double, double>> total(C, {0.0, 0.0});
-  for (int64_t t = 0; t < parts; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      total[c].first += s1[t * C + c];
-      total[c].second += s2[t * C + c];
-    }
-  }
-  return total;
+  return combine_parts(s1, s2, parts, C);
 }
 
 // ---- forward -------------------------------------------------------------------------------------
