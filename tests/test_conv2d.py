@@ -114,6 +114,9 @@ NAMED = {
     "one output pixel": ((2, 6, 1, 1), (4, 6, 1, 1), 1, 0, 1, 1),
     "stride larger than kernel": ((2, 3, 13, 13), (4, 3, 2, 2), 3, 0, 1, 1),
     "large stride, only some inputs reached": ((2, 3, 10, 10), (4, 3, 1, 1), 4, 1, 1, 1),
+    # A padded pixel followed by a run of one input row: the run is not one copy (CI failure of stop 9).
+    "1x1 padded, rows longer than a tile": ((1, 2, 1, 40), (3, 2, 1, 1), 1, (0, 1), 1, 1),
+    "1x1 padded on all sides": ((2, 3, 5, 37), (4, 3, 1, 1), 1, 1, 1, 1),
     # The weight gradient's channel-vector form (rows under 16 vectors, 2 vectors of outputs per group):
     "groups 2, outputs per group past one channel block": ((2, 16, 9, 9), (56, 8, 3, 3), 1, 1, 1, 2),
     "stride 2, dilation 2, many outputs": ((2, 6, 15, 15), (40, 6, 3, 3), 2, 2, 2, 1),

@@ -148,7 +148,7 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, i
       const bool inside = p < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
       offset[l] = inside ? n * x.sn + ih * x.sh + iw * x.sw : -1;
       all_inside &= inside;
-      contiguous &= offset[l] == offset[0] + l;
+      contiguous &= inside && offset[l] == offset[0] + l;  // -1 (padding) can follow on from a real offset
     }
     const int64_t* off = offset.data();
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
