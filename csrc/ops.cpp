@@ -60,4 +60,11 @@ TORCH_LIBRARY(fastdl, m) {
   m.def(
       "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Winograd F(tile x tile, 3x3): the same function as conv2d for a 3x3 weight, stride 1,
+  // dilation 1 and one group; tile is 2 or 4. The backward's grad_input is Winograd too, its
+  // grad_weight and grad_bias come from conv2d_backward.
+  m.def("conv2d_winograd(Tensor input, Tensor weight, Tensor? bias, int[2] padding, int tile) -> Tensor");
+  m.def(
+      "conv2d_winograd_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] padding, int tile, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

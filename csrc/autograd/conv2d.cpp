@@ -1,7 +1,7 @@
-// Autograd of 2-D convolution, registered in C++ at the Autograd key (see autograd/pool2d.cpp for
-// why not from Python). The formula saves the input and the weight and calls the backward op for
-// exactly the gradients autograd asks for; the backward op gets torch's not-implemented fallback, so
-// double backward raises an error naming it.
+// Autograd of 2-D convolution, direct and Winograd, registered in C++ at the Autograd key (see
+// autograd/pool2d.cpp for why not from Python). Each formula saves the input and the weight and
+// calls its backward op for exactly the gradients autograd asks for; the backward ops get torch's
+// not-implemented fallback, so double backward raises an error naming them.
 
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -73,11 +73,58 @@ Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTenso
   return Conv2d::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
+using WinogradSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef, int64_t);
+using WinogradBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                               at::IntArrayRef, int64_t, std::array<bool, 3>);
+
+Tensor call_winograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef padding,
+                     int64_t tile) {
+  static const auto forward_op = op<WinogradSig>("fastdl::conv2d_winograd");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return forward_op.call(input, weight, bias, padding, tile);
+}
+
+struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                        at::IntArrayRef padding, int64_t tile) {
+    Tensor out = call_winograd(input, weight, bias, padding, tile);
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["tile"] = tile;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op<WinogradBackwardSig>("fastdl::conv2d_winograd_backward");
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+    const BelowAutogradUnlessRecording below_autograd;
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_op.call(grads[0], saved[0], saved[1], ctx->saved_data["padding"].toIntVector(),
+                         ctx->saved_data["tile"].toInt(), mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor()};
+  }
+};
+
+Tensor conv2d_winograd_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                                at::IntArrayRef padding, int64_t tile) {
+  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
+    return call_winograd(input, weight, bias, padding, tile);
+  }
+  return WinogradConv2d::apply(input, weight, bias, padding, tile);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("conv2d", &conv2d_autograd);
   m.impl("conv2d_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("conv2d_winograd", &conv2d_winograd_autograd);
+  m.impl("conv2d_winograd_backward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace fastdl

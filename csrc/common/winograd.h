@@ -1,0 +1,135 @@
+#pragma once
+// Winograd minimal filtering F(m x m, 3 x 3), shared by the CPU and CUDA kernels (no torch headers).
+//
+// A 3x3 cross-correlation of stride 1 computes an m x m block of outputs ("a tile") from the
+// alpha x alpha input patch d under it, alpha = m + 2. With the 1-D algorithm F(m, 3)
+//
+//   y = A^T [ (G g) .* (B^T d) ]         (g: 3 taps, d: alpha inputs, y: m outputs)
+//
+// nested along both axes, the 2-D tile is
+//
+//   Y = A^T [ U .* V ] A,    U = G g G^T (alpha x alpha),    V = B^T d B (alpha x alpha),
+//
+// and over C input channels the element-wise products become alpha^2 independent sums
+// M[xi][k] = sum_c U[xi][k][c] V[xi][c] (xi = one of the alpha^2 positions): alpha^2 matrix products,
+// after which one output transform per (tile, output channel) gives Y. Multiplications per output
+// per channel: alpha^2 / m^2 instead of 9, i.e. 16/4 = 4 (F(2,3), 2.25x fewer) and 36/16 = 2.25
+// (F(4,3), 4x fewer).
+//
+// The matrices come from the Chinese remainder theorem on the interpolation points of the
+// polynomial product: F(2,3) uses the points 0, 1, -1 and infinity; F(4,3) uses 0, 1, -1, 2, -2 and
+// infinity (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). Row i of
+// B^T evaluates the input polynomial's Lagrange-basis product at point i, row i of G evaluates the
+// filter polynomial there, and A^T interpolates the product back (the point at infinity picks the
+// leading coefficient). Small integer points keep the transforms' coefficients exact in binary
+// floating point except G's 1/6, 1/12, 1/24, which is why F(4,3) rounds more than F(2,3).
+
+#include "common/host_device.h"
+
+#if defined(__CUDACC__)
+#define FASTDL_UNROLL _Pragma("unroll")
+#else
+#define FASTDL_UNROLL _Pragma("GCC unroll 8")
+#endif
+
+namespace fastdl {
+
+template <int M>
+struct WinogradMatrices;
+
+// F(2x2, 3x3): points 0, 1, -1, infinity.
+template <>
+struct WinogradMatrices<2> {
+  static constexpr int kAlpha = 4;
+  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+
+// F(4x4, 3x3): points 0, 1, -1, 2, -2, infinity.
+template <>
+struct WinogradMatrices<4> {
+  static constexpr int kAlpha = 6;
+  static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                      {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+  static constexpr double AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+// coefficient * x for a coefficient known at compile time once the loops are unrolled: 0, 1 and -1
+// cost no multiplication. V is a scalar or a SIMD vector type constructible from the scalar S.
+template <typename S, typename V>
+FASTDL_HOST_DEVICE void add_scaled(V& acc, double coefficient, const V& x) {
+  if (coefficient == 1) {
+    acc = acc + x;
+  } else if (coefficient == -1) {
+    acc = acc - x;
+  } else if (coefficient != 0) {
+    acc = acc + x * V(S(coefficient));
+  }
+}
+
+// Y = L X, with L (R x K) a transform matrix and X (K x N) values.
+template <typename S, typename V, int R, int K, int N>
+FASTDL_HOST_DEVICE void left_multiply(const double (&L)[R][K], const V (&X)[K][N], V (&Y)[R][N]) {
+  FASTDL_UNROLL
+  for (int i = 0; i < R; ++i) {
+    FASTDL_UNROLL
+    for (int j = 0; j < N; ++j) {
+      V acc(S(0));
+      FASTDL_UNROLL
+      for (int k = 0; k < K; ++k) add_scaled<S>(acc, L[i][k], X[k][j]);
+      Y[i][j] = acc;
+    }
+  }
+}
+
+// Y = X L^T, with X (R x K) values and L (N x K) a transform matrix.
+template <typename S, typename V, int R, int K, int N>
+FASTDL_HOST_DEVICE void right_multiply_transposed(const V (&X)[R][K], const double (&L)[N][K], V (&Y)[R][N]) {
+  FASTDL_UNROLL
+  for (int i = 0; i < R; ++i) {
+    FASTDL_UNROLL
+    for (int j = 0; j < N; ++j) {
+      V acc(S(0));
+      FASTDL_UNROLL
+      for (int k = 0; k < K; ++k) add_scaled<S>(acc, L[j][k], X[i][k]);
+      Y[i][j] = acc;
+    }
+  }
+}
+
+// U = G g G^T: a 3x3 filter's alpha x alpha transform.
+template <int M, typename S, typename V>
+FASTDL_HOST_DEVICE void winograd_filter_transform(const V (&g)[3][3], V (&u)[M + 2][M + 2]) {
+  using W = WinogradMatrices<M>;
+  V t[M + 2][3];
+  left_multiply<S>(W::G, g, t);
+  right_multiply_transposed<S>(t, W::G, u);
+}
+
+// V = B^T d B: an alpha x alpha input patch's transform.
+template <int M, typename S, typename V>
+FASTDL_HOST_DEVICE void winograd_input_transform(const V (&d)[M + 2][M + 2], V (&v)[M + 2][M + 2]) {
+  using W = WinogradMatrices<M>;
+  V t[M + 2][M + 2];
+  left_multiply<S>(W::BT, d, t);
+  right_multiply_transposed<S>(t, W::BT, v);
+}
+
+// Y = A^T M A: the m x m outputs of a tile from its alpha x alpha sums.
+template <int M, typename S, typename V>
+FASTDL_HOST_DEVICE void winograd_output_transform(const V (&m)[M + 2][M + 2], V (&y)[M][M]) {
+  using W = WinogradMatrices<M>;
+  V t[M][M + 2];
+  left_multiply<S>(W::AT, m, t);
+  right_multiply_transposed<S>(t, W::AT, y);
+}
+
+}  // namespace fastdl

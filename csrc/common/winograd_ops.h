@@ -1,0 +1,91 @@
+#pragma once
+// The Winograd convolution ops' entry points, written once for every backend (the pattern of
+// conv2d_ops.h): a 3x3 cross-correlation of stride 1, dilation 1, one group, any padding, with
+// tile = 2 (F(2x2,3x3)) or 4 (F(4x4,3x3)). A backend is a struct with
+//
+//   static constexpr bool kReducedPrecision;
+//   static void winograd_forward(const Conv2dForward&, int64_t tile);
+//   static void winograd_grad_input(const Conv2dBackward&, int64_t tile);   // writes grad_input
+//
+// The input gradient is itself a Winograd convolution: grad_output, padded by 2 - padding, with the
+// filters rotated by 180 degrees and input and output channels swapped. The weight and bias
+// gradients come from the direct kernels (fastdl::conv2d_backward through the dispatcher).
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "common/conv2d_ops.h"
+
+namespace fastdl {
+
+template <typename Backend>
+struct WinogradOps {
+  static Conv2dProblem problem(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                               at::IntArrayRef padding, int64_t tile) {
+    TORCH_CHECK(tile == 2 || tile == 4, op, ": expected tile to be 2 (F(2x2,3x3)) or 4 (F(4x4,3x3)), but got ",
+                tile);
+    const std::array<int64_t, 2> ones{1, 1};
+    Conv2dProblem p = conv2d_problem(op, input, weight, ones, padding, ones, 1, Backend::kReducedPrecision);
+    TORCH_CHECK(p.shape.kernel_h == 3 && p.shape.kernel_w == 3, op,
+                ": expected a 3x3 weight (out_channels, in_channels, 3, 3), but got shape ", weight.sizes());
+    return p;
+  }
+
+  static at::Tensor conv2d_winograd(const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, at::IntArrayRef padding, int64_t tile) {
+    constexpr const char* op = "fastdl.conv2d_winograd";
+    const Conv2dProblem p = problem(op, input, weight, padding, tile);
+    check_bias(op, bias, input, p.shape.out_channels);
+    const c10::DeviceGuard guard(input.device());
+    at::Tensor output = new_output(p.output_sizes(), input.options(), p.memory_format);
+    if (p.shape.batch == 0) return output;
+    Conv2dForward f{p.dense(input), weight.contiguous(),
+                    bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor(),
+                    p.batched ? output : output.unsqueeze(0), p.shape};
+    Backend::winograd_forward(f, tile);
+    return output;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_winograd_backward(
+      const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef padding,
+      int64_t tile, std::array<bool, 3> mask) {
+    constexpr const char* op = "fastdl.conv2d_winograd_backward";
+    const Conv2dProblem p = problem(op, input, weight, padding, tile);
+    TORCH_CHECK(grad_output.defined(), op, ": expected grad_output to be a tensor, but got None");
+    check_same_device(op, "grad_output", grad_output, "input", input);
+    check_same_dtype(op, "grad_output", grad_output, "input", input);
+    check_sizes(op, "grad_output", grad_output, p.output_sizes());
+    const c10::DeviceGuard guard(input.device());
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (mask[1] || mask[2]) {
+      static const auto direct = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("fastdl::conv2d_backward", "")
+                                     .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                         at::IntArrayRef, at::IntArrayRef, int64_t, std::array<bool, 3>)>();
+      const std::array<int64_t, 2> ones{1, 1};
+      std::tie(std::ignore, grad_weight, grad_bias) =
+          direct.call(grad_output, input, weight, ones, padding, ones, 1, {false, mask[1], mask[2]});
+    }
+    if (mask[0]) {
+      grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
+      if (p.shape.batch > 0) {
+        Conv2dBackward b{p.dense(grad_output), p.dense(input), weight.contiguous(),
+                         p.batched ? grad_input : grad_input.unsqueeze(0), at::Tensor(), at::Tensor(), p.shape};
+        Backend::winograd_grad_input(b, tile);
+      }
+    }
+    const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
+    return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+  }
+
+  static void define_kernels(torch::Library& m) {
+    m.impl("conv2d_winograd", &conv2d_winograd);
+    m.impl("conv2d_winograd_backward", &conv2d_winograd_backward);
+  }
+};
+
+}  // namespace fastdl
