@@ -34,33 +34,49 @@
 
 namespace fastdl {
 
+// A transform matrix as a type: at(i, j) is a constant expression once loops are unrolled, in host
+// and device code alike (a constexpr array member could not be read in device code).
+#define FASTDL_WINOGRAD_MATRIX(NAME, ROWS, COLS, ...)                          \
+  struct NAME {                                                                \
+    static constexpr int kRows = ROWS, kCols = COLS;                           \
+    static constexpr FASTDL_HOST_DEVICE double at(int i, int j) {              \
+      constexpr double m[ROWS][COLS] = __VA_ARGS__;                            \
+      return m[i][j];                                                          \
+    }                                                                          \
+  }
+
 template <int M>
 struct WinogradMatrices;
 
 // F(2x2, 3x3): points 0, 1, -1, infinity.
 template <>
 struct WinogradMatrices<2> {
-  static constexpr int kAlpha = 4;
-  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  FASTDL_WINOGRAD_MATRIX(BT, 4, 4, {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}});
+  FASTDL_WINOGRAD_MATRIX(G, 4, 3, {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}});
+  FASTDL_WINOGRAD_MATRIX(AT, 2, 4, {{1, 1, 1, 0}, {0, 1, -1, -1}});
 };
 
 // F(4x4, 3x3): points 0, 1, -1, 2, -2, infinity.
 template <>
 struct WinogradMatrices<4> {
-  static constexpr int kAlpha = 6;
-  static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                                      {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},
-                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                     {0, 0, 1}};
-  static constexpr double AT[4][6] = {
-      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+  FASTDL_WINOGRAD_MATRIX(BT, 6, 6,
+                         {{4, 0, -5, 0, 1, 0},
+                          {0, -4, -4, 1, 1, 0},
+                          {0, 4, -4, -1, 1, 0},
+                          {0, -2, -1, 2, 1, 0},
+                          {0, 2, -1, -2, 1, 0},
+                          {0, 4, 0, -5, 0, 1}});
+  FASTDL_WINOGRAD_MATRIX(G, 6, 3,
+                         {{1.0 / 4, 0, 0},
+                          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                          {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                          {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                          {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                          {0, 0, 1}});
+  FASTDL_WINOGRAD_MATRIX(AT, 4, 6, {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}});
 };
+
+#undef FASTDL_WINOGRAD_MATRIX
 
 // coefficient * x for a coefficient known at compile time once the loops are unrolled: 0, 1 and -1
 // cost no multiplication. V is a scalar or a SIMD vector type constructible from the scalar S.
@@ -76,30 +92,30 @@ FASTDL_HOST_DEVICE void add_scaled(V& acc, double coefficient, const V& x) {
 }
 
 // Y = L X, with L (R x K) a transform matrix and X (K x N) values.
-template <typename S, typename V, int R, int K, int N>
-FASTDL_HOST_DEVICE void left_multiply(const double (&L)[R][K], const V (&X)[K][N], V (&Y)[R][N]) {
+template <typename L, typename S, typename V, int N>
+FASTDL_HOST_DEVICE void left_multiply(const V (&X)[L::kCols][N], V (&Y)[L::kRows][N]) {
   FASTDL_UNROLL
-  for (int i = 0; i < R; ++i) {
+  for (int i = 0; i < L::kRows; ++i) {
     FASTDL_UNROLL
     for (int j = 0; j < N; ++j) {
       V acc(S(0));
       FASTDL_UNROLL
-      for (int k = 0; k < K; ++k) add_scaled<S>(acc, L[i][k], X[k][j]);
+      for (int k = 0; k < L::kCols; ++k) add_scaled<S>(acc, L::at(i, k), X[k][j]);
       Y[i][j] = acc;
     }
   }
 }
 
 // Y = X L^T, with X (R x K) values and L (N x K) a transform matrix.
-template <typename S, typename V, int R, int K, int N>
-FASTDL_HOST_DEVICE void right_multiply_transposed(const V (&X)[R][K], const double (&L)[N][K], V (&Y)[R][N]) {
+template <typename L, typename S, typename V, int R>
+FASTDL_HOST_DEVICE void right_multiply_transposed(const V (&X)[R][L::kCols], V (&Y)[R][L::kRows]) {
   FASTDL_UNROLL
   for (int i = 0; i < R; ++i) {
     FASTDL_UNROLL
-    for (int j = 0; j < N; ++j) {
+    for (int j = 0; j < L::kRows; ++j) {
       V acc(S(0));
       FASTDL_UNROLL
-      for (int k = 0; k < K; ++k) add_scaled<S>(acc, L[j][k], X[i][k]);
+      for (int k = 0; k < L::kCols; ++k) add_scaled<S>(acc, L::at(j, k), X[i][k]);
       Y[i][j] = acc;
     }
   }
@@ -110,8 +126,8 @@ template <int M, typename S, typename V>
 FASTDL_HOST_DEVICE void winograd_filter_transform(const V (&g)[3][3], V (&u)[M + 2][M + 2]) {
   using W = WinogradMatrices<M>;
   V t[M + 2][3];
-  left_multiply<S>(W::G, g, t);
-  right_multiply_transposed<S>(t, W::G, u);
+  left_multiply<typename W::G, S>(g, t);
+  right_multiply_transposed<typename W::G, S>(t, u);
 }
 
 // V = B^T d B: an alpha x alpha input patch's transform.
@@ -119,8 +135,8 @@ template <int M, typename S, typename V>
 FASTDL_HOST_DEVICE void winograd_input_transform(const V (&d)[M + 2][M + 2], V (&v)[M + 2][M + 2]) {
   using W = WinogradMatrices<M>;
   V t[M + 2][M + 2];
-  left_multiply<S>(W::BT, d, t);
-  right_multiply_transposed<S>(t, W::BT, v);
+  left_multiply<typename W::BT, S>(d, t);
+  right_multiply_transposed<typename W::BT, S>(t, v);
 }
 
 // Y = A^T M A: the m x m outputs of a tile from its alpha x alpha sums.
@@ -128,8 +144,8 @@ template <int M, typename S, typename V>
 FASTDL_HOST_DEVICE void winograd_output_transform(const V (&m)[M + 2][M + 2], V (&y)[M][M]) {
   using W = WinogradMatrices<M>;
   V t[M][M + 2];
-  left_multiply<S>(W::AT, m, t);
-  right_multiply_transposed<S>(t, W::AT, y);
+  left_multiply<typename W::AT, S>(m, t);
+  right_multiply_transposed<typename W::AT, S>(t, y);
 }
 
 }  // namespace fastdl
