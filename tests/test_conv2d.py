@@ -42,12 +42,12 @@ def check_against_torch(x, w, b, stride, padding, dilation, groups, seed=0):
     the table's rtol times the sum of |terms| it adds (computed from |x|, |w|, |grad|)."""
     dtype = x.dtype
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    ours = fastdl.ops.conv2d(x, w, b, **args)
+    ours = fastdl.ops.conv2d(x, w, b, **args, algorithm="direct")
     theirs = F.conv2d(x, w, b, **args)
     assert ours.shape == theirs.shape and ours.dtype == dtype
     assert ours.stride() == theirs.stride()
     grad = make(tuple(theirs.shape), "contiguous", dtype, x.device, seed + 1)
-    out, grads = run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, **args), x, w, b, grad)
+    out, grads = run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, **args, algorithm="direct"), x, w, b, grad)
     d = lambda t: t.double() if t is not None else None  # noqa: E731
     ref, ref_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x), d(w), d(b), d(grad))
     bound, bound_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x).abs(), d(w).abs(),

@@ -7,8 +7,10 @@ an odd total padding puts the extra row and column at the bottom and right, as t
 output is channels_last when the input or the weight is. Dtypes: float32 and float64 on CPU and
 CUDA, float16 and bfloat16 on CUDA (accumulated in float32).
 
-algorithm picks the kernel: 'direct', or 'auto' (today always direct; the Winograd kernels will be
-chosen here for the 3x3 shapes they win on).
+algorithm picks the kernel: 'direct'; 'winograd2' or 'winograd4', Winograd F(2x2,3x3) or F(4x4,3x3)
+(3x3 weight, stride 1, dilation 1, groups 1, any padding; a ValueError says which condition a shape
+misses); or 'auto' (default). 'auto' times the algorithms once per shape when
+fastdl.backends.benchmark is True, and otherwise follows choose_algorithm's heuristic.
 
 The autograd formula is registered in C++ (csrc/autograd/conv2d.cpp); below are the fake kernels
 for torch.compile and export.
@@ -18,14 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["ALGORITHMS", "conv2d"]
+from fastdl import backends
 
-ALGORITHMS = ("auto", "direct")
+__all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_gap"]
+
+ALGORITHMS = ("auto", "direct", "winograd2", "winograd4")
+_WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
+# Device types with Winograd kernels in this build (meta: shapes only), looked up once.
+_WINOGRAD_DEVICES = {"meta"} | {device for device in ("cpu", "cuda") if torch._C._dispatch_has_kernel_for_dispatch_key(
+    "fastdl::conv2d_winograd", device.upper())}
 
 IntOrPair = int | Sequence[int]
 
@@ -82,7 +92,88 @@ def conv2d(
         padding_ = _pair(padding, "padding")
     if not isinstance(groups, int):
         raise ValueError(f"fastdl.conv2d: groups must be an int, but got {groups!r}")
-    return torch.ops.fastdl.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
+    if algorithm == "auto":
+        algorithm = _auto(input, weight, bias, stride_, padding_, dilation_, groups)
+    elif algorithm != "direct" and (gap := winograd_gap(input, weight, stride_, dilation_, groups)):
+        raise ValueError(f"fastdl.conv2d: algorithm={algorithm!r} needs {gap}")
+    if algorithm == "direct":
+        return torch.ops.fastdl.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
+    return torch.ops.fastdl.conv2d_winograd(input, weight, bias, padding_, _WINOGRAD_TILES[algorithm])
+
+
+# ---- algorithm choice --------------------------------------------------------------------------------
+
+
+def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: list[int], groups: int) -> str | None:
+    """Why the Winograd kernels cannot compute this convolution, or None when they can."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        return f"a 3x3 weight, but got shape {tuple(weight.shape)}"
+    if stride != [1, 1] or dilation != [1, 1] or groups != 1:
+        return f"stride 1, dilation 1 and groups 1, but got stride {stride}, dilation {dilation}, groups {groups}"
+    if input.device.type not in _WINOGRAD_DEVICES:
+        return f"a device with Winograd kernels ({', '.join(sorted(_WINOGRAD_DEVICES))}), but got {input.device.type}"
+    return None
+
+
+# Winograd wins once a block of tiles fills the register tile's vectors and the channels amortize the
+# transforms (bench/NOTES.md, Winograd, has the measurements behind these numbers).
+_MIN_WINOGRAD_CHANNELS = 32
+_MIN_WINOGRAD_TILES = 48
+
+
+def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int],
+                     groups: int) -> str:
+    """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False): Winograd F(4x4,3x3) on
+    the CPU for 3x3 stride-1 convolutions with at least 32 input and output channels and at least 48
+    4x4 output tiles in the batch; F(2x2,3x3) where 4x4 tiles would leave a quarter of the outputs
+    computed in vain (maps of 6x6 or less); everything else, and every CUDA convolution until the CUDA
+    Winograd kernels have been measured, direct."""
+    if input.device.type != "cpu" or winograd_gap(input, weight, stride, dilation, groups):
+        return "direct"
+    if min(weight.shape[0], weight.shape[1]) < _MIN_WINOGRAD_CHANNELS:
+        return "direct"
+    oh, ow = (input.shape[-2 + i] + 2 * padding[i] - 2 for i in range(2))
+    batch = input.shape[0] if input.dim() == 4 else 1
+    if batch * -(-oh // 4) * -(-ow // 4) < _MIN_WINOGRAD_TILES:
+        return "direct"
+    waste = (-(-oh // 4) * -(-ow // 4) * 16) / (oh * ow)
+    return "winograd2" if waste > 4 / 3 else "winograd4"
+
+
+_benchmarked: dict[tuple, str] = {}
+
+
+def _auto(input, weight, bias, stride, padding, dilation, groups) -> str:
+    if not backends.benchmark or torch.compiler.is_compiling() or winograd_gap(input, weight, stride, dilation,
+                                                                                groups):
+        return choose_algorithm(input, weight, stride, padding, dilation, groups)
+    key = (input.device, input.dtype, suggest_memory_format(input), tuple(input.shape), tuple(weight.shape),
+           tuple(padding), bias is not None)
+    if key not in _benchmarked:
+        _benchmarked[key] = _fastest(input, weight, bias, padding)
+    return _benchmarked[key]
+
+
+def _fastest(input: Tensor, weight: Tensor, bias: Tensor | None, padding: list[int]) -> str:
+    """The algorithm whose forward ran fastest on these tensors (best of 3 runs after a warm-up)."""
+    def run(algorithm):
+        if algorithm == "direct":
+            return torch.ops.fastdl.conv2d(input, weight, bias, [1, 1], padding, [1, 1], 1)
+        return torch.ops.fastdl.conv2d_winograd(input, weight, bias, padding, _WINOGRAD_TILES[algorithm])
+
+    sync = torch.cuda.synchronize if input.device.type == "cuda" else (lambda: None)
+    best, best_time = "direct", float("inf")
+    with torch.no_grad():
+        for algorithm in ("direct", "winograd2", "winograd4"):
+            run(algorithm)
+            sync()
+            for _ in range(3):
+                start = time.perf_counter()
+                run(algorithm)
+                sync()
+                if (elapsed := time.perf_counter() - start) < best_time:
+                    best, best_time = algorithm, elapsed
+    return best
 
 
 # ---- fake kernels: output shapes and memory formats ------------------------------------------------
@@ -118,3 +209,13 @@ def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation,
     grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if output_mask[1] else empty()
     grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else empty()
     return grad_input, grad_weight, grad_bias
+
+
+@torch.library.register_fake("fastdl::conv2d_winograd")
+def _conv2d_winograd_fake(input, weight, bias, padding, tile):
+    return _conv2d_fake(input, weight, bias, [1, 1], padding, [1, 1], 1)
+
+
+@torch.library.register_fake("fastdl::conv2d_winograd_backward")
+def _conv2d_winograd_backward_fake(grad_output, input, weight, padding, tile, output_mask):
+    return _conv2d_backward_fake(grad_output, input, weight, [1, 1], padding, [1, 1], 1, output_mask)

@@ -1,0 +1,225 @@
+"""Winograd convolution (fastdl.ops.conv2d with algorithm='winograd2' / 'winograd4') against PyTorch:
+one-tile results and accuracy on real layer shapes against a float64 reference, output and all
+gradients over a grid of shapes, paddings and layouts, gradcheck, opcheck, torch.compile, the 3x3
+layers of VGG-16 and ResNet-18, the algorithm choice ('auto', fastdl.backends.benchmark) and bad
+input. CPU here; the CUDA kernels are tested in test_winograd_cuda*.py."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdl
+from conftest import tolerance
+
+TILES = {"winograd2": 2, "winograd4": 4}
+# Relative L2 error of a float32 result against float64 (issue 5's accuracy bounds).
+FLOAT32_REL_L2 = {"winograd2": 1e-6, "winograd4": 5e-6}
+
+
+def rel_l2(got, want):
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def grads(fn, x, w, b, grad):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+def test_one_tile_matches_float64(algorithm):
+    m = TILES[algorithm]
+    for seed in range(5):
+        x, w = randn(3, 4, m + 2, m + 2, seed=seed), randn(5, 4, 3, 3, seed=seed + 10)
+        got = fastdl.ops.conv2d(x, w, algorithm=algorithm)
+        want = F.conv2d(x.double(), w.double())
+        assert got.shape == (3, 5, m, m)
+        assert rel_l2(got, want) < FLOAT32_REL_L2[algorithm]
+
+
+# Layers of VGG-16 and ResNet-50 (channels, map size) at batch 1: the issue's accuracy check.
+ACCURACY_LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+@pytest.mark.parametrize("layer", ACCURACY_LAYERS, ids=str)
+def test_float32_accuracy_on_layer_shapes(algorithm, layer, record_property):
+    channels, size = layer
+    x, w = randn(1, channels, size, size, seed=1), randn(channels, channels, 3, 3, seed=2) / (3 * channels ** 0.5)
+    got = fastdl.ops.conv2d(x, w, padding=1, algorithm=algorithm)
+    want = F.conv2d(x.double(), w.double(), padding=1)
+    torch_error = rel_l2(F.conv2d(x, w, padding=1), want)
+    error = rel_l2(got, want)
+    max_rel = ((got.double() - want).abs().max() / want.abs().max()).item()
+    record_property("rel_l2", error)
+    record_property("torch_rel_l2", torch_error)
+    record_property("max_rel_element", max_rel)
+    assert error < FLOAT32_REL_L2[algorithm], (error, torch_error, max_rel)
+
+
+CASES = [  # (N, C, K, H, W, padding)
+    (1, 1, 1, 3, 3, 0),
+    (2, 3, 5, 9, 11, 1),
+    (1, 8, 7, 7, 13, 0),
+    (2, 4, 6, 6, 5, 2),
+    (1, 3, 4, 8, 8, 3),
+    (3, 5, 9, 4, 17, (1, 2)),
+    (1, 37, 30, 10, 10, 1),  # channels past one vector and one register tile, outputs past one block
+    (2, 6, 4, 30, 3, (0, 1)),  # several blocks of tiles
+]
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_output_and_gradients_match_torch(case, layout, dtype, algorithm):
+    n, c, k, h, w_, padding = case
+    x, w, b = randn(n, c, h, w_, seed=1, dtype=dtype), randn(k, c, 3, 3, seed=2, dtype=dtype), randn(k, seed=3,
+                                                                                                    dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours = grads(lambda x, w, b: fastdl.ops.conv2d(x, w, b, padding=padding, algorithm=algorithm), x, w, b,
+                 grad := randn(*F.conv2d(x, w, b, padding=padding).shape, seed=4, dtype=dtype))
+    ref = grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), x.double(), w.double(), b.double(), grad.double())
+    assert ours[0].dtype == dtype and ours[0].is_contiguous(memory_format=torch.channels_last
+                                                             if layout == "channels_last" else torch.contiguous_format)
+    bound = 1e-12 if dtype == torch.float64 else FLOAT32_REL_L2[algorithm] * 4  # small sums: a few roundings
+    for name, got, want in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, ref):
+        assert rel_l2(got, want) < bound, (name, rel_l2(got, want))
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+def test_gradcheck(algorithm):
+    x = randn(2, 3, 6, 7, dtype=torch.float64).requires_grad_()
+    w = randn(4, 3, 3, 3, seed=1, dtype=torch.float64).requires_grad_()
+    b = randn(4, seed=2, dtype=torch.float64).requires_grad_()
+    for padding in (0, 1, 3):
+        assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.conv2d(x, w, b, padding=padding,
+                                                                          algorithm=algorithm), (x, w, b))
+
+
+def test_opcheck():
+    x, w, b = randn(2, 4, 7, 6), randn(6, 4, 3, 3, seed=1), randn(6, seed=2)
+    for tile in (2, 4):
+        for bias, xin in ((b, x), (None, x.contiguous(memory_format=torch.channels_last))):
+            torch.library.opcheck(torch.ops.fastdl.conv2d_winograd.default,
+                                  (xin.clone().requires_grad_(), w.clone().requires_grad_(),
+                                   bias.clone().requires_grad_() if bias is not None else None, [1, 2], tile))
+        out = torch.ops.fastdl.conv2d_winograd(x, w, b, [1, 2], tile)
+        for mask in ([True, True, True], [True, False, False], [False, True, False]):
+            torch.library.opcheck(torch.ops.fastdl.conv2d_winograd_backward.default,
+                                  (torch.randn_like(out), x, w, [1, 2], tile, mask))
+
+
+def test_torch_compile_training_step_matches_eager():
+    torch.manual_seed(0)
+    layers = lambda: torch.nn.Sequential(fastdl.nn.Conv2d(3, 8, 3, padding=1, algorithm="winograd4"),  # noqa: E731
+                                         torch.nn.ReLU(), fastdl.nn.Conv2d(8, 4, 3, algorithm="winograd2"))
+    eager, compiled_model = layers(), layers()
+    compiled_model.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    x = torch.randn(2, 3, 10, 9)
+    out_e, out_c = eager(x), compiled(x)
+    torch.testing.assert_close(out_c, out_e)
+    out_e.square().sum().backward()
+    out_c.square().sum().backward()
+    for pe, pc in zip(eager.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad)
+
+
+# Every 3x3 convolution of VGG-16 and the stride-1 3x3 ones of ResNet-18 (in, out, map size), batch 2.
+VGG16_3X3 = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56), (256, 256, 56),
+             (256, 512, 28), (512, 512, 28), (512, 512, 14)]
+RESNET18_3X3 = [(64, 64, 56), (128, 128, 28), (256, 256, 14), (512, 512, 7)]
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+@pytest.mark.parametrize("layer", [("vgg16", *s) for s in VGG16_3X3] + [("resnet18", *s) for s in RESNET18_3X3],
+                         ids=lambda v: "-".join(map(str, v)))
+def test_reference_model_layers_agree_with_torch(layer, algorithm):
+    _, c, k, size = layer
+    layer_module = torch.nn.Conv2d(c, k, 3, padding=1)
+    x = randn(2, c, size, size)
+    with torch.no_grad():
+        want = layer_module(x)
+        got = fastdl.ops.conv2d(x, layer_module.weight, layer_module.bias, padding=1, algorithm=algorithm)
+    assert rel_l2(got, want.double()) < 2 * FLOAT32_REL_L2[algorithm]
+
+
+def test_empty_batch_and_unbatched_input():
+    w, b = randn(4, 3, 3, 3), randn(4, seed=1)
+    for algorithm in TILES:
+        assert fastdl.ops.conv2d(torch.empty(0, 3, 5, 5), w, b, padding=1, algorithm=algorithm).shape == (0, 4, 5, 5)
+        x = randn(3, 6, 5, seed=2)
+        torch.testing.assert_close(fastdl.ops.conv2d(x, w, b, algorithm=algorithm), F.conv2d(x, w, b),
+                                   **tolerance("conv2d", torch.float32))
+
+
+def test_explicit_winograd_on_a_shape_it_cannot_do_names_the_condition():
+    x = randn(1, 4, 8, 8)
+    for kwargs, message in [(dict(weight=randn(4, 4, 5, 5)), "3x3 weight"),
+                            (dict(weight=randn(4, 4, 3, 3), stride=2), "stride 1"),
+                            (dict(weight=randn(4, 4, 3, 3), dilation=2), "dilation 1"),
+                            (dict(weight=randn(4, 2, 3, 3), groups=2), "groups 1")]:
+        with pytest.raises(ValueError, match=message):
+            fastdl.ops.conv2d(x, algorithm="winograd4", **kwargs)
+
+
+def test_bad_input_to_the_ops_gets_a_clear_error():
+    x, w = randn(1, 4, 8, 8), randn(4, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="expected tile to be 2"):
+        torch.ops.fastdl.conv2d_winograd(x, w, None, [1, 1], 3)
+    with pytest.raises(RuntimeError, match="expected a 3x3 weight"):
+        torch.ops.fastdl.conv2d_winograd(x, randn(4, 4, 1, 3), None, [1, 1], 2)
+    with pytest.raises(RuntimeError, match="expected input to be 3-D"):
+        torch.ops.fastdl.conv2d_winograd(x[0, 0], w, None, [1, 1], 2)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        torch.ops.fastdl.conv2d_winograd_backward(randn(1, 4, 7, 8), x, w, [1, 1], 4, [True, True, True])
+
+
+def test_auto_heuristic():
+    choose = fastdl.ops.conv.choose_algorithm
+    one = [1, 1]
+    assert choose(torch.empty(8, 256, 56, 56), torch.empty(256, 256, 3, 3), one, one, one, 1) == "winograd4"
+    assert choose(torch.empty(32, 64, 8, 8), torch.empty(64, 64, 3, 3), one, [0, 0], one, 1) == "winograd2"
+    assert choose(torch.empty(1, 64, 8, 8), torch.empty(64, 64, 3, 3), one, one, one, 1) == "direct"  # few tiles
+    assert choose(torch.empty(8, 3, 56, 56), torch.empty(64, 3, 3, 3), one, one, one, 1) == "direct"  # 3 channels
+    assert choose(torch.empty(8, 64, 56, 56), torch.empty(64, 64, 3, 3), [2, 2], one, one, 1) == "direct"
+    assert choose(torch.empty(8, 64, 56, 56, device="meta"), torch.empty(64, 64, 3, 3, device="meta"), one, one,
+                  one, 1) == "direct"
+
+
+def test_benchmark_mode_times_once_per_shape_and_gives_the_same_function(monkeypatch):
+    calls = []
+    fastest = fastdl.ops.conv._fastest
+    monkeypatch.setattr(fastdl.ops.conv, "_fastest", lambda *a: calls.append(1) or fastest(*a))
+    monkeypatch.setattr(fastdl.backends, "benchmark", True)
+    fastdl.backends.clear_benchmark_cache()
+    x, w = randn(2, 16, 12, 12), randn(16, 16, 3, 3, seed=1)
+    first = fastdl.ops.conv2d(x, w, padding=1)
+    second = fastdl.ops.conv2d(x, w, padding=1)
+    fastdl.ops.conv2d(x, w, padding=0)
+    assert len(calls) == 2
+    chosen = set(fastdl.ops.conv._benchmarked.values())
+    assert chosen <= set(TILES) | {"direct"}
+    assert torch.equal(first, second)
+    assert rel_l2(first, F.conv2d(x.double(), w.double(), padding=1)) < FLOAT32_REL_L2["winograd4"]
+    fastdl.backends.clear_benchmark_cache()
+    assert not fastdl.ops.conv._benchmarked
+
+
+def test_layer_takes_the_algorithm():
+    layer = fastdl.nn.Conv2d(4, 6, 3, padding=1, algorithm="winograd2")
+    x = randn(2, 4, 9, 9)
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1),
+                               **tolerance("conv2d", torch.float32))
+    with pytest.raises(ValueError, match="stride 1"):
+        fastdl.nn.Conv2d(4, 6, 3, stride=2, algorithm="winograd4")(x)
