@@ -290,6 +290,11 @@ QUICK_CONV_LAYERS = ["LeNet-5/C3", "AlexNet/features.3", "VGG-16/features.7", "R
 @dataclass
 class ConvCase(Case):
     conv: ConvLayer | None = None
+    algorithm: str = "auto"  # fastdl.ops.conv2d's
+
+    @property
+    def id(self) -> str:
+        return super().id + ("" if self.algorithm == "auto" else f"/{self.algorithm}")
 
     def make_inputs(self) -> dict:
         c = self.conv
@@ -313,7 +318,7 @@ class ConvCase(Case):
 
     def make_step(self, impl: str, inputs: dict) -> Step:
         c, x, w, b = self.conv, inputs["x"], inputs["weight"], inputs["bias"]
-        conv = fastdl.ops.conv2d if impl == "fastdl" else F.conv2d
+        conv = functools.partial(fastdl.ops.conv2d, algorithm=self.algorithm) if impl == "fastdl" else F.conv2d
         tf32 = self.baseline == "cuDNN TF32"
 
         def fn():
@@ -358,4 +363,28 @@ def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = Fals
     return out
 
 
-FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases}
+# ---- Winograd convolution -----------------------------------------------------------------------------
+
+WINOGRAD_ALGORITHMS = ("direct", "winograd2", "winograd4")
+QUICK_WINOGRAD_LAYERS = ["VGG-16/features.12", "VGG-16/features.19", "VGG-16/features.24", "ResNet-50/layer1.0.conv2"]
+
+
+def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
+    """Every 3x3 stride-1 convolution of VGG-16 and ResNet-50, each fastdl algorithm against torch
+    (GFLOP/s count the direct convolution's multiply-adds, so they compare across algorithms)."""
+    layers = [layer for layer in conv_layers() if layer.network in ("VGG-16", "ResNet-50")
+              and layer.kernel == (3, 3) and layer.stride == (1, 1) and layer.groups == 1]
+    if quick:
+        layers = [layer for layer in layers if f"{layer.network}/{layer.layer}" in QUICK_WINOGRAD_LAYERS]
+    baselines = ["cuDNN", "cuDNN TF32"] if device == "cuda" and dtype == torch.float32 else ["torch"]
+    return [ConvCase("winograd", layer.network, layer.layer, f"{layer.describe()} {algorithm}", b,
+                     (b, layer.in_channels, *layer.size), dtype, device, mode, baseline=baseline, conv=layer,
+                     algorithm=algorithm)
+            for layer in layers
+            for b in batches or ((8,) if quick else CONV_BATCHES[device])
+            for mode in CONV_MODES
+            for baseline in baselines
+            for algorithm in WINOGRAD_ALGORITHMS]
+
+
+FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases}
