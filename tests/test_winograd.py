@@ -96,7 +96,46 @@ def test_output_and_gradients_match_torch(case, layout, dtype, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", list(TILES))
-def test_gradcheck(algorithm):
+@pytest.mark.parametrize("case", CASES[1:7:2] + CASES[6:], ids=str)
+def test_winograd_weight_gradient_matches_torch(case, algorithm, monkeypatch):
+    """The Winograd weight gradient (chosen on its own only for large layers) forced on small ones."""
+    monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", "always")
+    n, c, k, h, w_, padding = case
+    for dtype in (torch.float32, torch.float64):
+        x, w = randn(n, c, h, w_, seed=1, dtype=dtype), randn(k, c, 3, 3, seed=2, dtype=dtype)
+        g = randn(*F.conv2d(x, w, padding=padding).shape, seed=3, dtype=dtype)
+        _, got, _ = torch.ops.fastdl.conv2d_winograd_backward(g, x, w, _pair(padding), TILES[algorithm],
+                                                             [False, True, False])
+        _, want, _ = torch.ops.aten.convolution_backward(g.double(), x.double(), w.double(), None, [1, 1],
+                                                         _pair(padding), [1, 1], False, [0, 0], 1,
+                                                         [False, True, False])
+        bound = 1e-12 if dtype == torch.float64 else FLOAT32_REL_L2[algorithm] * 4
+        assert rel_l2(got, want) < bound
+
+
+def test_weight_gradient_paths_agree_on_a_layer_that_picks_winograd(monkeypatch):
+    """A layer large enough for the automatic choice to take the Winograd weight gradient (384+ 4x4 tiles,
+    128+ channels): auto, forced Winograd and forced direct all match float64."""
+    x, w = randn(2, 128, 56, 56, seed=1), randn(128, 128, 3, 3, seed=2) / 34
+    g = randn(2, 128, 56, 56, seed=3)
+    want = torch.ops.aten.convolution_backward(g.double(), x.double(), w.double(), None, [1, 1], [1, 1], [1, 1],
+                                               False, [0, 0], 1, [False, True, False])[1]
+    results = {}
+    for mode in ("", "always", "never"):
+        monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", mode)
+        results[mode] = torch.ops.fastdl.conv2d_winograd_backward(g, x, w, [1, 1], 4, [False, True, False])[1]
+        assert rel_l2(results[mode], want) < FLOAT32_REL_L2["winograd4"]
+    assert torch.equal(results[""], results["always"])  # auto took the Winograd path
+    assert not torch.equal(results["always"], results["never"])
+
+
+def _pair(padding):
+    return [padding, padding] if isinstance(padding, int) else list(padding)
+
+
+@pytest.mark.parametrize("algorithm", list(TILES))
+def test_gradcheck(algorithm, monkeypatch):
+    monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", "always")  # the direct one is checked in test_conv2d
     x = randn(2, 3, 6, 7, dtype=torch.float64).requires_grad_()
     w = randn(4, 3, 3, 3, seed=1, dtype=torch.float64).requires_grad_()
     b = randn(4, seed=2, dtype=torch.float64).requires_grad_()

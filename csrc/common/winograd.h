@@ -121,6 +121,36 @@ FASTDL_HOST_DEVICE void right_multiply_transposed(const V (&X)[R][L::kCols], V (
   }
 }
 
+// Y = L^T X, with L (K x R) a transform matrix and X (K x N) values.
+template <typename L, typename S, typename V, int N>
+FASTDL_HOST_DEVICE void left_multiply_transposed(const V (&X)[L::kRows][N], V (&Y)[L::kCols][N]) {
+  FASTDL_UNROLL
+  for (int i = 0; i < L::kCols; ++i) {
+    FASTDL_UNROLL
+    for (int j = 0; j < N; ++j) {
+      V acc(S(0));
+      FASTDL_UNROLL
+      for (int k = 0; k < L::kRows; ++k) add_scaled<S>(acc, L::at(k, i), X[k][j]);
+      Y[i][j] = acc;
+    }
+  }
+}
+
+// Y = X L, with X (R x K) values and L (K x N) a transform matrix.
+template <typename L, typename S, typename V, int R>
+FASTDL_HOST_DEVICE void right_multiply(const V (&X)[R][L::kRows], V (&Y)[R][L::kCols]) {
+  FASTDL_UNROLL
+  for (int i = 0; i < R; ++i) {
+    FASTDL_UNROLL
+    for (int j = 0; j < L::kCols; ++j) {
+      V acc(S(0));
+      FASTDL_UNROLL
+      for (int k = 0; k < L::kRows; ++k) add_scaled<S>(acc, L::at(k, j), X[i][k]);
+      Y[i][j] = acc;
+    }
+  }
+}
+
 // U = G g G^T: a 3x3 filter's alpha x alpha transform.
 template <int M, typename S, typename V>
 FASTDL_HOST_DEVICE void winograd_filter_transform(const V (&g)[3][3], V (&u)[M + 2][M + 2]) {
@@ -146,6 +176,30 @@ FASTDL_HOST_DEVICE void winograd_output_transform(const V (&m)[M + 2][M + 2], V 
   V t[M][M + 2];
   left_multiply<typename W::AT, S>(m, t);
   right_multiply_transposed<typename W::AT, S>(t, y);
+}
+
+// The weight gradient's transforms, the adjoints of the forward's. A tile computes
+// Y = A^T (U .* V) A with U = G g G^T, so for a loss L with dL/dY = dY:
+//   dL/dU = (A dY A^T) .* V   and   dL/dg = G^T (dL/dU) G,
+// and over every tile, channel pair and image dL/dU[xi][k][c] = sum_tiles (A dY A^T)[xi][k] V[xi][c]:
+// again alpha^2 matrix products, reducing over tiles instead of channels.
+
+// A dY A^T: an m x m block of grad_output, transformed to alpha x alpha.
+template <int M, typename S, typename V>
+FASTDL_HOST_DEVICE void winograd_grad_output_transform(const V (&dy)[M][M], V (&out)[M + 2][M + 2]) {
+  using W = WinogradMatrices<M>;
+  V t[M + 2][M];
+  left_multiply_transposed<typename W::AT, S>(dy, t);
+  right_multiply<typename W::AT, S>(t, out);
+}
+
+// G^T dU G: the 3x3 filter gradient from the alpha x alpha sums.
+template <int M, typename S, typename V>
+FASTDL_HOST_DEVICE void winograd_filter_grad_transform(const V (&du)[M + 2][M + 2], V (&dg)[3][3]) {
+  using W = WinogradMatrices<M>;
+  V t[3][M + 2];
+  left_multiply_transposed<typename W::G, S>(du, t);
+  right_multiply<typename W::G, S>(t, dg);
 }
 
 }  // namespace fastdl

@@ -6,23 +6,34 @@
 //   static constexpr bool kReducedPrecision;
 //   static void winograd_forward(const Conv2dForward&, int64_t tile);
 //   static void winograd_grad_input(const Conv2dBackward&, int64_t tile);   // writes grad_input
+//   static bool winograd_grad_weight(const Conv2dBackward&, int64_t tile);  // optional
 //
 // The input gradient is itself a Winograd convolution: grad_output, padded by 2 - padding, with the
-// filters rotated by 180 degrees and input and output channels swapped. The weight and bias
-// gradients come from the direct kernels (fastdl::conv2d_backward through the dispatcher).
+// filters rotated by 180 degrees and input and output channels swapped. The weight gradient is
+// Winograd where the backend has it and finds it faster for the shape (it returns whether it wrote
+// grad_weight; common/winograd.h derives the transforms), else direct; the bias gradient is always
+// direct (fastdl::conv2d_backward through the dispatcher).
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "common/conv2d_ops.h"
 
 namespace fastdl {
 
+template <typename Backend, typename = void>
+struct HasWinogradWeightGrad : std::false_type {};
+template <typename Backend>
+struct HasWinogradWeightGrad<Backend, std::void_t<decltype(&Backend::winograd_grad_weight)>> : std::true_type {};
+
 template <typename Backend>
 struct WinogradOps {
+  static constexpr bool kWinogradWeightGrad = HasWinogradWeightGrad<Backend>::value;
+
   static Conv2dProblem problem(const char* op, const at::Tensor& input, const at::Tensor& weight,
                                at::IntArrayRef padding, int64_t tile) {
     TORCH_CHECK(tile == 2 || tile == 4, op, ": expected tile to be 2 (F(2x2,3x3)) or 4 (F(4x4,3x3)), but got ",
@@ -60,15 +71,26 @@ struct WinogradOps {
     check_sizes(op, "grad_output", grad_output, p.output_sizes());
     const c10::DeviceGuard guard(input.device());
     at::Tensor grad_input, grad_weight, grad_bias;
-    if (mask[1] || mask[2]) {
+    bool direct_weight = mask[1];
+    if constexpr (kWinogradWeightGrad) {
+      if (mask[1] && p.shape.batch > 0) {
+        grad_weight = new_output(weight.sizes(), weight.options());
+        direct_weight = !Backend::winograd_grad_weight({p.dense(grad_output), p.dense(input), weight.contiguous(),
+                                                        at::Tensor(), grad_weight, at::Tensor(), p.shape},
+                                                       tile);
+      }
+    }
+    if (direct_weight || mask[2]) {
       static const auto direct = c10::Dispatcher::singleton()
                                      .findSchemaOrThrow("fastdl::conv2d_backward", "")
                                      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                          const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
                                          at::IntArrayRef, at::IntArrayRef, int64_t, std::array<bool, 3>)>();
       const std::array<int64_t, 2> ones{1, 1};
-      std::tie(std::ignore, grad_weight, grad_bias) =
-          direct.call(grad_output, input, weight, ones, padding, ones, 1, {false, mask[1], mask[2]});
+      auto [unused, direct_grad_weight, direct_grad_bias] =
+          direct.call(grad_output, input, weight, ones, padding, ones, 1, {false, direct_weight, mask[2]});
+      if (direct_weight) grad_weight = direct_grad_weight;
+      grad_bias = direct_grad_bias;
     }
     if (mask[0]) {
       grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);

@@ -15,6 +15,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common/winograd.h"
@@ -96,12 +98,26 @@ struct TilePatch {
   bool inside, valid;  // valid: a tile of the convolution (blocks are padded to whole register tiles)
 };
 
+// The patches of tiles first, first + 1, ... (tiles numbered image by image, row by row).
 template <typename T, int M>
-void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& patches, T* v, int64_t cs) {
+void place_tiles(const WinogradConv<T>& p, int64_t first, std::vector<TilePatch>& patches) {
+  const int64_t tiles_h = div_up(p.out_h, M), tiles_w = div_up(p.out_w, M), tiles = p.batch * tiles_h * tiles_w;
+  for (int64_t l = 0; l < int64_t(patches.size()); ++l) {
+    const int64_t t = first + l, tw = t % tiles_w, th = t / tiles_w % tiles_h;
+    TilePatch& patch = patches[l];
+    patch = {t < tiles ? t / (tiles_w * tiles_h) : 0, th * M - p.pad_h, tw * M - p.pad_w, false, t < tiles};
+    patch.inside = patch.valid && patch.row0 >= 0 && patch.row0 + M + 2 <= p.in_h && patch.col0 >= 0 &&
+                   patch.col0 + M + 2 <= p.in_w;
+  }
+}
+
+template <typename T, int M>
+void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& patches, T* v, int64_t cs,
+                      Range channels) {
   constexpr int A = M + 2;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size()), C = p.channels;
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = channels.begin; c < channels.end; ++c) {
     const T* plane = p.x.data + c * p.x.sc;
     for (int64_t q = 0; q < tb; q += V) {
       T lanes[A][A][V];
@@ -177,16 +193,9 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t first = item / kchunks * tb;
       const Range b = part_of(blocks, kchunks, item % kchunks);
-      for (int64_t l = 0; l < tb; ++l) {
-        const int64_t t = first + l, tw = t % tiles_w, th = t / tiles_w % tiles_h;
-        TilePatch& patch = patches[l];
-        patch = {t / (tiles_w * tiles_h), th * M - p.pad_h, tw * M - p.pad_w, false, t < tiles};
-        patch.inside = patch.valid && patch.row0 >= 0 && patch.row0 + A <= p.in_h && patch.col0 >= 0 &&
-                       patch.col0 + A <= p.in_w;
-        if (!patch.valid) patch.n = 0;
-      }
+      place_tiles<T, M>(p, first, patches);
       T* v = v_buffers.get(A * A * C * cs + V);
-      transform_inputs<T, M>(p, patches, v, cs);
+      transform_inputs<T, M>(p, patches, v, cs, {0, C});
       const int64_t ks = (b.end - b.begin) * KT;
       T* m = m_buffers.get(A * A * ks * tb);
       for (int xi = 0; xi < A * A; ++xi) {
@@ -210,6 +219,94 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
   });
 }
 
+// ---- weight gradient ------------------------------------------------------------------------------------
+
+// A dY A^T of each tile of grad_output channels `outs` into m_buf[xi][k][tile] (zero for padding tiles).
+template <typename T, int M>
+void transform_grad_outputs(const WinogradConv<T>& p, const Strided4d<const T>& dy, const std::vector<TilePatch>& patches,
+                            T* m_buf, int64_t ks, Range outs) {
+  constexpr int A = M + 2;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t tb = int64_t(patches.size());
+  for (int64_t k = outs.begin; k < outs.end; ++k) {
+    for (int64_t q = 0; q < tb; q += V) {
+      T lanes[M][M][V];
+      for (int64_t l = 0; l < V; ++l) {
+        const TilePatch& t = patches[q + l];
+        const int64_t oh0 = t.row0 + p.pad_h, ow0 = t.col0 + p.pad_w;
+        const T* src = dy.data + t.n * dy.sn + k * dy.sc;
+        for (int i = 0; i < M; ++i) {
+          for (int j = 0; j < M; ++j) {
+            const bool in = t.valid && oh0 + i < p.out_h && ow0 + j < p.out_w;
+            lanes[i][j][l] = in ? src[(oh0 + i) * dy.sh + (ow0 + j) * dy.sw] : T(0);
+          }
+        }
+      }
+      Vec<T> d[M][M], u[A][A];
+      for (int i = 0; i < M; ++i) {
+        for (int j = 0; j < M; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
+      }
+      winograd_grad_output_transform<M, T>(d, u);
+      for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(m_buf + (xi * ks + k) * tb + q);
+    }
+  }
+}
+
+// grad_weight (K, C, 3, 3) of the convolution p (x = input, outs = K) given grad_output dy: blocks of
+// tiles one after another, each transformed (inputs and grad_output, in parallel over channels) and
+// summed into dU[xi][k][c] by weight_grad_tile (4 output channels x 3 input channels, vectors along
+// tiles), in parallel over (xi, block of 4 output channels) so that no two threads share a sum; then
+// dW = G^T dU G. Blocks are large (up to 8 MB of transformed inputs) since dU is read and written once
+// per block.
+template <typename T, int M>
+void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy, T* grad_weight) {
+  constexpr int A = M + 2, J = 3;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t C = p.channels, K = p.outs, blocks = div_up(K, KT);
+  const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M);
+  const int64_t per_tile = A * A * std::max(C, K) * int64_t(sizeof(T));
+  const int64_t most = std::clamp<int64_t>(8 * kBlockBytes / per_tile, V, tiles);
+  const int64_t tb = div_up(div_up(tiles, div_up(tiles, most)), V) * V;  // equal blocks of whole vectors
+  const int64_t cs = unaliased(tb, sizeof(T));
+  std::vector<T> v(A * A * C * cs + V), m(A * A * K * tb), du(A * A * K * C, T(0));
+  std::vector<TilePatch> patches(tb);
+  std::vector<const T*> x_steps(A * A * (tb / V)), dy_steps(A * A * (tb / V));
+  for (int xi = 0; xi < A * A; ++xi) {
+    for (int64_t i = 0; i < tb / V; ++i) {
+      x_steps[xi * (tb / V) + i] = v.data() + xi * C * cs + i * V;
+      dy_steps[xi * (tb / V) + i] = m.data() + xi * K * tb + i * V;
+    }
+  }
+  for (int64_t first = 0; first < tiles; first += tb) {
+    place_tiles<T, M>(p, first, patches);
+    at::parallel_for(0, C + K, 1, [&](int64_t c0, int64_t c1) {
+      if (c0 < C) transform_inputs<T, M>(p, patches, v.data(), cs, {c0, std::min(c1, C)});
+      if (c1 > C) transform_grad_outputs<T, M>(p, dy, patches, m.data(), K, {std::max(c0, C) - C, c1 - C});
+    });
+    at::parallel_for(0, A * A * blocks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t xi = i / blocks, k0 = i % blocks * KT;
+        const GradSteps<T> steps{dy_steps.data() + xi * (tb / V), x_steps.data() + xi * (tb / V), tb / V, tb / V, 0};
+        int64_t dy_offset[KT], x_offset[J];
+        for (int j = 0; j < KT; ++j) dy_offset[j] = std::min<int64_t>(k0 + j, K - 1) * tb;
+        for (int64_t c0 = 0; c0 < C; c0 += J) {
+          for (int q = 0; q < J; ++q) x_offset[q] = std::min<int64_t>(c0 + q, C - 1) * cs;
+          weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, du.data() + (xi * K + k0) * C + c0, C,
+                                     std::min<int64_t>(KT, K - k0), std::min<int64_t>(J, C - c0));
+        }
+      }
+    });
+  }
+  at::parallel_for(0, K * C, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T u[A][A], g[3][3];
+      for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A] = du[xi * K * C + i];
+      winograd_filter_grad_transform<M, T>(u, g);
+      for (int r = 0; r < 9; ++r) grad_weight[i * 9 + r] = g[r / 3][r % 3];
+    }
+  });
+}
+
 template <typename T>
 void run(const WinogradConv<T>& p, const T* weight, bool transposed, int64_t tile) {
   if (tile == 2) {
@@ -217,6 +314,13 @@ void run(const WinogradConv<T>& p, const T* weight, bool transposed, int64_t til
   } else {
     winograd_conv<T, 4>(p, transform_filters<T, 4>(weight, p.outs, p.channels, transposed));
   }
+}
+
+// FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the choice below (the tests use it to reach
+// both paths on small shapes); read on every call, since tests change it at run time.
+std::string weight_grad_mode() {
+  const char* mode = std::getenv("FASTDL_WINOGRAD_WEIGHT_GRAD");
+  return mode ? mode : "";
 }
 
 struct CpuWinograd {
@@ -239,6 +343,28 @@ struct CpuWinograd {
                                      f.bias.defined() ? f.bias.const_data_ptr<scalar_t>() : nullptr};
       run(p, f.weight.const_data_ptr<scalar_t>(), false, tile);
     });
+  }
+
+  // Winograd's weight gradient pays on many tiles of wide layers (VGG-16's 28x28 and 56x56 maps at batch
+  // 8: 1.35-1.64x the direct kernel with F(4x4,3x3)); on small maps or few channels the alpha^2 x K x C
+  // sums it keeps, and its transforms, cost more than they save (0.2-0.9x): bench/NOTES.md, Winograd 2.
+  static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
+    const Conv2dShape& s = b.shape;
+    const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
+    const bool pays = tile == 4 && tiles >= 384 && std::min(s.in_channels, s.out_channels) >= 128;
+    if (!(pays ? weight_grad_mode() != "never" : weight_grad_mode() == "always")) return false;
+    AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
+      const WinogradConv<scalar_t> p{strided<const scalar_t>(b.input), {}, s.batch, s.in_channels, s.in_h, s.in_w,
+                                     s.out_channels, s.out_h, s.out_w, s.pad_h, s.pad_w, nullptr};
+      const auto dy = strided<const scalar_t>(b.grad_output);
+      scalar_t* dw = b.grad_weight.data_ptr<scalar_t>();
+      if (tile == 2) {
+        winograd_weight_grad<scalar_t, 2>(p, dy, dw);
+      } else {
+        winograd_weight_grad<scalar_t, 4>(p, dy, dw);
+      }
+    });
+    return true;
   }
 
   static void winograd_grad_input(const Conv2dBackward& b, int64_t tile) {
