@@ -90,6 +90,8 @@ def run_case(case: Case, env: dict, budget_s: float) -> dict:
     row = {"id": case.id, "family": case.family, "network": case.network, "layer": case.layer, "op": case.op,
            "batch": case.batch, "input_shape": list(case.shape), "dtype": str(case.dtype).removeprefix("torch."),
            "mode": case.mode}
+    if getattr(case, "algorithm", "auto") != "auto":
+        row["algorithm"] = case.algorithm
     inputs = case.make_inputs()
     try:
         row["error"] = check(case, inputs)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 def case_line(i: int, total: int, r: dict) -> str:
     head = f"[{i:>3}/{total}] {r['network']:<9} {r['layer']:<13} b{r['batch']:<4} {r['mode']:<22}"
+    head += f" {r['algorithm']:<9}" if r.get("algorithm") else ""
     if r.get("error"):
         return f"{head} ERROR: {r['error']}"
     head += f" {r['baseline']:<10}" if r.get("baseline", "torch") != "torch" else ""
