@@ -224,10 +224,10 @@ template <typename A>
 struct GemmConfig {
   static constexpr int BM = 64, BN = 128, BK = 8;  // block tile of c; channels per staged slice
   static constexpr int TM = 4, TN = 8;             // per thread: rows tm*4 + i, columns tn*4 + j and BN/2 + the same
-  static constexpr int kRowThreads = BM / TM;
+  static constexpr int kColThreads = BN / TN;
   static constexpr int kLoadsA = BM * BK / kThreads, kLoadsB = BN * BK / kThreads;
   static constexpr int kPad = 16 / int(sizeof(A));  // rows stay 16-byte aligned; staging stores spread over banks
-  static_assert(kRowThreads * (BN / TN) == kThreads, "one thread per TM x TN tile");
+  static_assert(kColThreads * (BM / TM) == kThreads, "one thread per TM x TN tile");
   static_assert(kThreads % BK == 0 && kThreads % BN == 0, "whole rows of loads");
 };
 
@@ -269,8 +269,9 @@ struct GemmThread {
   A a_next[Cfg::kLoadsA], b_next[Cfg::kLoadsB];  // the next slice, on its way from global memory
   A acc[Cfg::TM][Cfg::TN];
 
-  FASTDL_HOST_DEVICE int tm() const { return t % Cfg::kRowThreads; }
-  FASTDL_HOST_DEVICE int tn() const { return t / Cfg::kRowThreads; }
+  // Consecutive threads along columns: a warp's stores of one result cover 2 rows, not 16.
+  FASTDL_HOST_DEVICE int tm() const { return t / Cfg::kColThreads; }
+  FASTDL_HOST_DEVICE int tn() const { return t % Cfg::kColThreads; }
   FASTDL_HOST_DEVICE int col(int j) const { return (j / 4) * (Cfg::BN / 2) + tn() * 4 + j % 4; }
   FASTDL_HOST_DEVICE int a_row(int j) const { return t / Cfg::BK + j * (kThreads / Cfg::BK); }
   FASTDL_HOST_DEVICE int b_row(int j) const { return t / Cfg::BN + j * (kThreads / Cfg::BN); }
