@@ -8,15 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REDUCED_PRECISION_FACTOR
+from conftest import REDUCED_PRECISION_FACTOR, WINOGRAD_FLOAT32_REL_L2, tolerance
 
 pytestmark = pytest.mark.cuda
 
 DEVICE = "cuda"
 FORMATS = [torch.contiguous_format, torch.channels_last]
 FORMAT_IDS = ["nchw", "nhwc"]
-# Relative L2 error against float64 allowed in float32 (issue 5).
-FLOAT32_REL_L2 = {2: 1e-6, 4: 5e-6}
 
 # (N, C, H, W, K): odd sizes, sizes below a tile, several GEMM row and column tiles, a ResNet layer.
 CASES = [
@@ -87,9 +85,8 @@ def test_values_and_gradients_match_torch(case, padding, memory_format, bias, dt
     for got, want in zip(mine, exact):
         assert got.dtype == dtype and got.shape == want.shape
         scale = want.abs().max().clamp_min(1e-30)
-        tol = 1e-10 if dtype == torch.float64 else 1e-4
-        torch.testing.assert_close(got.double() / scale, want / scale, rtol=tol, atol=tol)
-    bound = FLOAT32_REL_L2[tile] if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(got.double() / scale, want / scale, **tolerance("conv2d", dtype))
+    bound = WINOGRAD_FLOAT32_REL_L2[tile] if dtype == torch.float32 else 1e-12
     assert rel_l2(mine[0], exact[0]) <= bound
     assert rel_l2(mine[1], exact[1]) <= bound
     if min(case[1], case[4]) > 1 and case[2] * case[3] > 1:  # else both formats have the same strides
@@ -142,5 +139,25 @@ def test_runs_on_the_current_stream(tile):
         gx, _, _ = torch.ops.fastdl.conv2d_winograd_backward(grad_out * 2, x2, w, [1, 1], tile, [True, False, False])
     torch.cuda.current_stream().wait_stream(side)
     y_ref, gx_ref = run(theirs(1), x * 2, w, b, grad_out * 2)[:2]
-    assert rel_l2(y, y_ref) <= 10 * FLOAT32_REL_L2[tile]
-    assert rel_l2(gx, gx_ref) <= 10 * FLOAT32_REL_L2[tile]
+    assert rel_l2(y, y_ref) <= 10 * WINOGRAD_FLOAT32_REL_L2[tile]
+    assert rel_l2(gx, gx_ref) <= 10 * WINOGRAD_FLOAT32_REL_L2[tile]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_input_past_2_31_elements_uses_64_bit_indexing(tile):
+    if torch.cuda.mem_get_info()[0] < 40 * 2**30:
+        pytest.skip("needs 40 GiB of free GPU memory")
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 23200, 23200, device=DEVICE, dtype=torch.float16)
+    assert x.numel() > 2**31
+    w = torch.randn(2, 2, 3, 3, device=DEVICE, dtype=torch.float16)
+    b = torch.randn(2, device=DEVICE, dtype=torch.float16)
+    y = torch.ops.fastdl.conv2d_winograd(x, w, b, [1, 1], tile)
+    for n in range(2):  # per image: cuDNN (the reference) splits the batch to stay in int32
+        torch.testing.assert_close(y[n], F.conv2d(x[n : n + 1], w, b, padding=1)[0], rtol=1e-2, atol=1e-2)
+    del y
+    grad_out = torch.randn_like(x)
+    gx = torch.ops.fastdl.conv2d_winograd_backward(grad_out, x, w, [1, 1], tile, [True, False, False])[0]
+    for n in range(2):
+        want = torch.nn.grad.conv2d_input(x[n : n + 1].shape, w, grad_out[n : n + 1], padding=1)[0]
+        torch.testing.assert_close(gx[n], want, rtol=1e-2, atol=1e-2)

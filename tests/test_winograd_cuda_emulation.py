@@ -11,16 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import fastdl
+from conftest import WINOGRAD_FLOAT32_REL_L2, tolerance
 
 pytestmark = pytest.mark.skipif(not fastdl.cuda_enabled(), reason="CUDA kernels not built")
 
 GRAD_INPUT_ONLY = [True, False, False]
 
-# Relative L2 error against float64 allowed in float32 (issue 5): F(4x4,3x3) rounds more, through
-# G's 1/6, 1/12, 1/24 and B's larger coefficients.
-FLOAT32_REL_L2 = {2: 1e-6, 4: 5e-6}
-# Values scaled to unit size, float64: only the order of the sums differs from torch.
-FLOAT64_TOLERANCE = {"rtol": 1e-10, "atol": 1e-10}
 
 # (N, C, H, W, K, (pad_h, pad_w)): sizes from 1x1 up, not multiples of either tile, every padding
 # 0-3 (3 gives grad_input a negative padding), different padding per axis.
@@ -89,9 +85,9 @@ def check(got, want64, dtype, tile, memory_format):
     assert torch.isfinite(got).all()  # outputs start as NaN: every element was written
     if dtype == torch.float64:
         scale = want64.abs().max().clamp_min(1e-30)
-        torch.testing.assert_close(got / scale, want64 / scale, **FLOAT64_TOLERANCE)
+        torch.testing.assert_close(got / scale, want64 / scale, **tolerance("conv2d", dtype))
     else:
-        assert rel_l2(got, want64) <= FLOAT32_REL_L2[tile]
+        assert rel_l2(got, want64) <= WINOGRAD_FLOAT32_REL_L2[tile]
 
 
 @pytest.mark.parametrize("tile", [2, 4])
