@@ -1,0 +1,537 @@
+// CUDA kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4, non-fused: four kernels per call,
+// through float (double for float64) workspaces. The transforms and their algebra are in
+// common/winograd.h; with alpha = m + 2 and xi one of the alpha^2 positions of a transformed tile:
+//
+//   1. filter transform   U[xi][k][c]  = (G g[k][c] G^T)[xi]             once per call, in double
+//   2. input transform    V[xi][c][t]  = (B^T d[c][t] B)[xi]             d: the alpha x alpha patch of tile t
+//   3. batched GEMM       M[xi][k][t]  = sum_c U[xi][k][c] V[xi][c][t]   alpha^2 products (K x C) (C x tiles)
+//   4. output transform   y[k][tile t] = A^T M[.][k][t] A + bias[k]      the pixels inside the image
+//
+// Tiles (m x m blocks of one image's outputs) are numbered over the batch, then tile rows, then tile
+// columns, and steps 2-4 run per chunk of consecutive tiles so that V and M stay within a fixed
+// budget whatever the batch. Steps 1, 2 and 4 are one thread per item (grid-stride loops over a
+// capped grid); their item order follows the layout, so that consecutive threads touch consecutive
+// addresses of the activation tensor (tiles for N,C,H,W, channels for N,H,W,C).
+//
+// The GEMM kernel: 256 threads compute a 64 (output channels) x 128 (tiles) block of one product,
+// each a 4 x 8 register tile (columns in two runs of 4, 64 apart, so that shared-memory reads are
+// 16-byte vectors). Slices of BK = 8 channels of U and V are staged in shared memory, double-buffered:
+// the next slice's global loads are in flight in registers while the current one is multiplied.
+// Rows, columns and channels past the end are loaded as zeros and not written.
+//
+// The per-item work and the GEMM thread's phases are __host__ __device__, so that the host emulation
+// runs the same code on the CPU (float and double; the GEMM's threads one after another between the
+// kernel's barriers). Index arithmetic is int32 when every index fits, else int64.
+
+#include "cuda/winograd_kernels.h"
+
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "common/winograd.h"
+#include "cuda/device_utils.cuh"
+
+namespace fastdl::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// V and M of one chunk of tiles: large enough to fill an H100 many times over (a VGG layer of 256
+// channels at F(4x4,3x3) gets ~3600 tiles per chunk); small enough for any device memory.
+constexpr int64_t kChunkBytes = int64_t{256} << 20;
+// The emulation's chunks hold a few tiles, so that the tests cross chunk boundaries.
+constexpr int64_t kEmulatedChunkBytes = int64_t{16} << 10;
+
+// Element access in the arithmetic type; the host emulation sees float and double only.
+template <typename T, typename I>
+FASTDL_HOST_DEVICE Acc<T> load(const T* p, I offset) {
+#ifdef __CUDA_ARCH__
+  return to_acc(__ldg(p + offset));
+#else
+  return p[offset];
+#endif
+}
+
+template <typename T, typename I>
+FASTDL_HOST_DEVICE void store(T* p, I offset, Acc<T> v) {
+#ifdef __CUDA_ARCH__
+  p[offset] = from_acc<T>(v);
+#else
+  p[offset] = T(v);
+#endif
+}
+
+// ---- tiles ------------------------------------------------------------------------------------------
+
+template <typename I>
+struct Geometry {
+  I batch, channels, in_h, in_w, outs, out_h, out_w, pad_h, pad_w;
+  I tiles_h, tiles_w;  // per image
+};
+
+template <typename I>
+struct TileOrigin {
+  I n, oh, ow;  // image, first output row and column
+};
+
+template <int M, typename I>
+FASTDL_HOST_DEVICE TileOrigin<I> tile_origin(const Geometry<I>& g, I tile) {
+  const I per_image = g.tiles_h * g.tiles_w, n = tile / per_image, rest = tile - n * per_image;
+  const I th = rest / g.tiles_w;
+  return {n, th * M, (rest - th * g.tiles_w) * M};
+}
+
+// ---- per-item work: the transforms ----------------------------------------------------------------
+//
+// A work type has Index, items() and operator()(e) for e < items(); elementwise_kernel runs it.
+
+// Item e = (k, c), c fastest: consecutive threads store consecutive U. Computed in double: G's 1/6,
+// 1/12 and 1/24 would round in float, and the filters are transformed once per call.
+template <typename T, typename I, int M>
+struct FilterTransform {
+  using Index = I;
+  const T* w;
+  Acc<T>* u;  // [alpha^2][outs][channels]
+  I outs, channels;
+  bool transposed;
+
+  FASTDL_HOST_DEVICE I items() const { return outs * channels; }
+  FASTDL_HOST_DEVICE void operator()(I e) const {
+    constexpr int A = M + 2;
+    const I k = e / channels, c = e - k * channels;
+    double g[3][3], v[A][A];
+    FASTDL_UNROLL
+    for (int r = 0; r < 3; ++r) {
+      FASTDL_UNROLL
+      for (int s = 0; s < 3; ++s) {
+        const I at = transposed ? (c * outs + k) * 9 + (2 - r) * 3 + (2 - s) : (k * channels + c) * 9 + r * 3 + s;
+        g[r][s] = double(load(w, at));
+      }
+    }
+    winograd_filter_transform<M, double>(g, v);
+    FASTDL_UNROLL
+    for (int xi = 0; xi < A * A; ++xi) u[(I(xi) * outs + k) * channels + c] = Acc<T>(v[xi / A][xi % A]);
+  }
+};
+
+// Item e = (c, tile t of the chunk).
+template <typename T, typename I, Layout L, int M>
+struct InputTransform {
+  using Index = I;
+  const T* x;
+  Acc<T>* v;  // [alpha^2][channels][count]
+  Geometry<I> g;
+  I first, count;  // the chunk: tiles [first, first + count)
+
+  FASTDL_HOST_DEVICE I items() const { return g.channels * count; }
+  FASTDL_HOST_DEVICE void operator()(I e) const {
+    constexpr int A = M + 2;
+    using Ac = Acc<T>;
+    I c, t;
+    if constexpr (L == Layout::nchw) {
+      c = e / count;
+      t = e - c * count;
+    } else {
+      t = e / g.channels;
+      c = e - t * g.channels;
+    }
+    const TileOrigin<I> o = tile_origin<M>(g, first + t);
+    const I row0 = o.oh - g.pad_h, col0 = o.ow - g.pad_w;
+    Ac d[A][A], out[A][A];
+    FASTDL_UNROLL
+    for (int i = 0; i < A; ++i) {
+      const I ih = row0 + i;
+      FASTDL_UNROLL
+      for (int j = 0; j < A; ++j) {
+        const I iw = col0 + j;
+        const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        const I at = L == Layout::nchw ? ((o.n * g.channels + c) * g.in_h + ih) * g.in_w + iw
+                                       : ((o.n * g.in_h + ih) * g.in_w + iw) * g.channels + c;
+        d[i][j] = inside ? load(x, at) : Ac(0);
+      }
+    }
+    winograd_input_transform<M, Ac>(d, out);
+    FASTDL_UNROLL
+    for (int xi = 0; xi < A * A; ++xi) v[(I(xi) * g.channels + c) * count + t] = out[xi / A][xi % A];
+  }
+};
+
+// Item e = (k, tile t of the chunk).
+template <typename T, typename I, Layout L, int M>
+struct OutputTransform {
+  using Index = I;
+  const Acc<T>* m;  // [alpha^2][outs][count]
+  const T* bias;    // outs values, or null
+  T* y;
+  Geometry<I> g;
+  I first, count;
+
+  FASTDL_HOST_DEVICE I items() const { return g.outs * count; }
+  FASTDL_HOST_DEVICE void operator()(I e) const {
+    constexpr int A = M + 2;
+    using Ac = Acc<T>;
+    I k, t;
+    if constexpr (L == Layout::nchw) {
+      k = e / count;
+      t = e - k * count;
+    } else {
+      t = e / g.outs;
+      k = e - t * g.outs;
+    }
+    Ac sums[A][A], out[M][M];
+    FASTDL_UNROLL
+    for (int xi = 0; xi < A * A; ++xi) sums[xi / A][xi % A] = m[(I(xi) * g.outs + k) * count + t];
+    winograd_output_transform<M, Ac>(sums, out);
+    const Ac b = bias != nullptr ? load(bias, k) : Ac(0);
+    const TileOrigin<I> o = tile_origin<M>(g, first + t);
+    FASTDL_UNROLL
+    for (int i = 0; i < M; ++i) {
+      const I oh = o.oh + i;
+      FASTDL_UNROLL
+      for (int j = 0; j < M; ++j) {
+        const I ow = o.ow + j;
+        if (oh >= g.out_h || ow >= g.out_w) continue;  // the last tile row or column overhangs the image
+        const I at = L == Layout::nchw ? ((o.n * g.outs + k) * g.out_h + oh) * g.out_w + ow
+                                       : ((o.n * g.out_h + oh) * g.out_w + ow) * g.outs + k;
+        store(y, at, out[i][j] + b);
+      }
+    }
+  }
+};
+
+template <typename Work>
+__global__ void __launch_bounds__(kThreads) elementwise_kernel(const Work work) {
+  using I = typename Work::Index;
+  const I items = work.items();
+  for (I e = global_thread<I>(); e < items; e += grid_threads<I>()) work(e);
+}
+
+// ---- the batched GEMM -----------------------------------------------------------------------------
+
+// c[z] = a[z] b[z] for z < batches: a[z] rows x depth, b[z] depth x cols, c[z] rows x cols, row-major.
+template <typename A_, typename I_>
+struct BatchedGemm {
+  using A = A_;
+  using I = I_;
+  const A* a;
+  const A* b;
+  A* c;
+  I rows, cols, depth, batches;
+};
+
+template <typename A>
+struct GemmConfig {
+  static constexpr int BM = 64, BN = 128, BK = 8;  // block tile of c; channels per staged slice
+  static constexpr int TM = 4, TN = 8;             // per thread: rows tm*4 + i, columns tn*4 + j and BN/2 + the same
+  static constexpr int kColThreads = BN / TN;
+  static constexpr int kLoadsA = BM * BK / kThreads, kLoadsB = BN * BK / kThreads;
+  static constexpr int kPad = 16 / int(sizeof(A));  // rows stay 16-byte aligned; staging stores spread over banks
+  static_assert(kColThreads * (BM / TM) == kThreads, "one thread per TM x TN tile");
+  static_assert(kThreads % BK == 0 && kThreads % BN == 0, "whole rows of loads");
+};
+
+template <typename A>
+struct StagedSlices {  // two buffers of one slice of a (k x m) and b (k x n)
+  using Cfg = GemmConfig<A>;
+  alignas(16) A a[2][Cfg::BK][Cfg::BM + Cfg::kPad];
+  alignas(16) A b[2][Cfg::BK][Cfg::BN + Cfg::kPad];
+};
+
+template <typename A>
+struct alignas(16) Quad {
+  A v[4];
+};
+
+template <typename I>
+struct GemmTile {
+  I m0, n0, z;
+};
+
+// Tiles are numbered with m fastest: neighbouring blocks share their (larger) b tile.
+template <typename P>
+FASTDL_HOST_DEVICE GemmTile<typename P::I> gemm_tile(int64_t index, int64_t m_tiles, int64_t n_tiles) {
+  using I = typename P::I;
+  using Cfg = GemmConfig<typename P::A>;
+  const int64_t z = index / (m_tiles * n_tiles), mn = index - z * m_tiles * n_tiles, nt = mn / m_tiles;
+  return {I((mn - nt * m_tiles) * Cfg::BM), I(nt * Cfg::BN), I(z)};
+}
+
+// One thread's state and the phases of its work on a tile; the kernel puts barriers between them.
+// Loads: a along its contiguous k (thread t: k = t % BK), b along its contiguous n (n = t % BN).
+template <typename P>
+struct GemmThread {
+  using A = typename P::A;
+  using I = typename P::I;
+  using Cfg = GemmConfig<A>;
+
+  int t;
+  A a_next[Cfg::kLoadsA], b_next[Cfg::kLoadsB];  // the next slice, on its way from global memory
+  A acc[Cfg::TM][Cfg::TN];
+
+  // Consecutive threads along columns: a warp's stores of one result cover 2 rows, not 16.
+  FASTDL_HOST_DEVICE int tm() const { return t / Cfg::kColThreads; }
+  FASTDL_HOST_DEVICE int tn() const { return t % Cfg::kColThreads; }
+  FASTDL_HOST_DEVICE int col(int j) const { return (j / 4) * (Cfg::BN / 2) + tn() * 4 + j % 4; }
+  FASTDL_HOST_DEVICE int a_row(int j) const { return t / Cfg::BK + j * (kThreads / Cfg::BK); }
+  FASTDL_HOST_DEVICE int b_row(int j) const { return t / Cfg::BN + j * (kThreads / Cfg::BN); }
+
+  FASTDL_HOST_DEVICE void begin() {
+    FASTDL_UNROLL
+    for (int i = 0; i < Cfg::TM; ++i) {
+      FASTDL_UNROLL
+      for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = A(0);
+    }
+  }
+
+  FASTDL_HOST_DEVICE void fetch(const P& p, const GemmTile<I>& tile, I k0) {
+    const I ka = k0 + t % Cfg::BK;
+    FASTDL_UNROLL
+    for (int j = 0; j < Cfg::kLoadsA; ++j) {
+      const I m = tile.m0 + a_row(j);
+      a_next[j] = m < p.rows && ka < p.depth ? p.a[(tile.z * p.rows + m) * p.depth + ka] : A(0);
+    }
+    const I n = tile.n0 + t % Cfg::BN;
+    FASTDL_UNROLL
+    for (int j = 0; j < Cfg::kLoadsB; ++j) {
+      const I k = k0 + b_row(j);
+      b_next[j] = n < p.cols && k < p.depth ? p.b[(tile.z * p.depth + k) * p.cols + n] : A(0);
+    }
+  }
+
+  FASTDL_HOST_DEVICE void stage(StagedSlices<A>& s, int buf) const {
+    FASTDL_UNROLL
+    for (int j = 0; j < Cfg::kLoadsA; ++j) s.a[buf][t % Cfg::BK][a_row(j)] = a_next[j];
+    FASTDL_UNROLL
+    for (int j = 0; j < Cfg::kLoadsB; ++j) s.b[buf][b_row(j)][t % Cfg::BN] = b_next[j];
+  }
+
+  FASTDL_HOST_DEVICE void multiply(const StagedSlices<A>& s, int buf) {
+    FASTDL_UNROLL
+    for (int k = 0; k < Cfg::BK; ++k) {
+      const Quad<A> a = *reinterpret_cast<const Quad<A>*>(&s.a[buf][k][tm() * 4]);
+      const Quad<A> lo = *reinterpret_cast<const Quad<A>*>(&s.b[buf][k][tn() * 4]);
+      const Quad<A> hi = *reinterpret_cast<const Quad<A>*>(&s.b[buf][k][Cfg::BN / 2 + tn() * 4]);
+      FASTDL_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        FASTDL_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          acc[i][j] += a.v[i] * lo.v[j];
+          acc[i][4 + j] += a.v[i] * hi.v[j];
+        }
+      }
+    }
+  }
+
+  FASTDL_HOST_DEVICE void finish(const P& p, const GemmTile<I>& tile) const {
+    FASTDL_UNROLL
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const I m = tile.m0 + tm() * 4 + i;
+      if (m >= p.rows) continue;
+      FASTDL_UNROLL
+      for (int j = 0; j < Cfg::TN; ++j) {
+        const I n = tile.n0 + col(j);
+        if (n < p.cols) p.c[(tile.z * p.rows + m) * p.cols + n] = acc[i][j];
+      }
+    }
+  }
+};
+
+// The grid is capped; blocks loop over tiles.
+template <typename P>
+__global__ void __launch_bounds__(kThreads) batched_gemm_kernel(const P p, int64_t m_tiles, int64_t n_tiles,
+                                                                int64_t tiles) {
+  using Cfg = GemmConfig<typename P::A>;
+  using I = typename P::I;
+  __shared__ StagedSlices<typename P::A> staged;
+  GemmThread<P> thread;
+  thread.t = int(threadIdx.x);
+  for (int64_t index = blockIdx.x; index < tiles; index += gridDim.x) {
+    const GemmTile<I> tile = gemm_tile<P>(index, m_tiles, n_tiles);
+    thread.begin();
+    thread.fetch(p, tile, 0);
+    thread.stage(staged, 0);
+    __syncthreads();
+    int buf = 0;
+    for (I k0 = 0; k0 < p.depth; k0 += Cfg::BK) {
+      const bool more = k0 + Cfg::BK < p.depth;
+      if (more) thread.fetch(p, tile, k0 + Cfg::BK);
+      thread.multiply(staged, buf);
+      if (more) thread.stage(staged, buf ^ 1);  // the other buffer: last read before the previous barrier
+      __syncthreads();
+      buf ^= 1;
+    }
+    thread.finish(p, tile);
+  }
+}
+
+template <typename P>
+int64_t gemm_tiles(const P& p, int64_t& m_tiles, int64_t& n_tiles) {
+  using Cfg = GemmConfig<typename P::A>;
+  m_tiles = (int64_t(p.rows) + Cfg::BM - 1) / Cfg::BM;
+  n_tiles = (int64_t(p.cols) + Cfg::BN - 1) / Cfg::BN;
+  return m_tiles * n_tiles * int64_t(p.batches);
+}
+
+// ---- planning ---------------------------------------------------------------------------------------
+
+// Byte offsets into the workspace: U, then one chunk's V and M (all in the arithmetic type).
+struct Plan {
+  int64_t tiles, tiles_h, tiles_w, chunk;
+  std::size_t v_at, m_at, bytes;
+  bool narrow;  // int32 indices
+};
+
+Plan plan(const WinogradArgs& a) {
+  const WinogradSizes& s = a.sizes;
+  const int64_t m = a.tile, alpha2 = (m + 2) * (m + 2), acc = a.dtype == DType::f64 ? 8 : 4;
+  const auto aligned = [](int64_t bytes) { return std::size_t((bytes + 255) / 256 * 256); };
+  Plan p;
+  p.tiles_h = (s.out_h + m - 1) / m;
+  p.tiles_w = (s.out_w + m - 1) / m;
+  p.tiles = s.batch * p.tiles_h * p.tiles_w;
+  const int64_t per_tile = alpha2 * (s.channels + s.outs) * acc;
+  if (a.execution == Execution::host) {
+    p.chunk = max_of<int64_t>(1, kEmulatedChunkBytes / max_of<int64_t>(per_tile, 1));
+  } else {
+    // Whole column tiles of the GEMM, at least one.
+    constexpr int64_t kColumns = GemmConfig<float>::BN;
+    p.chunk = max_of<int64_t>(1, kChunkBytes / max_of<int64_t>(per_tile, 1) / kColumns) * kColumns;
+  }
+  p.chunk = max_of<int64_t>(1, min_of(p.chunk, p.tiles));
+  const int64_t u = alpha2 * s.outs * s.channels, v = alpha2 * s.channels * p.chunk, mm = alpha2 * s.outs * p.chunk;
+  p.v_at = aligned(u * acc);
+  p.m_at = p.v_at + aligned(v * acc);
+  p.bytes = p.m_at + aligned(mm * acc);
+  // Element offsets, and patch positions (the padding may be large or negative).
+  int64_t largest = max_of(max_of(s.batch * s.channels * s.in_h * s.in_w, s.batch * s.outs * s.out_h * s.out_w),
+                           max_of(max_of(u, v), max_of(mm, p.tiles)));
+  const auto magnitude = [](int64_t x) { return x < 0 ? -x : x; };
+  largest = max_of(largest, s.in_h + s.out_h + magnitude(s.pad_h) + 2 * m + 2);
+  largest = max_of(largest, s.in_w + s.out_w + magnitude(s.pad_w) + 2 * m + 2);
+  p.narrow = fits_int32(largest) && a.execution != Execution::host_int64;
+  return p;
+}
+
+// ---- running a call: launched on a stream, or emulated on the host -------------------------------
+
+struct Launcher {
+  cudaStream_t stream;
+
+  template <typename Work>
+  void elementwise(const Work& work) const {
+    const int64_t items = int64_t(work.items());
+    if (items == 0) return;
+    elementwise_kernel<Work><<<grid_blocks(items, kThreads), kThreads, 0, stream>>>(work);
+  }
+  template <typename P>
+  void gemm(const P& p) const {
+    int64_t m_tiles, n_tiles;
+    const int64_t tiles = gemm_tiles(p, m_tiles, n_tiles);
+    if (tiles == 0) return;
+    const int64_t cap = int64_t(sm_count()) * 32;
+    batched_gemm_kernel<P><<<unsigned(min_of(tiles, cap)), kThreads, 0, stream>>>(p, m_tiles, n_tiles, tiles);
+  }
+  cudaError_t status() const { return cudaGetLastError(); }
+};
+
+// The same work on host memory: items in order, and the GEMM's tiles one after another, each tile's
+// threads one after another through each phase between two barriers (races are not detected; every
+// index, bound and buffer swap is exercised). float and double only.
+struct Emulator {
+  template <typename Work>
+  void elementwise(const Work& work) const {
+    for (typename Work::Index e = 0; e < work.items(); ++e) work(e);
+  }
+  template <typename P>
+  void gemm(const P& p) const {
+    using Cfg = GemmConfig<typename P::A>;
+    using I = typename P::I;
+    int64_t m_tiles, n_tiles;
+    const int64_t tiles = gemm_tiles(p, m_tiles, n_tiles);
+    const auto staged = std::make_unique<StagedSlices<typename P::A>>();
+    std::vector<GemmThread<P>> threads(kThreads);
+    for (int t = 0; t < kThreads; ++t) threads[t].t = t;
+    for (int64_t index = 0; index < tiles; ++index) {
+      const GemmTile<I> tile = gemm_tile<P>(index, m_tiles, n_tiles);
+      for (auto& thread : threads) {
+        thread.begin();
+        thread.fetch(p, tile, 0);
+        thread.stage(*staged, 0);
+      }
+      int buf = 0;
+      for (I k0 = 0; k0 < p.depth; k0 += Cfg::BK) {
+        const bool more = k0 + Cfg::BK < p.depth;
+        for (auto& thread : threads) {
+          if (more) thread.fetch(p, tile, k0 + Cfg::BK);
+          thread.multiply(*staged, buf);
+          if (more) thread.stage(*staged, buf ^ 1);
+        }
+        buf ^= 1;
+      }
+      for (auto& thread : threads) thread.finish(p, tile);
+    }
+  }
+  cudaError_t status() const { return cudaSuccess; }
+};
+
+template <int M>
+using TileTag = std::integral_constant<int, M>;
+
+// Runs body(TypeTag<T>, TypeTag<I>, LayoutTag<L>, TileTag<M>); the emulator takes float and double only.
+template <typename Exec, typename Body>
+cudaError_t dispatch(const WinogradArgs& a, bool narrow, Body&& body) {
+  return dispatch_dtype(a.dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    if constexpr (std::is_same_v<Exec, Emulator> && !std::is_floating_point_v<T>) {
+      return cudaErrorNotSupported;
+    } else {
+      return dispatch_index(narrow, [&](auto i) {
+        return dispatch_layout(a.layout, [&](auto l) {
+          return a.tile == 4 ? body(t, i, l, TileTag<4>{}) : body(t, i, l, TileTag<2>{});
+        });
+      });
+    }
+  });
+}
+
+template <typename Exec>
+cudaError_t run(const WinogradArgs& a, const Exec& exec) {
+  const WinogradSizes& s = a.sizes;
+  if (s.batch * s.outs * s.out_h * s.out_w == 0) return cudaSuccess;
+  if (a.tile != 2 && a.tile != 4) return cudaErrorInvalidValue;
+  const Plan pl = plan(a);
+  return dispatch<Exec>(a, pl.narrow, [&](auto t, auto i, auto l, auto m) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    using Ac = Acc<T>;
+    constexpr Layout L = decltype(l)::value;
+    constexpr int M = decltype(m)::value;
+    constexpr I kAlpha2 = (M + 2) * (M + 2);
+    char* ws = static_cast<char*>(a.workspace);
+    Ac* u = reinterpret_cast<Ac*>(ws);
+    Ac* v = reinterpret_cast<Ac*>(ws + pl.v_at);
+    Ac* sums = reinterpret_cast<Ac*>(ws + pl.m_at);
+    const Geometry<I> g{I(s.batch), I(s.channels), I(s.in_h),    I(s.in_w),    I(s.outs),     I(s.out_h),
+                        I(s.out_w), I(s.pad_h),    I(s.pad_w),   I(pl.tiles_h), I(pl.tiles_w)};
+    exec.elementwise(FilterTransform<T, I, M>{static_cast<const T*>(a.weight), u, g.outs, g.channels, a.transposed});
+    for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
+      const I count = I(min_of(pl.chunk, pl.tiles - first));
+      exec.elementwise(InputTransform<T, I, L, M>{static_cast<const T*>(a.x), v, g, I(first), count});
+      exec.gemm(BatchedGemm<Ac, I>{u, v, sums, g.outs, count, g.channels, kAlpha2});
+      exec.elementwise(OutputTransform<T, I, L, M>{sums, static_cast<const T*>(a.bias), static_cast<T*>(a.y), g,
+                                                   I(first), count});
+    }
+    return exec.status();
+  });
+}
+
+}  // namespace
+
+std::size_t winograd_workspace_bytes(const WinogradArgs& args) { return plan(args).bytes; }
+
+cudaError_t winograd_conv(const WinogradArgs& args, cudaStream_t stream) {
+  return args.execution == Execution::device ? run(args, Launcher{stream}) : run(args, Emulator{});
+}
+
+}  // namespace fastdl::cuda
