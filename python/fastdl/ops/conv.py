@@ -115,29 +115,33 @@ def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: lis
     return None
 
 
-# Winograd wins once a block of tiles fills the register tile's vectors and the channels amortize the
-# transforms (bench/NOTES.md, Winograd, has the measurements behind these numbers).
+# Winograd wins once there are enough tiles to fill the register tile's vectors and to pay for the
+# filter transform (alpha^2 x K x C values written per call), and channels enough to amortize the
+# tile transforms; bench/NOTES.md (Winograd, CPU) has the measurements behind these numbers.
 _MIN_WINOGRAD_CHANNELS = 32
-_MIN_WINOGRAD_TILES = 48
+_MIN_TILES = {"winograd4": 64, "winograd2": 48}
 
 
 def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int],
                      groups: int) -> str:
-    """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False): Winograd F(4x4,3x3) on
-    the CPU for 3x3 stride-1 convolutions with at least 32 input and output channels and at least 48
-    4x4 output tiles in the batch; F(2x2,3x3) where 4x4 tiles would leave a quarter of the outputs
-    computed in vain (maps of 6x6 or less); everything else, and every CUDA convolution until the CUDA
-    Winograd kernels have been measured, direct."""
+    """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False), for 3x3 stride-1
+    single-group convolutions on the CPU with at least 32 input and output channels: Winograd
+    F(4x4,3x3) when the batch has at least 64 4x4 output tiles and they waste at most a quarter of
+    their outputs on the map's edge, else F(2x2,3x3) when it has at least 48 2x2 tiles, else direct.
+    Everything else is direct, and so is every CUDA convolution until the CUDA Winograd kernels have
+    been measured."""
     if input.device.type != "cpu" or winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
     if min(weight.shape[0], weight.shape[1]) < _MIN_WINOGRAD_CHANNELS:
         return "direct"
     oh, ow = (input.shape[-2 + i] + 2 * padding[i] - 2 for i in range(2))
     batch = input.shape[0] if input.dim() == 4 else 1
-    if batch * -(-oh // 4) * -(-ow // 4) < _MIN_WINOGRAD_TILES:
-        return "direct"
-    waste = (-(-oh // 4) * -(-ow // 4) * 16) / (oh * ow)
-    return "winograd2" if waste > 4 / 3 else "winograd4"
+    for algorithm, m in (("winograd4", 4), ("winograd2", 2)):
+        tiles_h, tiles_w = -(-oh // m), -(-ow // m)
+        wasted = tiles_h * tiles_w * m * m / (oh * ow)
+        if batch * tiles_h * tiles_w >= _MIN_TILES[algorithm] and (m == 2 or wasted <= 4 / 3):
+            return algorithm
+    return "direct"
 
 
 _benchmarked: dict[tuple, str] = {}
