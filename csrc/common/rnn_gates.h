@@ -20,18 +20,25 @@
 
 namespace fastdl::rnn {
 
+// Device code calls CUDA's overloads of exp and tanh for float and double (expf, tanhf for float).
 template <typename T>
 struct ScalarAct {
-  static FASTDL_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
+  static FASTDL_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + exp_of(-x)); }
   static FASTDL_HOST_DEVICE T tanh(T x) {
-    using std::tanh;
-    return tanh(x);
+#if defined(__CUDA_ARCH__)
+    return ::tanh(x);
+#else
+    return std::tanh(x);
+#endif
   }
 
  private:
-  static FASTDL_HOST_DEVICE T exp(T x) {
-    using std::exp;
-    return exp(x);
+  static FASTDL_HOST_DEVICE T exp_of(T x) {
+#if defined(__CUDA_ARCH__)
+    return ::exp(x);
+#else
+    return std::exp(x);
+#endif
   }
 };
 

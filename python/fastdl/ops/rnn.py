@@ -149,8 +149,9 @@ def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, h0, c0, weig
     def grad(like, wanted):
         return like.new_empty(like.shape) if wanted else input.new_empty((0,))
     bias = weight_ih.new_empty((weight_ih.shape[0],))
-    return (grad(input, output_mask[0]), h0.new_empty(h0.shape), c0.new_empty(c0.shape), grad(weight_ih, output_mask[1]),
-            grad(weight_hh, output_mask[1]), grad(bias, output_mask[2]), grad(bias, output_mask[2]))
+    return (grad(input, output_mask[0]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            grad(weight_ih, output_mask[1]), grad(weight_hh, output_mask[1]), grad(bias, output_mask[2]),
+            grad(bias, output_mask[2]))
 
 
 @torch.library.register_fake("fastdl::gru_layer")
