@@ -9,6 +9,7 @@
 //   static void lstm_backward(const rnn::LstmStepBackward&, at::ScalarType);
 //   static void gru_forward(const rnn::GruStepForward&, at::ScalarType);
 //   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
+//   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
 //
 // and registers itself with RnnLayerOps<Backend>::define_kernels(m).
 //
@@ -46,6 +47,21 @@ struct RnnSteps {
   int64_t steps = 0, batch = 0, rows = 0, input_size = 0, hidden = 0;
   bool packed = false;
   std::vector<int64_t> sizes, offsets;
+};
+
+// The recurrent products of one layer call, out (+)= a @ b with the same b (K, N) at every step:
+// constructed once per call (with the largest batch, so a backend may prepare b), then called per
+// step. This one calls at::mm (cuBLAS on CUDA).
+struct RecurrentMm {
+  at::Tensor b;
+  RecurrentMm(const at::Tensor& b, int64_t /*batch*/) : b(b) {}
+  void operator()(at::Tensor out, const at::Tensor& a, bool accumulate) const {
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
 };
 
 namespace rnn_detail {
@@ -189,7 +205,8 @@ struct RnnLayerOps {
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
     const Tensor x = input.reshape({s.rows, s.input_size});
-    const Tensor wi_t = w_ih.t(), wh_t = w_hh.t();
+    const Tensor wi_t = w_ih.t();
+    const typename Backend::Product recurrent(w_hh.t(), s.batch);
     Tensor gi;
     if (given(b_ih) || given(b_hh)) {
       const Tensor bias = given(b_ih) && given(b_hh) ? b_ih->add(*b_hh) : (given(b_ih) ? *b_ih : *b_hh);
@@ -207,7 +224,7 @@ struct RnnLayerOps {
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
       Tensor ghs = gh.narrow(0, 0, bs);
-      at::mm_out(ghs, h.narrow(0, 0, bs), wh_t);
+      recurrent(ghs, h.narrow(0, 0, bs), false);
       const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), ghs.data_ptr(), c.data_ptr(), h.data_ptr(),
                                    row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
@@ -242,7 +259,7 @@ struct RnnLayerOps {
     Tensor dc = given(grad_cy) ? grad_or_none(op, "grad_cy", grad_cy, input, {s.batch, H}).to(ct).clone()
                                : at::zeros({s.batch, H}, copts);
     const Tensor c_prev = previous_states(c_all, c0.to(ct), s, reverse);
-    const Tensor w_hh_d = w_hh.contiguous();
+    const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
@@ -250,8 +267,7 @@ struct RnnLayerOps {
                                     go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr,
                                     dh.data_ptr(), dc.data_ptr(), row_ptr(dgates, off)};
       if (bs > 0 && H > 0) Backend::lstm_backward(b, input.scalar_type());
-      Tensor dhs = dh.narrow(0, 0, bs);
-      at::mm_out(dhs, dgates.narrow(0, off, bs), w_hh_d);
+      recurrent(dh.narrow(0, 0, bs), dgates.narrow(0, off, bs), false);
     }
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
@@ -280,7 +296,8 @@ struct RnnLayerOps {
     const int64_t H = s.hidden;
     const auto opts = input.options();
     const Tensor x = input.reshape({s.rows, s.input_size});
-    const Tensor wi_t = w_ih.t(), wh_t = w_hh.t();
+    const Tensor wi_t = w_ih.t();
+    const typename Backend::Product recurrent(w_hh.t(), s.batch);
     const Tensor gi = (given(b_ih) ? b_ih->addmm(x, wi_t) : x.mm(wi_t)).contiguous();
     const Tensor bias_hh = given(b_hh) ? b_hh->contiguous() : Tensor();
     Tensor out = new_output({s.rows, H}, opts);
@@ -290,7 +307,7 @@ struct RnnLayerOps {
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
       Tensor ghs = gh.narrow(0, 0, bs);
-      at::mm_out(ghs, h.narrow(0, 0, bs), wh_t);
+      recurrent(ghs, h.narrow(0, 0, bs), false);
       const rnn::GruStepForward f{bs, H, row_ptr(gi, off), ghs.data_ptr(),
                                   bias_hh.defined() ? bias_hh.data_ptr() : nullptr, h.data_ptr(), row_ptr(out, off),
                                   keep_workspace ? row_ptr(saved, off) : nullptr};
@@ -317,7 +334,7 @@ struct RnnLayerOps {
     Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
                                : at::zeros({s.batch, H}, opts);
     const Tensor h_prev = previous_states(out, h0.contiguous(), s, reverse);
-    const Tensor w_hh_d = w_hh.contiguous();
+    const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
@@ -325,7 +342,7 @@ struct RnnLayerOps {
                                    go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr, dh.data_ptr(),
                                    row_ptr(dgi, off), row_ptr(dgh, off)};
       if (bs > 0 && H > 0) Backend::gru_backward(b, input.scalar_type());
-      dh.narrow(0, 0, bs).addmm_(dgh.narrow(0, off, bs), w_hh_d);
+      recurrent(dh.narrow(0, 0, bs), dgh.narrow(0, off, bs), true);
     }
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;

@@ -12,6 +12,7 @@
 
 #include "common/rnn_gates.h"
 #include "common/rnn_layer_ops.h"
+#include "cpu/rnn_gemm.h"
 
 namespace fastdl {
 namespace {
@@ -147,8 +148,28 @@ void gru_backward(const rnn::GruStepBackward& b) {
   });
 }
 
+// Small batches: fastdl's packed product (cpu/rnn_gemm.h); others: at::mm.
+struct CpuRecurrent {
+  RecurrentMm mm;
+  at::Tensor packed;
+
+  CpuRecurrent(const at::Tensor& b, int64_t batch) : mm(b, batch) {
+    if (batch > kSmallBatch || b.numel() == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "fastdl.rnn", [&] { packed = pack_panels<scalar_t>(b); });
+  }
+
+  void operator()(at::Tensor out, const at::Tensor& a, bool accumulate) const {
+    if (!packed.defined() || a.size(0) == 0) return mm(out, a, accumulate);
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fastdl.rnn", [&] {
+      packed_product<scalar_t>(a.const_data_ptr<scalar_t>(), a.size(0), a.stride(0), packed.const_data_ptr<scalar_t>(),
+                               mm.b.size(0), mm.b.size(1), out.data_ptr<scalar_t>(), out.stride(0), accumulate);
+    });
+  }
+};
+
 struct CpuRnn {
   static constexpr bool kReducedPrecision = false;
+  using Product = CpuRecurrent;
 
   static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
     AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm", [&] { fastdl::lstm_forward<scalar_t>(f); });

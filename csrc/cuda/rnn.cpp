@@ -17,6 +17,7 @@ using cuda::dtype_of;
 
 struct CudaRnn {
   static constexpr bool kReducedPrecision = true;
+  using Product = RecurrentMm;
 
   static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
     check_launch("fastdl.lstm", cuda::lstm_step_forward(f, dtype_of(dt), current_stream()));
