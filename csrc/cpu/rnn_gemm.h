@@ -1,11 +1,11 @@
 #pragma once
-// The recurrent product of a CPU LSTM/GRU step for small batches: out[M, N] (+)= a[M, K] @ b[K, N]
-// with M <= kSmallBatch rows, the same b at every step. BLAS at such M runs at about 40% of a core's
-// FMA peak (measured 111 us for 8 x 256 @ 256 x 1024 on one Zen 3 core, 38 GFLOP/s), so b is packed
-// once per layer call into panels of two vectors of columns, [N / P][K][P], and each panel is
-// multiplied by up to four rows at a time with 8 vector accumulators held in registers; a panel
-// (K * P values, 16 KB for K = 256 in float32) stays in L1 for the next rows. Larger batches use
-// at::mm, which is near peak there.
+// The recurrent product of a CPU LSTM/GRU step: out[M, N] (+)= a[M, K] @ b[K, N] with the same b at
+// every step. BLAS at these shapes is slow: measured on one Zen 3 core, 8 x 256 @ 256 x 1024 took
+// 111 us in MKL (40% of the FMA peak) and 64 x 256 @ 256 x 1024 600 us (it repacks b on every
+// call). Here b is packed once per layer call into panels of two vectors of columns, [N / P][K][P],
+// and each panel is multiplied by four rows at a time with 8 vector accumulators held in registers;
+// a panel (K * P values, 16 KB for K = 256 in float32) stays in L1 for the next rows: 47 us and
+// 367 us for the two products. Batches above kSmallBatch use at::mm.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,7 +19,7 @@
 
 namespace fastdl {
 
-constexpr int64_t kSmallBatch = 16;
+constexpr int64_t kSmallBatch = 256;
 
 template <typename T>
 constexpr int64_t kPanel = 2 * at::vec::Vectorized<T>::size();
