@@ -218,14 +218,14 @@ struct RnnLayerOps {
     Tensor out = new_output({s.rows, H}, opts);
     Tensor h = h0.contiguous().clone();
     Tensor c = c0.to(ct).contiguous().clone();
-    Tensor gh = at::empty({s.batch, 4 * H}, opts);
     Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
-      Tensor ghs = gh.narrow(0, 0, bs);
-      recurrent(ghs, h.narrow(0, 0, bs), false);
-      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), ghs.data_ptr(), c.data_ptr(), h.data_ptr(),
+      // The recurrent product adds into this step's rows of the input projection: one read stream
+      // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
+      recurrent(gi.narrow(0, off, bs), h.narrow(0, 0, bs), true);
+      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), c.data_ptr(), h.data_ptr(),
                                    row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
       if (bs > 0 && H > 0) Backend::lstm_forward(f, input.scalar_type());

@@ -12,8 +12,7 @@ namespace fastdl::rnn {
 
 struct LstmStepForward {
   int64_t rows, hidden;
-  const void* gi;  // T [rows, 4H]: W_ih x + b_ih + b_hh
-  const void* gh;  // T [rows, 4H]: W_hh h
+  const void* pre;  // T [rows, 4H]: the gates' pre-activations, W_ih x + b_ih + b_hh + W_hh h
   void* c;         // C [rows, H]: the previous cell state, overwritten with the new one
   void* h;         // T [rows, H]: the new hidden state (the state buffer)
   void* out;       // T [rows, H]: the new hidden state (this step's output rows)

@@ -62,9 +62,8 @@ template <typename T>
 void lstm_forward(const rnn::LstmStepForward& f) {
   const int64_t H = f.hidden;
   for_each_vector<T>(f.rows, H, [&](int64_t r, int64_t j, int64_t n) {
-    const T* gi = typed<T>(f.gi) + r * 4 * H + j;
-    const T* gh = typed<T>(f.gh) + r * 4 * H + j;
-    const auto a = [&](int k) { return load(gi + k * H, n) + load(gh + k * H, n); };
+    const T* pre = typed<T>(f.pre) + r * 4 * H + j;
+    const auto a = [&](int k) { return load(pre + k * H, n); };
     T* c = typed<T>(f.c) + r * H + j;
     const auto s = rnn::lstm_forward<VecAct<T>>(a(0), a(1), a(2), a(3), load(c, n));
     store(s.c, c, n);

@@ -25,9 +25,8 @@ __global__ void lstm_forward_kernel(rnn::LstmStepForward f, I rows, I hidden) {
   using A = Acc<T>;
   for (I idx = global_thread<I>(); idx < rows * hidden; idx += grid_threads<I>()) {
     const I r = idx / hidden, j = idx - r * hidden, g0 = r * 4 * hidden + j;
-    const T* gi = typed<T>(f.gi) + g0;
-    const T* gh = typed<T>(f.gh) + g0;
-    const auto a = [&](int k) { return to_acc(gi[k * hidden]) + to_acc(gh[k * hidden]); };
+    const T* pre = typed<T>(f.pre) + g0;
+    const auto a = [&](int k) { return to_acc(pre[k * hidden]); };
     A* c = typed<A>(f.c) + idx;
     const auto s = rnn::lstm_forward<Act<T>>(a(0), a(1), a(2), a(3), *c);
     *c = s.c;
