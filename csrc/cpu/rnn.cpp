@@ -41,14 +41,20 @@ void store(const Vec<T>& v, T* p, int64_t n) {
   }
 }
 
-// Calls body(row, j, n) for every row and every run of n <= Vec<T>::size() hidden units from j,
-// rows split over threads once a thread gets enough work to pay for itself.
+// Calls body(row, j, n) for every row and every run of n <= Vec<T>::size() hidden units from j.
+// Work is split over threads in pieces of kUnitsPerItem units of a row, so that a small batch
+// (8 rows) still uses every thread once a step has enough elements to pay for the fork.
+constexpr int64_t kUnitsPerItem = 64;
+
 template <typename T, typename Body>
 void for_each_vector(int64_t rows, int64_t hidden, const Body& body) {
-  const int64_t grain = std::max<int64_t>(1, 4096 / hidden);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t j = 0; j < hidden; j += Vec<T>::size()) body(r, j, std::min<int64_t>(Vec<T>::size(), hidden - j));
+  const int64_t per_row = (hidden + kUnitsPerItem - 1) / kUnitsPerItem;
+  const int64_t grain = std::max<int64_t>(1, 1024 / kUnitsPerItem);
+  at::parallel_for(0, rows * per_row, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / per_row, first = (item % per_row) * kUnitsPerItem;
+      const int64_t last = std::min(hidden, first + kUnitsPerItem);
+      for (int64_t j = first; j < last; j += Vec<T>::size()) body(r, j, std::min<int64_t>(Vec<T>::size(), last - j));
     }
   });
 }
