@@ -25,6 +25,7 @@ GRID = [
     (1, 1, 1, False, False, True, 3, 5, False),
     (6, 24, 2, True, False, True, 10, 1, True),
     (5, 8, 1, False, False, True, 1, 6, True),
+    (3, 4, 2, True, False, True, 3, 300, True),  # above the CPU packed product's batch limit: at::mm
 ]
 
 
