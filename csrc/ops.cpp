@@ -62,9 +62,38 @@ TORCH_LIBRARY(fastdl, m) {
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // Winograd F(tile x tile, 3x3): the same function as conv2d for a 3x3 weight, stride 1,
   // dilation 1 and one group; tile is 2 or 4. The backward's grad_input is Winograd too, its
-  // grad_weight and grad_bias come from conv2d_backward.
+  // grad_weight Winograd where the backend finds it faster (else direct), its grad_bias direct.
   m.def("conv2d_winograd(Tensor input, Tensor weight, Tensor? bias, int[2] padding, int tile) -> Tensor");
   m.def(
       "conv2d_winograd_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] padding, int tile, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // ---- LSTM and GRU layers (common/rnn_layer_ops.h) ------------------------------------------------
+  // One layer in one direction; fastdl.ops.lstm / gru stack layers and directions, and the cells
+  // are one-step layers. input (T, N, I), or a PackedSequence's data (sum(batch_sizes), I) with its
+  // batch_sizes (step t runs the first batch_sizes[t] sequences); h0, c0 (N, H); weight_ih (G*H, I),
+  // weight_hh (G*H, H), biases (G*H): PyTorch's layout and gate order (LSTM i,f,g,o: G = 4; GRU
+  // r,z,n: G = 3). reverse runs the steps from last to first. Returns the output (T, N, H) or
+  // (sum(batch_sizes), H), the final states (N, H) and what backward needs (empty unless
+  // keep_workspace): LSTM activated gates (rows, 4H) and cell states (rows, H; float32 for
+  // float16/bfloat16), GRU r, z, n and W_hn h + b_hn (rows, 4H).
+  m.def(
+      "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, int[] batch_sizes, bool reverse, bool keep_workspace) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients for input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh; output_mask: (input, weights,
+  // biases), an output not wanted is empty. A missing gradient of an output counts as zeros.
+  m.def(
+      "lstm_layer_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, "
+      "int[] batch_sizes, bool reverse, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "gru_layer(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, int[] batch_sizes, bool reverse, bool keep_workspace) -> (Tensor, Tensor, Tensor)");
+  // Gradients for input, h0, weight_ih, weight_hh, bias_ih, bias_hh (output_mask as for the LSTM).
+  m.def(
+      "gru_layer_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor h0, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor output, Tensor saved, int[] batch_sizes, bool reverse, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -388,3 +388,9 @@ def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = 
 
 
 FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases}
+
+# ---- LSTM/GRU (their cases live in rnn_cases.py, which builds on Case above) ----------------------------
+
+from fastdl.bench.rnn_cases import rnn_cases  # noqa: E402
+
+FAMILIES["rnn"] = rnn_cases

@@ -1,0 +1,388 @@
+#pragma once
+// The LSTM and GRU layer ops (one layer, one direction), written once for every backend: argument
+// checks, the time loop and backward through time, with the matrix products on ATen (at::mm: oneDNN
+// or MKL on the CPU, cuBLAS on CUDA) and each step's element-wise work on the backend's fused
+// kernels. A backend is a struct with
+//
+//   static constexpr bool kReducedPrecision;  // whether it takes float16 / bfloat16
+//   static void lstm_forward(const rnn::LstmStepForward&, at::ScalarType);
+//   static void lstm_backward(const rnn::LstmStepBackward&, at::ScalarType);
+//   static void gru_forward(const rnn::GruStepForward&, at::ScalarType);
+//   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
+//   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
+//
+// and registers itself with RnnLayerOps<Backend>::define_kernels(m).
+//
+// Shapes: input (T, N, I) with batch_sizes empty, or the data of a PackedSequence (sum of
+// batch_sizes, I) with batch_sizes (T values, non-increasing): step t then runs the first
+// batch_sizes[t] sequences, whose rows are consecutive in the data. h0, c0 (N, H); weight_ih (G H, I),
+// weight_hh (G H, H), biases (G H) with G = 4 (LSTM) or 3 (GRU). Outputs keep input's layout.
+//
+// The state buffers are updated in place on the first batch_sizes[t] rows, so with packed input each
+// sequence's final state stays where its last step left it, and in reverse a sequence that starts
+// late starts from h0 (its rows were not touched yet). Forward: one product of all steps' inputs,
+// then per step the recurrent product and the fused kernel. Backward: per step (in reverse order) the
+// fused kernel and the recurrent gradient product, then one product for each weight gradient.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/outputs.h"
+#include "common/rnn_steps.h"
+
+namespace fastdl {
+
+// Where each step's rows lie in the (rows, I) view of the input.
+struct RnnSteps {
+  int64_t steps = 0, batch = 0, rows = 0, input_size = 0, hidden = 0;
+  bool packed = false;
+  std::vector<int64_t> sizes, offsets;
+};
+
+// The recurrent products of one layer call, out (+)= a @ b with the same b (K, N) at every step:
+// constructed once per call (with the largest batch, so a backend may prepare b), then called per
+// step. This one calls at::mm (cuBLAS on CUDA).
+struct RecurrentMm {
+  at::Tensor b;
+  RecurrentMm(const at::Tensor& b, int64_t /*batch*/) : b(b) {}
+  void operator()(at::Tensor out, const at::Tensor& a, bool accumulate) const {
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+};
+
+namespace rnn_detail {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+inline at::ScalarType cell_type(const Tensor& input) {
+  const auto dt = input.scalar_type();
+  return dt == at::kHalf || dt == at::kBFloat16 ? at::kFloat : dt;
+}
+
+inline void check_like_input(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, but got None");
+  check_same_device(op, name, t, "input", input);
+  check_same_dtype(op, name, t, "input", input);
+}
+
+// Checks input, batch_sizes, the weights and the biases; hidden size from weight_hh.
+inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, at::IntArrayRef batch_sizes,
+                            const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                            bool reduced_precision) {
+  TORCH_CHECK(input.defined(), op, ": expected input to be a tensor, but got None");
+  check_floating(op, "input", input, reduced_precision);
+  RnnSteps s;
+  s.packed = !batch_sizes.empty();
+  if (s.packed) {
+    TORCH_CHECK(input.dim() == 2, op, ": expected input of shape (sum(batch_sizes), input_size) with ",
+                "batch_sizes given (packed data), but got shape ", input.sizes());
+    s.steps = int64_t(batch_sizes.size());
+    s.batch = batch_sizes[0];
+    int64_t total = 0;
+    for (int64_t t = 0; t < s.steps; ++t) {
+      TORCH_CHECK(batch_sizes[t] > 0 && batch_sizes[t] <= (t ? batch_sizes[t - 1] : batch_sizes[0]), op,
+                  ": expected batch_sizes to be positive and non-increasing, but got ", batch_sizes);
+      s.sizes.push_back(batch_sizes[t]);
+      s.offsets.push_back(total);
+      total += batch_sizes[t];
+    }
+    TORCH_CHECK(total == input.size(0), op, ": expected input to hold sum(batch_sizes) = ", total,
+                " rows, but got shape ", input.sizes());
+  } else {
+    TORCH_CHECK(input.dim() == 3, op, ": expected input of shape (T, N, input_size), but got shape ",
+                input.sizes());
+    s.steps = input.size(0);
+    s.batch = input.size(1);
+    TORCH_CHECK(s.steps > 0, op, ": expected input with at least one time step, but got shape ", input.sizes());
+    for (int64_t t = 0; t < s.steps; ++t) {
+      s.sizes.push_back(s.batch);
+      s.offsets.push_back(t * s.batch);
+    }
+  }
+  s.rows = s.packed ? input.size(0) : s.steps * s.batch;
+  s.input_size = input.size(-1);
+  check_like_input(op, "weight_hh", w_hh, input);
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op, ": expected weight_hh of shape (",
+              gates, " * hidden_size, hidden_size), but got shape ", w_hh.sizes());
+  s.hidden = w_hh.size(1);
+  check_like_input(op, "weight_ih", w_ih, input);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == gates * s.hidden && w_ih.size(1) == s.input_size, op,
+              ": expected weight_ih of shape (", gates * s.hidden, ", ", s.input_size,
+              ") for hidden_size ", s.hidden, " and input of shape ", input.sizes(), ", but got shape ", w_ih.sizes());
+  for (const auto& [name, b] : {std::pair{"bias_ih", &b_ih}, std::pair{"bias_hh", &b_hh}}) {
+    if (!given(*b)) continue;
+    check_like_input(op, name, **b, input);
+    check_sizes(op, name, **b, {gates * s.hidden});
+  }
+  return s;
+}
+
+inline void check_state(const char* op, const char* name, const Tensor& t, const Tensor& input, const RnnSteps& s) {
+  check_like_input(op, name, t, input);
+  check_sizes(op, name, t, {s.batch, s.hidden});
+}
+
+// An optional gradient of shape `sizes`: checked, or undefined when absent.
+inline Tensor grad_or_none(const char* op, const char* name, const OptTensor& g, const Tensor& input,
+                           at::IntArrayRef sizes) {
+  if (!given(g)) return Tensor();
+  check_like_input(op, name, *g, input);
+  check_sizes(op, name, *g, sizes);
+  return g->contiguous();
+}
+
+// Pointer to row `row` of a dense row-major matrix.
+inline void* row_ptr(const Tensor& t, int64_t row) {
+  return t.defined() && t.numel() > 0 ? static_cast<char*>(t.data_ptr()) + row * t.stride(0) * t.element_size()
+                                      : nullptr;
+}
+
+// For every step's rows, the state each sequence had before the step: (rows, H), aligned with
+// `states` (each step's new states) and starting from `init` (N, H).
+inline Tensor previous_states(const Tensor& states, const Tensor& init, const RnnSteps& s, bool reverse) {
+  const int64_t T = s.steps, N = s.batch;
+  if (T == 1) return init.narrow(0, 0, s.sizes[0]).contiguous();
+  if (!s.packed) {
+    return reverse ? at::cat({states.narrow(0, N, (T - 1) * N), init})
+                   : at::cat({init, states.narrow(0, 0, (T - 1) * N)});
+  }
+  std::vector<Tensor> pieces;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t bs = s.sizes[t];
+    if (!reverse) {
+      pieces.push_back(t == 0 ? init.narrow(0, 0, bs) : states.narrow(0, s.offsets[t - 1], bs));
+    } else if (t == T - 1) {
+      pieces.push_back(init.narrow(0, 0, bs));
+    } else {
+      const int64_t later = s.sizes[t + 1];  // <= bs: the sequences still running at t + 1
+      pieces.push_back(states.narrow(0, s.offsets[t + 1], later));
+      if (bs > later) pieces.push_back(init.narrow(0, later, bs - later));
+    }
+  }
+  return at::cat(pieces);
+}
+
+inline Tensor or_empty(bool wanted, const Tensor& t, const Tensor& like) {
+  return wanted ? t : like.new_empty({0});
+}
+
+}  // namespace rnn_detail
+
+template <typename Backend>
+struct RnnLayerOps {
+  using Tensor = at::Tensor;
+  using OptTensor = std::optional<at::Tensor>;
+
+  // -> output, hy, cy, gates (rows, 4H) and cells (rows, H) for backward (empty unless keep_workspace)
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
+      const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+      const OptTensor& b_ih, const OptTensor& b_hh, at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
+    using namespace rnn_detail;
+    constexpr const char* op = "fastdl.lstm";
+    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision);
+    check_state(op, "h0", h0, input, s);
+    check_state(op, "c0", c0, input, s);
+    const c10::DeviceGuard guard(input.device());
+    const int64_t H = s.hidden;
+    const auto opts = input.options();
+    const at::ScalarType ct = cell_type(input);
+    const auto copts = opts.dtype(ct);
+    const Tensor x = input.reshape({s.rows, s.input_size});
+    const Tensor wi_t = w_ih.t();
+    const typename Backend::Product recurrent(w_hh.t(), s.batch);
+    Tensor gi;
+    if (given(b_ih) || given(b_hh)) {
+      const Tensor bias = given(b_ih) && given(b_hh) ? b_ih->add(*b_hh) : (given(b_ih) ? *b_ih : *b_hh);
+      gi = bias.addmm(x, wi_t);
+    } else {
+      gi = x.mm(wi_t);
+    }
+    gi = gi.contiguous();
+    Tensor out = new_output({s.rows, H}, opts);
+    Tensor h = h0.contiguous().clone();
+    Tensor c = c0.to(ct).contiguous().clone();
+    Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
+    Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
+      // The recurrent product adds into this step's rows of the input projection: one read stream
+      // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
+      recurrent(gi.narrow(0, off, bs), h.narrow(0, 0, bs), true);
+      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), c.data_ptr(), h.data_ptr(),
+                                   row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
+                                   keep_workspace ? row_ptr(cells, off) : nullptr};
+      if (bs > 0 && H > 0) Backend::lstm_forward(f, input.scalar_type());
+    }
+    return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
+  }
+
+  // -> grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh;
+  // output_mask: (input, weights, biases); what is not wanted is empty.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+      const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy, const Tensor& input,
+      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+      const Tensor& gates, const Tensor& cells, at::IntArrayRef batch_sizes, bool reverse,
+      std::array<bool, 3> mask) {
+    using namespace rnn_detail;
+    constexpr const char* op = "fastdl.lstm_backward";
+    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision);
+    check_state(op, "h0", h0, input, s);
+    check_state(op, "c0", c0, input, s);
+    const c10::DeviceGuard guard(input.device());
+    const int64_t H = s.hidden;
+    const auto opts = input.options();
+    const at::ScalarType ct = cell_type(input);
+    const auto copts = opts.dtype(ct);
+    const Tensor out = saved_rows(op, "output", output, input, s, H, input.scalar_type());
+    const Tensor g_all = saved_rows(op, "gates", gates, input, s, 4 * H, input.scalar_type());
+    const Tensor c_all = saved_rows(op, "cells", cells, input, s, H, ct);
+    const Tensor go = grad_or_none(op, "grad_output", grad_output, input, output_shape(input, s, H));
+    const Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
+                                     : at::zeros({s.batch, H}, opts);
+    Tensor dc = given(grad_cy) ? grad_or_none(op, "grad_cy", grad_cy, input, {s.batch, H}).to(ct).clone()
+                               : at::zeros({s.batch, H}, copts);
+    const Tensor c_prev = previous_states(c_all, c0.to(ct), s, reverse);
+    const typename Backend::Product recurrent(w_hh, s.batch);
+    Tensor dgates = new_output({s.rows, 4 * H}, opts);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
+      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
+                                    go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr,
+                                    dh.data_ptr(), dc.data_ptr(), row_ptr(dgates, off)};
+      if (bs > 0 && H > 0) Backend::lstm_backward(b, input.scalar_type());
+      recurrent(dh.narrow(0, 0, bs), dgates.narrow(0, off, bs), false);
+    }
+    const Tensor x = input.reshape({s.rows, s.input_size});
+    Tensor gx, gw_ih, gw_hh, gb;
+    if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
+    if (mask[1]) {
+      gw_ih = dgates.t().mm(x);
+      gw_hh = dgates.t().mm(previous_states(out, h0.contiguous(), s, reverse));
+    }
+    if (mask[2]) gb = dgates.sum(0);
+    // b_ih and b_hh enter the same sums: equal gradients (two tensors, as outputs must not alias).
+    return {or_empty(mask[0], gx, input), dh, dc.to(input.scalar_type()), or_empty(mask[1], gw_ih, input),
+            or_empty(mask[1], gw_hh, input), or_empty(mask[2], gb, input),
+            or_empty(mask[2], mask[2] ? gb.clone() : gb, input)};
+  }
+
+  // -> output, hy, saved (rows, 4H: r, z, n, W_hn h + b_hn; empty unless keep_workspace)
+  static std::tuple<Tensor, Tensor, Tensor> gru_layer(const Tensor& input, const Tensor& h0, const Tensor& w_ih,
+                                                      const Tensor& w_hh, const OptTensor& b_ih,
+                                                      const OptTensor& b_hh, at::IntArrayRef batch_sizes,
+                                                      bool reverse, bool keep_workspace) {
+    using namespace rnn_detail;
+    constexpr const char* op = "fastdl.gru";
+    const RnnSteps s = check_layer(op, 3, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision);
+    check_state(op, "h0", h0, input, s);
+    const c10::DeviceGuard guard(input.device());
+    const int64_t H = s.hidden;
+    const auto opts = input.options();
+    const Tensor x = input.reshape({s.rows, s.input_size});
+    const Tensor wi_t = w_ih.t();
+    const typename Backend::Product recurrent(w_hh.t(), s.batch);
+    const Tensor gi = (given(b_ih) ? b_ih->addmm(x, wi_t) : x.mm(wi_t)).contiguous();
+    const Tensor bias_hh = given(b_hh) ? b_hh->contiguous() : Tensor();
+    Tensor out = new_output({s.rows, H}, opts);
+    Tensor h = h0.contiguous().clone();
+    Tensor gh = at::empty({s.batch, 3 * H}, opts);
+    Tensor saved = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
+      Tensor ghs = gh.narrow(0, 0, bs);
+      recurrent(ghs, h.narrow(0, 0, bs), false);
+      const rnn::GruStepForward f{bs, H, row_ptr(gi, off), ghs.data_ptr(),
+                                  bias_hh.defined() ? bias_hh.data_ptr() : nullptr, h.data_ptr(), row_ptr(out, off),
+                                  keep_workspace ? row_ptr(saved, off) : nullptr};
+      if (bs > 0 && H > 0) Backend::gru_forward(f, input.scalar_type());
+    }
+    return {out.view(output_shape(input, s)), h, saved};
+  }
+
+  // -> grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
+      const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input, const Tensor& h0,
+      const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
+      at::IntArrayRef batch_sizes, bool reverse, std::array<bool, 3> mask) {
+    using namespace rnn_detail;
+    constexpr const char* op = "fastdl.gru_backward";
+    const RnnSteps s = check_layer(op, 3, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision);
+    check_state(op, "h0", h0, input, s);
+    const c10::DeviceGuard guard(input.device());
+    const int64_t H = s.hidden;
+    const auto opts = input.options();
+    const Tensor out = saved_rows(op, "output", output, input, s, H, input.scalar_type());
+    const Tensor ws = saved_rows(op, "saved", saved, input, s, 4 * H, input.scalar_type());
+    const Tensor go = grad_or_none(op, "grad_output", grad_output, input, output_shape(input, s, H));
+    Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
+                               : at::zeros({s.batch, H}, opts);
+    const Tensor h_prev = previous_states(out, h0.contiguous(), s, reverse);
+    const typename Backend::Product recurrent(w_hh, s.batch);
+    Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
+      const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off),
+                                   go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr, dh.data_ptr(),
+                                   row_ptr(dgi, off), row_ptr(dgh, off)};
+      if (bs > 0 && H > 0) Backend::gru_backward(b, input.scalar_type());
+      recurrent(dh.narrow(0, 0, bs), dgh.narrow(0, off, bs), true);
+    }
+    const Tensor x = input.reshape({s.rows, s.input_size});
+    Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
+    if (mask[0]) gx = dgi.mm(w_ih).view(input.sizes());
+    if (mask[1]) {
+      gw_ih = dgi.t().mm(x);
+      gw_hh = dgh.t().mm(h_prev);
+    }
+    if (mask[2]) {
+      gb_ih = dgi.sum(0);
+      gb_hh = dgh.sum(0);
+    }
+    return {or_empty(mask[0], gx, input), dh, or_empty(mask[1], gw_ih, input), or_empty(mask[1], gw_hh, input),
+            or_empty(mask[2], gb_ih, input), or_empty(mask[2], gb_hh, input)};
+  }
+
+  static void define_kernels(torch::Library& m) {
+    m.impl("lstm_layer", &lstm_layer);
+    m.impl("lstm_layer_backward", &lstm_layer_backward);
+    m.impl("gru_layer", &gru_layer);
+    m.impl("gru_layer_backward", &gru_layer_backward);
+  }
+
+ private:
+  static std::vector<int64_t> output_shape(const Tensor& input, const RnnSteps& s, int64_t width = -1) {
+    const int64_t w = width < 0 ? s.hidden : width;
+    return s.packed ? std::vector<int64_t>{s.rows, w} : std::vector<int64_t>{s.steps, s.batch, w};
+  }
+
+  // A tensor the forward saved: `width` values per row, dense.
+  static Tensor saved_rows(const char* op, const char* name, const Tensor& t, const Tensor& input, const RnnSteps& s,
+                           int64_t width, at::ScalarType dtype) {
+    TORCH_CHECK(t.defined() && t.numel() == s.rows * width, op, ": expected ", name, " to hold ", s.rows,
+                " rows of ", width, " values as the forward op saved them (keep_workspace=True), but got shape ",
+                t.defined() ? t.sizes() : at::IntArrayRef{});
+    check_same_device(op, name, t, "input", input);
+    TORCH_CHECK(t.scalar_type() == dtype, op, ": expected ", name, " to be ", dtype_name(dtype), ", but got ",
+                dtype_name(t.scalar_type()));
+    return t.reshape({s.rows, width}).contiguous();
+  }
+};
+
+}  // namespace fastdl

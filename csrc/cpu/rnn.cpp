@@ -1,0 +1,197 @@
+// CPU kernels of the LSTM and GRU time steps (float32, float64): the fused element-wise forward and
+// backward of one step (common/rnn_gates.h) on at::vec vectors along the hidden units, parallel over
+// the batch rows. The time loop and the matrix products are common/rnn_layer_ops.h's.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/rnn_gates.h"
+#include "common/rnn_layer_ops.h"
+#include "cpu/rnn_gemm.h"
+
+namespace fastdl {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+struct VecAct {
+  static Vec<T> sigmoid(Vec<T> x) { return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp()); }
+  static Vec<T> tanh(Vec<T> x) { return x.tanh(); }
+};
+
+// n <= Vec<T>::size() values at p; the lanes past n read as zero and are never stored.
+template <typename T>
+Vec<T> load(const T* p, int64_t n) {
+  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
+}
+
+template <typename T>
+void store(const Vec<T>& v, T* p, int64_t n) {
+  if (n == Vec<T>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, n);
+  }
+}
+
+// Calls body(row, j, n) for every row and every run of n <= Vec<T>::size() hidden units from j.
+// Work is split over threads in pieces of kUnitsPerItem units of a row, so that a small batch
+// (8 rows) still uses every thread once a step has enough elements to pay for the fork.
+constexpr int64_t kUnitsPerItem = 64;
+
+template <typename T, typename Body>
+void for_each_vector(int64_t rows, int64_t hidden, const Body& body) {
+  const int64_t per_row = (hidden + kUnitsPerItem - 1) / kUnitsPerItem;
+  const int64_t grain = std::max<int64_t>(1, 1024 / kUnitsPerItem);
+  at::parallel_for(0, rows * per_row, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / per_row, first = (item % per_row) * kUnitsPerItem;
+      const int64_t last = std::min(hidden, first + kUnitsPerItem);
+      for (int64_t j = first; j < last; j += Vec<T>::size()) body(r, j, std::min<int64_t>(Vec<T>::size(), last - j));
+    }
+  });
+}
+
+template <typename T>
+const T* typed(const void* p) { return static_cast<const T*>(p); }
+template <typename T>
+T* typed(void* p) { return static_cast<T*>(p); }
+
+template <typename T>
+void lstm_forward(const rnn::LstmStepForward& f) {
+  const int64_t H = f.hidden;
+  for_each_vector<T>(f.rows, H, [&](int64_t r, int64_t j, int64_t n) {
+    const T* pre = typed<T>(f.pre) + r * 4 * H + j;
+    const auto a = [&](int k) { return load(pre + k * H, n); };
+    T* c = typed<T>(f.c) + r * H + j;
+    const auto s = rnn::lstm_forward<VecAct<T>>(a(0), a(1), a(2), a(3), load(c, n));
+    store(s.c, c, n);
+    store(s.h, typed<T>(f.h) + r * H + j, n);
+    store(s.h, typed<T>(f.out) + r * H + j, n);
+    if (f.gates != nullptr) {
+      T* g = typed<T>(f.gates) + r * 4 * H + j;
+      store(s.gates.i, g, n);
+      store(s.gates.f, g + H, n);
+      store(s.gates.g, g + 2 * H, n);
+      store(s.gates.o, g + 3 * H, n);
+    }
+    if (f.cells != nullptr) store(s.c, typed<T>(f.cells) + r * H + j, n);
+  });
+}
+
+template <typename T>
+void lstm_backward(const rnn::LstmStepBackward& b) {
+  const int64_t H = b.hidden;
+  for_each_vector<T>(b.rows, H, [&](int64_t r, int64_t j, int64_t n) {
+    const T* g = typed<T>(b.gates) + r * 4 * H + j;
+    const rnn::LstmGates<Vec<T>> gates{load(g, n), load(g + H, n), load(g + 2 * H, n), load(g + 3 * H, n)};
+    Vec<T> dh = load(typed<T>(b.dh) + r * H + j, n);
+    if (b.grad_out != nullptr) dh = dh + load(typed<T>(b.grad_out) + r * H + j, n);
+    T* dc = typed<T>(b.dc) + r * H + j;
+    const auto d = rnn::lstm_backward<VecAct<T>>(gates, load(typed<T>(b.cells) + r * H + j, n),
+                                                 load(typed<T>(b.c_prev) + r * H + j, n), dh, load(dc, n));
+    T* dg = typed<T>(b.dgates) + r * 4 * H + j;
+    store(d.d.i, dg, n);
+    store(d.d.f, dg + H, n);
+    store(d.d.g, dg + 2 * H, n);
+    store(d.d.o, dg + 3 * H, n);
+    store(d.dc_prev, dc, n);
+  });
+}
+
+template <typename T>
+void gru_forward(const rnn::GruStepForward& f) {
+  const int64_t H = f.hidden;
+  for_each_vector<T>(f.rows, H, [&](int64_t r, int64_t j, int64_t n) {
+    const T* gi = typed<T>(f.gi) + r * 3 * H + j;
+    const T* gh = typed<T>(f.gh) + r * 3 * H + j;
+    const T* bias = f.b_hh != nullptr ? typed<T>(f.b_hh) + j : nullptr;
+    const auto hidden = [&](int k) {
+      return bias != nullptr ? load(gh + k * H, n) + load(bias + k * H, n) : load(gh + k * H, n);
+    };
+    T* h = typed<T>(f.h) + r * H + j;
+    const auto s = rnn::gru_forward<VecAct<T>>(load(gi, n), load(gi + H, n), load(gi + 2 * H, n), hidden(0),
+                                               hidden(1), hidden(2), load(h, n));
+    store(s.h, h, n);
+    store(s.h, typed<T>(f.out) + r * H + j, n);
+    if (f.saved != nullptr) {
+      T* w = typed<T>(f.saved) + r * 4 * H + j;
+      store(s.gates.r, w, n);
+      store(s.gates.z, w + H, n);
+      store(s.gates.n, w + 2 * H, n);
+      store(s.gates.hn, w + 3 * H, n);
+    }
+  });
+}
+
+template <typename T>
+void gru_backward(const rnn::GruStepBackward& b) {
+  const int64_t H = b.hidden;
+  for_each_vector<T>(b.rows, H, [&](int64_t r, int64_t j, int64_t n) {
+    const T* w = typed<T>(b.saved) + r * 4 * H + j;
+    const rnn::GruGates<Vec<T>> gates{load(w, n), load(w + H, n), load(w + 2 * H, n), load(w + 3 * H, n)};
+    T* dh_row = typed<T>(b.dh) + r * H + j;
+    Vec<T> dh = load(dh_row, n);
+    if (b.grad_out != nullptr) dh = dh + load(typed<T>(b.grad_out) + r * H + j, n);
+    const auto d = rnn::gru_backward(gates, load(typed<T>(b.h_prev) + r * H + j, n), dh);
+    T* dgi = typed<T>(b.dgi) + r * 3 * H + j;
+    T* dgh = typed<T>(b.dgh) + r * 3 * H + j;
+    store(d.dx_r, dgi, n);
+    store(d.dx_z, dgi + H, n);
+    store(d.dx_n, dgi + 2 * H, n);
+    store(d.dx_r, dgh, n);
+    store(d.dx_z, dgh + H, n);
+    store(d.dh_n, dgh + 2 * H, n);
+    store(d.dh_prev, dh_row, n);
+  });
+}
+
+// Small batches: fastdl's packed product (cpu/rnn_gemm.h); others: at::mm.
+struct CpuRecurrent {
+  RecurrentMm mm;
+  at::Tensor packed;
+
+  CpuRecurrent(const at::Tensor& b, int64_t batch) : mm(b, batch) {
+    if (batch > kSmallBatch || b.numel() == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "fastdl.rnn", [&] { packed = pack_panels<scalar_t>(b); });
+  }
+
+  void operator()(at::Tensor out, const at::Tensor& a, bool accumulate) const {
+    if (!packed.defined() || a.size(0) == 0) return mm(out, a, accumulate);
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fastdl.rnn", [&] {
+      packed_product<scalar_t>(a.const_data_ptr<scalar_t>(), a.size(0), a.stride(0), packed.const_data_ptr<scalar_t>(),
+                               mm.b.size(0), mm.b.size(1), out.data_ptr<scalar_t>(), out.stride(0), accumulate);
+    });
+  }
+};
+
+struct CpuRnn {
+  static constexpr bool kReducedPrecision = false;
+  using Product = CpuRecurrent;
+
+  static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm", [&] { fastdl::lstm_forward<scalar_t>(f); });
+  }
+  static void lstm_backward(const rnn::LstmStepBackward& b, at::ScalarType dt) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm_backward", [&] { fastdl::lstm_backward<scalar_t>(b); });
+  }
+  static void gru_forward(const rnn::GruStepForward& f, at::ScalarType dt) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.gru", [&] { fastdl::gru_forward<scalar_t>(f); });
+  }
+  static void gru_backward(const rnn::GruStepBackward& b, at::ScalarType dt) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.gru_backward", [&] { fastdl::gru_backward<scalar_t>(b); });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) { RnnLayerOps<CpuRnn>::define_kernels(m); }
+
+}  // namespace fastdl

@@ -1,0 +1,172 @@
+"""LSTM and GRU cells and layers on fastdl's kernels.
+
+Shapes (T time steps, N sequences, I input features, H hidden units, L layers, D directions):
+    lstm / gru:  input (T, N, I), or (N, T, I) with batch_first=True, or the data of a
+                 PackedSequence (sum(batch_sizes), I) with its batch_sizes; hx: h0 (L*D, N, H)
+                 (and c0 for the LSTM); returns the output (T, N, D*H) (or packed data) and the
+                 final states (L*D, N, H).
+    cells:       input (N, I), h and c (N, H).
+Weights are torch.nn's: per layer and direction weight_ih (G*H, I), weight_hh (G*H, H) and, with
+bias, bias_ih and bias_hh (G*H), in the order of torch.nn.LSTM's _flat_weights (G = 4, gates
+i,f,g,o; GRU: G = 3, gates r,z,n). Dtypes: float32 and float64 on CPU and CUDA, float16 and
+bfloat16 on CUDA.
+
+Each layer and direction is one op call (torch.ops.fastdl.lstm_layer / gru_layer) whose time loop
+runs in C++; layers, directions and dropout between layers are composed here. A cell is a layer of
+one step. The autograd formulas are registered in C++ (csrc/autograd/rnn.cpp); below are the fake
+kernels for torch.compile and export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["gru", "gru_cell", "lstm", "lstm_cell"]
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
+              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step, as torch.nn.LSTMCell: input (N, I), hx = (h, c) each (N, H) -> (h', c')."""
+    _check_cell("lstm_cell", input, {"hx[0]": hx[0], "hx[1]": hx[1]}, weight_hh)
+    _, h, c, _, _ = torch.ops.fastdl.lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
+                                                bias_hh, [], False, False)
+    return h, c
+
+
+def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
+             bias_hh: Tensor | None = None) -> Tensor:
+    """One GRU step, as torch.nn.GRUCell: input (N, I), hx (N, H) -> h'."""
+    _check_cell("gru_cell", input, {"hx": hx}, weight_hh)
+    _, h, _ = torch.ops.fastdl.gru_layer(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, [], False,
+                                         False)
+    return h
+
+
+def _check_cell(name, input, states, weight_hh):
+    # The layer op would name h0 and c0; a cell's caller knows them as hx.
+    if input.dim() != 2:
+        raise ValueError(f"fastdl.{name}: expected input of shape (N, I), but got shape {tuple(input.shape)}")
+    want = (input.shape[0], weight_hh.shape[-1])
+    for label, state in states.items():
+        if tuple(state.shape) != want:
+            raise RuntimeError(f"fastdl.{name}: expected {label} of shape {want}, but got shape {tuple(state.shape)}")
+
+
+def lstm(input: Tensor, weights: Sequence[Tensor], hx: tuple[Tensor, Tensor] | None = None, *, num_layers: int = 1,
+         dropout: float = 0.0, training: bool = False, bidirectional: bool = False, batch_first: bool = False,
+         batch_sizes: Sequence[int] | Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Multi-layer LSTM as torch.nn.LSTM (without proj_size) -> output, (h_n, c_n)."""
+    out, (h, c) = _layers("lstm", input, weights, hx, num_layers, dropout, training, bidirectional, batch_first,
+                          batch_sizes)
+    return out, (h, c)
+
+
+def gru(input: Tensor, weights: Sequence[Tensor], hx: Tensor | None = None, *, num_layers: int = 1,
+        dropout: float = 0.0, training: bool = False, bidirectional: bool = False, batch_first: bool = False,
+        batch_sizes: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Multi-layer GRU as torch.nn.GRU -> output, h_n."""
+    out, (h,) = _layers("gru", input, weights, None if hx is None else (hx,), num_layers, dropout, training,
+                        bidirectional, batch_first, batch_sizes)
+    return out, h
+
+
+def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirectional, batch_first, batch_sizes):
+    directions = 2 if bidirectional else 1
+    if num_layers < 1 or len(weights) not in (2 * num_layers * directions, 4 * num_layers * directions):
+        raise ValueError(f"fastdl.{kind}: expected 2 or 4 weights per layer and direction ({num_layers} layers, "
+                         f"{directions} directions), but got {len(weights)} weights")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"fastdl.{kind}: expected dropout in [0, 1], but got {dropout}")
+    per = len(weights) // (num_layers * directions)
+    packed = batch_sizes is not None
+    sizes = [] if not packed else (batch_sizes.tolist() if isinstance(batch_sizes, Tensor) else list(batch_sizes))
+    if not packed and input.dim() != 3:
+        raise ValueError(f"fastdl.{kind}: expected input of shape (T, N, I), but got {tuple(input.shape)}")
+    if not packed and batch_first:
+        input = input.transpose(0, 1)
+    batch = sizes[0] if packed else input.shape[1]
+    hidden = weights[1].shape[-1]
+    if hx is None:
+        zeros = input.new_zeros((num_layers * directions, batch, hidden))
+        hx = (zeros,) * (2 if kind == "lstm" else 1)
+    finals = [[] for _ in hx]
+    x = input
+    for layer in range(num_layers):
+        outs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            w = list(weights[k * per:(k + 1) * per]) + [None, None]
+            states = [state[k] for state in hx]
+            if kind == "lstm":
+                out, h, c, _, _ = torch.ops.fastdl.lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes,
+                                                              direction == 1, False)
+                results = (h, c)
+            else:
+                out, h, _ = torch.ops.fastdl.gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, direction == 1,
+                                                       False)
+                results = (h,)
+            outs.append(out)
+            for final, r in zip(finals, results):
+                final.append(r)
+        x = outs[0] if directions == 1 else torch.cat(outs, -1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            x = F.dropout(x, dropout, training=True)
+    if not packed and batch_first:
+        x = x.transpose(0, 1)
+    return x, tuple(torch.stack(final) for final in finals)
+
+
+# ---- fake kernels ---------------------------------------------------------------------------------
+
+def _rows(input, batch_sizes):
+    return input.shape[0] if batch_sizes else input.shape[0] * input.shape[1]
+
+
+def _out_shape(input, batch_sizes, hidden):
+    return (input.shape[0], hidden) if batch_sizes else (input.shape[0], input.shape[1], hidden)
+
+
+def _cell_dtype(input):
+    return torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+
+
+@torch.library.register_fake("fastdl::lstm_layer")
+def _lstm_layer_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, keep_workspace):
+    hidden, rows = weight_hh.shape[1], _rows(input, batch_sizes)
+    out = input.new_empty(_out_shape(input, batch_sizes, hidden))
+    gates = input.new_empty((rows, 4 * hidden) if keep_workspace else (0,))
+    cells = input.new_empty((rows, hidden) if keep_workspace else (0,), dtype=_cell_dtype(input))
+    return out, h0.new_empty(h0.shape), c0.new_empty(c0.shape), gates, cells
+
+
+@torch.library.register_fake("fastdl::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, h0, c0, weight_ih, weight_hh, output, gates,
+                              cells, batch_sizes, reverse, output_mask):
+    def grad(like, wanted):
+        return like.new_empty(like.shape) if wanted else input.new_empty((0,))
+    bias = weight_ih.new_empty((weight_ih.shape[0],))
+    return (grad(input, output_mask[0]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            grad(weight_ih, output_mask[1]), grad(weight_hh, output_mask[1]), grad(bias, output_mask[2]),
+            grad(bias, output_mask[2]))
+
+
+@torch.library.register_fake("fastdl::gru_layer")
+def _gru_layer_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, keep_workspace):
+    hidden, rows = weight_hh.shape[1], _rows(input, batch_sizes)
+    out = input.new_empty(_out_shape(input, batch_sizes, hidden))
+    saved = input.new_empty((rows, 4 * hidden) if keep_workspace else (0,))
+    return out, h0.new_empty(h0.shape), saved
+
+
+@torch.library.register_fake("fastdl::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_hy, input, h0, weight_ih, weight_hh, output, saved, batch_sizes,
+                             reverse, output_mask):
+    def grad(like, wanted):
+        return like.new_empty(like.shape) if wanted else input.new_empty((0,))
+    bias = weight_ih.new_empty((weight_ih.shape[0],))
+    return (grad(input, output_mask[0]), h0.new_empty(h0.shape), grad(weight_ih, output_mask[1]),
+            grad(weight_hh, output_mask[1]), grad(bias, output_mask[2]), grad(bias, output_mask[2]))

@@ -1,0 +1,391 @@
+"""LSTM and GRU against torch.nn with the same weights: outputs, final states and every gradient
+(input, h0, c0, weights, biases) over a grid of sizes, layers, directions, batch_first, bias,
+sequence lengths and packed variable-length batches; unbatched input; cells; dropout between
+layers (statistically in training, exactly in eval); gradcheck, opcheck, torch.compile; bad input;
+proj_size fallback; convert. CUDA cases carry the cuda marker."""
+
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fastdl
+from conftest import tolerance
+
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)]
+KINDS = ["LSTM", "GRU"]
+
+# input_size, hidden_size, num_layers, bidirectional, batch_first, bias, T, N, given states
+GRID = [
+    (3, 5, 1, False, False, True, 7, 4, True),
+    (8, 16, 2, True, True, True, 5, 3, False),
+    (4, 9, 3, False, True, False, 1, 1, True),
+    (17, 33, 1, True, False, False, 4, 2, True),
+    (1, 1, 1, False, False, True, 3, 5, False),
+    (6, 24, 2, True, False, True, 10, 1, True),
+    (5, 8, 1, False, False, True, 1, 6, True),
+    (3, 4, 2, True, False, True, 3, 300, True),  # above the CPU packed product's batch limit: at::mm
+]
+
+
+def make_pair(kind, dtype, device, *args, **kwargs):
+    torch.manual_seed(len(args) + sum(int(a) for a in args))
+    ref = getattr(torch.nn, kind)(*args, **kwargs).to(device=device, dtype=dtype)
+    with torch.no_grad():  # weights away from torch's small uniform init, to exercise saturation
+        for p in ref.parameters():
+            p.mul_(3.0)
+    ours = getattr(fastdl.nn, kind)(*args, **kwargs).to(device=device, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def states_of(kind, num_states, batch, hidden, dtype, device, gen):
+    shape = (num_states, batch, hidden) if batch is not None else (num_states, hidden)
+    h = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    c = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    return (h, c) if kind == "LSTM" else h
+
+
+def leaves(x):
+    if isinstance(x, tuple):
+        return tuple(t.detach().clone().requires_grad_() for t in x)
+    return None if x is None else x.detach().clone().requires_grad_()
+
+
+def flat(x):
+    return list(x) if isinstance(x, tuple) else ([] if x is None else [x])
+
+
+def run_and_backward(module, x, hx, gen_seed):
+    """Forward, then backward of a random weighting of the output and every final state."""
+    out, states = module(x, hx)
+    data = out.data if hasattr(out, "batch_sizes") else out
+    g = torch.Generator().manual_seed(gen_seed)
+    loss = (data * torch.randn(data.shape, generator=g, dtype=torch.float64).to(data)).sum()
+    for s in flat(states):
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=torch.float64).to(s)).sum()
+    loss.backward()
+    return out, states
+
+
+def compare(kind, ref, ours, x, hx, dtype):
+    tol = tolerance("rnn", dtype)
+    xa, xb = leaves(x), leaves(x)
+    ha, hb = leaves(hx), leaves(hx)
+    out_r, st_r = run_and_backward(ref, xa, ha, 11)
+    out_o, st_o = run_and_backward(ours, xb, hb, 11)
+    torch.testing.assert_close(out_o, out_r, **tol)
+    for a, b in zip(flat(st_o), flat(st_r), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(xb.grad, xa.grad, **tol)
+    for a, b in zip(flat(hb), flat(ha), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", GRID, ids=[f"case{i}" for i in range(len(GRID))])
+def test_layer_matches_torch(case, kind, dtype, device):
+    I, H, L, bidir, batch_first, bias, T, N, given = case
+    ref, ours = make_pair(kind, dtype, device, I, H, num_layers=L, bidirectional=bidir, batch_first=batch_first,
+                          bias=bias)
+    gen = torch.Generator().manual_seed(T * 100 + N)
+    shape = (N, T, I) if batch_first else (T, N, I)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    hx = states_of(kind, L * (2 if bidir else 1), N, H, dtype, device, gen) if given else None
+    compare(kind, ref, ours, x, hx, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lengths,enforce_sorted,bidir,layers,given", [
+    ([5, 3, 3, 1], True, False, 1, True),
+    ([2, 6, 1, 4], False, True, 2, True),
+    ([3, 3, 3], False, True, 1, False),
+    ([4], True, True, 2, False),
+    ([1, 7, 2, 7, 5], False, False, 2, True),
+])
+def test_packed_matches_torch(lengths, enforce_sorted, bidir, layers, given, kind, device):
+    dtype = torch.float64
+    I, H = 3, 7
+    ref, ours = make_pair(kind, dtype, device, I, H, num_layers=layers, bidirectional=bidir)
+    gen = torch.Generator().manual_seed(sum(lengths))
+    padded = torch.randn((max(lengths), len(lengths), I), generator=gen, dtype=dtype).to(device)
+    hx = states_of(kind, layers * (2 if bidir else 1), len(lengths), H, dtype, device, gen) if given else None
+    tol = tolerance("rnn", dtype)
+    xa, xb = leaves(padded), leaves(padded)
+    ha, hb = leaves(hx), leaves(hx)
+    pack = lambda t: pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=enforce_sorted)  # noqa: E731
+    out_r, st_r = run_and_backward(ref, pack(xa), ha, 5)
+    out_o, st_o = run_and_backward(ours, pack(xb), hb, 5)
+    assert torch.equal(out_o.batch_sizes, out_r.batch_sizes)
+    if not enforce_sorted:
+        assert torch.equal(out_o.unsorted_indices, out_r.unsorted_indices)
+    torch.testing.assert_close(pad_packed_sequence(out_o)[0], pad_packed_sequence(out_r)[0], **tol)
+    for a, b in zip(flat(st_o), flat(st_r), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(xb.grad, xa.grad, **tol)
+    for a, b in zip(flat(hb), flat(ha), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, **tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("given", [False, True])
+def test_unbatched_matches_torch(kind, batch_first, given):
+    dtype = torch.float64
+    ref, ours = make_pair(kind, dtype, "cpu", 4, 6, num_layers=2, bidirectional=True, batch_first=batch_first)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((5, 4), generator=gen, dtype=dtype)
+    hx = states_of(kind, 4, None, 6, dtype, "cpu", gen) if given else None
+    compare(kind, ref, ours, x, hx, dtype)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,bias,given", [((4, 3), True, True), ((1, 3), False, True), ((3,), True, True),
+                                              ((6, 3), True, False), ((3,), False, False)])
+def test_cell_matches_torch(kind, dtype, shape, bias, given):
+    torch.manual_seed(1)
+    ref = getattr(torch.nn, kind)(3, 10, bias=bias).to(dtype)
+    ours = getattr(fastdl.nn, kind)(3, 10, bias=bias).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(shape, dtype=dtype)
+    state_shape = (*shape[:-1], 10)
+    hx = None
+    if given:
+        hx = (torch.randn(state_shape, dtype=dtype), torch.randn(state_shape, dtype=dtype))
+        hx = hx if kind == "LSTMCell" else hx[0]
+    tol = tolerance("rnn", dtype)
+    xa, xb, ha, hb = leaves(x), leaves(x), leaves(hx), leaves(hx)
+    out_r, out_o = ref(xa, ha), ours(xb, hb)
+    loss = lambda outs: sum((o * torch.arange(o.numel(), dtype=dtype).view(o.shape).cos()).sum()  # noqa: E731
+                            for o in flat(outs))
+    loss(out_r).backward()
+    loss(out_o).backward()
+    for a, b in zip(flat(out_o), flat(out_r), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(xb.grad, xa.grad, **tol)
+    for a, b in zip(flat(hb), flat(ha), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, **tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_eval_is_exact_and_training_is_statistically_torchs(kind):
+    dtype = torch.float64
+    ref, ours = make_pair(kind, dtype, "cpu", 4, 8, num_layers=3, dropout=0.4)
+    x = torch.randn(6, 3, 4, dtype=dtype)
+    ref.eval(), ours.eval()
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **tolerance("rnn", dtype))
+    ref.train(), ours.train()
+    runs = 400
+    with torch.no_grad():
+        samples_r = torch.stack([ref(x)[0] for _ in range(runs)])
+        samples_o = torch.stack([ours(x)[0] for _ in range(runs)])
+    # Dropout acts: outputs vary from run to run, about as much as torch's do ...
+    var_r, var_o = samples_r.var(0).mean(), samples_o.var(0).mean()
+    assert var_r > 1e-4
+    assert 0.75 < (var_o / var_r).item() < 1.33
+    # ... around the same mean (inverted dropout keeps the expectation of each layer's input).
+    spread = (samples_r.var(0) / runs).sqrt().clamp_min(1e-6)
+    z = ((samples_o.mean(0) - samples_r.mean(0)) / spread).abs()
+    assert z.mean().item() < 2.0
+    # The last layer's output is never dropped.
+    single_r, single_o = make_pair(kind, dtype, "cpu", 4, 8, num_layers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that dropout needs num_layers > 1
+        single_r.dropout = single_o.dropout = 0.5
+    single_r.train(), single_o.train()
+    torch.testing.assert_close(single_o(x)[0], single_r(x)[0], **tolerance("rnn", dtype))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("batch_sizes", [[], [3, 2, 2, 1]])
+def test_gradcheck_layer_ops(reverse, batch_sizes):
+    gen = torch.Generator().manual_seed(7)
+    I, H, N = 3, 4, 3
+    shape = (sum(batch_sizes), I) if batch_sizes else (3, N, I)
+
+    def rand(*s):
+        return torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_()
+
+    x, h0, c0 = rand(*shape), rand(N, H), rand(N, H)
+    lstm_w = (rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H))
+    gru_w = (rand(3 * H, I), rand(3 * H, H), rand(3 * H), rand(3 * H))
+
+    def lstm(*a):
+        return torch.ops.fastdl.lstm_layer(*a, batch_sizes, reverse, False)[:3]
+
+    def gru(*a):
+        return torch.ops.fastdl.gru_layer(*a, batch_sizes, reverse, False)[:2]
+
+    assert torch.autograd.gradcheck(lstm, (x, h0, c0, *lstm_w))
+    assert torch.autograd.gradcheck(gru, (x, h0, *gru_w))
+    # Without biases, and gradients of the output alone (final states unused).
+    assert torch.autograd.gradcheck(lambda *a: lstm(*a, None, None)[0], (x, h0, c0, *lstm_w[:2]))
+    assert torch.autograd.gradcheck(lambda *a: gru(*a, None, None)[0], (x, h0, *gru_w[:2]))
+
+
+def test_opcheck():
+    fd = torch.ops.fastdl
+    gen = torch.Generator().manual_seed(2)
+
+    def rand(*s):
+        return torch.randn(s, generator=gen).requires_grad_()
+
+    I, H, N = 3, 5, 4
+    for batch_sizes, x in (([], rand(3, N, I)), ([4, 3, 1], rand(8, I))):
+        h0, c0 = rand(N, H), rand(N, H)
+        lw = (rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H))
+        gw = (rand(3 * H, I), rand(3 * H, H), rand(3 * H), None)
+        for reverse in (False, True):
+            torch.library.opcheck(fd.lstm_layer.default, (x, h0, c0, *lw, batch_sizes, reverse, False))
+            torch.library.opcheck(fd.gru_layer.default, (x, h0, *gw, batch_sizes, reverse, False))
+        out, hy, cy, gates, cells = fd.lstm_layer(x.detach(), h0.detach(), c0.detach(), *(w.detach() for w in lw),
+                                                  batch_sizes, False, True)
+        gout, ghy, saved = fd.gru_layer(x.detach(), h0.detach(), *(w.detach() for w in gw[:3]), None, batch_sizes,
+                                        False, True)
+        for mask in ([True, True, True], [False, True, False]):
+            torch.library.opcheck(fd.lstm_layer_backward.default,
+                                  (torch.randn_like(out), None, torch.randn_like(cy), x.detach(), h0.detach(),
+                                   c0.detach(), lw[0].detach(), lw[1].detach(), out, gates, cells, batch_sizes, False,
+                                   mask))
+            torch.library.opcheck(fd.gru_layer_backward.default,
+                                  (None, torch.randn_like(ghy), x.detach(), h0.detach(), gw[0].detach(),
+                                   gw[1].detach(), gout, saved, batch_sizes, False, mask))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_compile_training_step_matches_eager(kind):
+    # Dynamo refuses every module that is a torch.nn.LSTM/GRU (fastdl's are) unless allow_rnn is set;
+    # the functional API compiles as it is.
+    ref, ours = make_pair(kind, torch.float32, "cpu", 4, 6, num_layers=2, bidirectional=True, batch_first=True)
+    weights = [getattr(ours, n) for n in ours._flat_weights_names]
+    run = fastdl.ops.lstm if kind == "LSTM" else fastdl.ops.gru
+
+    def functional(x):
+        return run(x, weights, num_layers=2, bidirectional=True, batch_first=True)
+
+    x = torch.randn(3, 5, 4)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        outputs = [torch.compile(functional, fullgraph=True)(x), torch.compile(ours, fullgraph=True)(x)]
+    out_e, st_e = ref(x)
+    (out_e.sum() + sum(s.sum() for s in flat(st_e))).backward()
+    for out_c, st_c in outputs:
+        torch.testing.assert_close(out_c, out_e, **tolerance("rnn", torch.float32))
+        for p in ours.parameters():
+            p.grad = None
+        (out_c.sum() + sum(s.sum() for s in flat(st_c))).backward()
+        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(kind):
+    ref, ours = make_pair(kind, torch.float32, "cpu", 4, 6, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 4, requires_grad=True)
+    out_o, st_o = ours(x)
+    out_r, st_r = ref(x)
+    assert out_o.shape == out_r.shape == (5, 0, 12)
+    for a, b in zip(flat(st_o), flat(st_r), strict=True):
+        assert a.shape == b.shape
+    out_o.sum().backward()
+    assert x.grad.shape == x.shape
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ours.parameters())
+
+
+def test_bad_input_names_the_argument():
+    fd = torch.ops.fastdl
+    x, h0, c0 = torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5)
+    w_ih, w_hh, b = torch.randn(20, 4), torch.randn(20, 5), torch.randn(20)
+    with pytest.raises(RuntimeError, match=r"expected weight_ih of shape \(20, 6\)"):
+        fd.lstm_layer(torch.randn(3, 2, 6), h0, c0, w_ih, w_hh, b, b, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected h0 of shape \[2, 5\]"):
+        fd.lstm_layer(x, torch.randn(3, 5), c0, w_ih, w_hh, b, b, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected c0 of shape \[2, 5\]"):
+        fd.lstm_layer(x, h0, torch.randn(2, 4), w_ih, w_hh, b, b, [], False, False)
+    with pytest.raises(RuntimeError, match="expected weight_hh of shape"):
+        fd.gru_layer(x, h0, torch.randn(15, 4), torch.randn(20, 5), None, None, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected bias_hh of shape \[20\]"):
+        fd.lstm_layer(x, h0, c0, w_ih, w_hh, b, torch.randn(15), [], False, False)
+    with pytest.raises(RuntimeError, match="expected h0 to have the dtype of input"):
+        fd.lstm_layer(x, h0.double(), c0, w_ih, w_hh, b, b, [], False, False)
+    with pytest.raises(RuntimeError, match="expected input to be float32 or float64"):
+        fd.gru_layer(x.long(), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected input of shape \(T, N, input_size\)"):
+        fd.gru_layer(torch.randn(2, 4), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [], False, False)
+    with pytest.raises(RuntimeError, match="at least one time step"):
+        fd.gru_layer(torch.randn(0, 2, 4), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [], False, False)
+    with pytest.raises(RuntimeError, match="batch_sizes to be positive and non-increasing"):
+        fd.gru_layer(torch.randn(5, 4), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [2, 3], False, False)
+    with pytest.raises(RuntimeError, match=r"sum\(batch_sizes\) = 4 rows"):
+        fd.gru_layer(torch.randn(5, 4), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [2, 2], False, False)
+    with pytest.raises(RuntimeError, match="keep_workspace=True"):
+        fd.gru_layer_backward(None, h0, x, h0, torch.randn(15, 4), torch.randn(15, 5), torch.randn(3, 2, 5),
+                              torch.empty(0), [], False, [True, True, True])
+    # The modules reject what torch.nn rejects, with torch's messages.
+    lstm = fastdl.nn.LSTM(4, 5, num_layers=2)
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size. Expected 4, got 6"):
+        lstm(torch.randn(3, 2, 6))
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(2, 2, 5\), got \[1, 2, 5\]"):
+        lstm(x, (torch.randn(1, 2, 5), torch.randn(2, 2, 5)))
+    with pytest.raises(ValueError, match="input dtype .* does not match weight dtype"):
+        lstm(x.double())
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D, got 4D instead"):
+        lstm(torch.randn(3, 2, 4, 1))
+    with pytest.raises(RuntimeError, match="For batched 3-D input, hx should also be 3-D"):
+        fastdl.nn.GRU(4, 5)(x, torch.randn(2, 5))
+    with pytest.raises(RuntimeError, match=r"expected hx\[1\] of shape \(2, 5\)"):
+        fastdl.nn.LSTMCell(4, 5)(torch.randn(2, 4), (torch.randn(2, 5), torch.randn(3, 5)))
+    with pytest.raises(RuntimeError, match=r"expected weight_ih of shape \(15, 3\)"):
+        fastdl.nn.GRUCell(4, 5)(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="GRUCell: Expected input to be 1D or 2D, got 3D instead"):
+        fastdl.nn.GRUCell(4, 5)(torch.randn(2, 3, 4))
+
+
+def test_double_backward_raises():
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    lstm = fastdl.nn.LSTM(4, 5).double()
+    out, _ = lstm(x)
+    (g,) = torch.autograd.grad((out * out).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for fastdl::lstm_layer_backward is not implemented"):
+        g.sum().backward()
+
+
+def test_proj_size_falls_back_to_torch_with_a_warning():
+    fastdl.nn.reset_fallback_counts()
+    ref, ours = make_pair("LSTM", torch.float32, "cpu", 4, 6, proj_size=3)
+    x = torch.randn(5, 2, 4)
+    with pytest.warns(UserWarning, match="proj_size"):
+        out_o, _ = ours(x)
+    torch.testing.assert_close(out_o, ref(x)[0])
+    ours(x)
+    assert fastdl.nn.fallback_counts()[("LSTM", "proj_size > 0 has no fastdl kernel")] == 2
+
+
+def test_modules_keep_torchs_interface_and_convert_maps_them():
+    model = torch.nn.ModuleDict({"lstm": torch.nn.LSTM(4, 6, 2, bidirectional=True), "gru": torch.nn.GRU(4, 6),
+                                 "lstm_cell": torch.nn.LSTMCell(4, 6), "gru_cell": torch.nn.GRUCell(4, 6, bias=False)})
+    stock = {k: repr(v) for k, v in model.items()}
+    keys = list(model.state_dict())
+    fastdl.convert(model)
+    assert [type(m) for m in model.values()] == [fastdl.nn.LSTM, fastdl.nn.GRU, fastdl.nn.LSTMCell,
+                                                 fastdl.nn.GRUCell]
+    assert {k: repr(v) for k, v in model.items()} == stock
+    assert list(model.state_dict()) == keys
+    model["lstm"].flatten_parameters()
+    x = torch.randn(3, 2, 4)
+    out, _ = model["lstm"](x)
+    fastdl.revert(model)
+    assert type(model["lstm"]) is torch.nn.LSTM
+    torch.testing.assert_close(model["lstm"](x)[0], out, **tolerance("rnn", torch.float32))
