@@ -56,7 +56,8 @@ cpp-test: $(VENV)/.deps
 
 # On the GPU machine: no venv (its python3 has torch, pytest, hypothesis, CuPy); nothing to install.
 # The whole test suite runs (the CUDA tests, and the rest against that machine's torch), then the
-# CMake CUDA build's C++ tests, then the GPU benchmarks (float32, and a quick bfloat16 subset), each
+# CMake CUDA build's C++ tests, then the GPU benchmarks (float32: pool, bn and conv in full, winograd on its
+# quick layers at batch 32 and 128; and a quick bfloat16 subset), each
 # even when an earlier step failed, so that one call (under 10 minutes) records everything; the exit
 # status says whether all passed.
 GPU_OUT := bench/results/cuda
@@ -68,7 +69,9 @@ gpu-check:
 	PYTHONPATH=python $(PYTHON) -m pytest tests -q -p no:cacheprovider -rs 2>&1 | tee $(GPU_OUT)/tests.log \
 		|| status=1; \
 	$(MAKE) --no-print-directory gpu-cpp-test 2>&1 | tee $(GPU_OUT)/cpp-tests.log || status=1; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --out $(GPU_OUT) || status=1; \
+	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops pool,bn,conv --out $(GPU_OUT) || status=1; \
+	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops winograd --quick --batches 32,128 \
+		--out $(GPU_OUT) || status=1; \
 	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --quick --dtype bfloat16 --out $(GPU_OUT) || status=1; \
 	exit $$status
 

@@ -150,26 +150,6 @@ FASTDL_HOST_DEVICE bool inside(I v, I size) {
   return v >= 0 && v < size;
 }
 
-// Element reads and writes in the accumulation type. The host versions serve the emulation of the
-// tile logic and take float and double only.
-template <typename T, typename I>
-FASTDL_HOST_DEVICE Acc<T> read(const T* p, I offset) {
-#ifdef __CUDA_ARCH__
-  return to_acc(__ldg(p + offset));
-#else
-  return p[offset];
-#endif
-}
-
-template <typename T, typename I>
-FASTDL_HOST_DEVICE void write(T* p, I offset, Acc<T> v) {
-#ifdef __CUDA_ARCH__
-  p[offset] = from_acc<T>(v);
-#else
-  p[offset] = v;
-#endif
-}
-
 // ---- the three GEMMs -------------------------------------------------------------------------------
 //
 // A problem P tells the tile kernel, for part z of its grid (a group, or a group and a split):

@@ -32,6 +32,26 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
   return __float2bfloat16_rn(x);
 }
 
+// Element reads and writes in the accumulation type, in kernels that also run on the host (the
+// emulations that test the kernels' index arithmetic without a GPU, on float and double only).
+template <typename T, typename I>
+FASTDL_HOST_DEVICE Acc<T> read(const T* p, I offset) {
+#ifdef __CUDA_ARCH__
+  return to_acc(__ldg(p + offset));
+#else
+  return p[offset];
+#endif
+}
+
+template <typename T, typename I>
+FASTDL_HOST_DEVICE void write(T* p, I offset, Acc<T> v) {
+#ifdef __CUDA_ARCH__
+  p[offset] = from_acc<T>(v);
+#else
+  p[offset] = T(v);
+#endif
+}
+
 template <typename T> struct TypeTag { using type = T; };
 
 // Calls f(TypeTag<T>{}) with the element type named by dt.

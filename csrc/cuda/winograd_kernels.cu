@@ -43,25 +43,6 @@ constexpr int64_t kChunkBytes = int64_t{256} << 20;
 // The emulation's chunks hold a few tiles, so that the tests cross chunk boundaries.
 constexpr int64_t kEmulatedChunkBytes = int64_t{16} << 10;
 
-// Element access in the arithmetic type; the host emulation sees float and double only.
-template <typename T, typename I>
-FASTDL_HOST_DEVICE Acc<T> load(const T* p, I offset) {
-#ifdef __CUDA_ARCH__
-  return to_acc(__ldg(p + offset));
-#else
-  return p[offset];
-#endif
-}
-
-template <typename T, typename I>
-FASTDL_HOST_DEVICE void store(T* p, I offset, Acc<T> v) {
-#ifdef __CUDA_ARCH__
-  p[offset] = from_acc<T>(v);
-#else
-  p[offset] = T(v);
-#endif
-}
-
 // ---- tiles ------------------------------------------------------------------------------------------
 
 template <typename I>
@@ -106,7 +87,7 @@ struct FilterTransform {
       FASTDL_UNROLL
       for (int s = 0; s < 3; ++s) {
         const I at = transposed ? (c * outs + k) * 9 + (2 - r) * 3 + (2 - s) : (k * channels + c) * 9 + r * 3 + s;
-        g[r][s] = double(load(w, at));
+        g[r][s] = double(read(w, at));
       }
     }
     winograd_filter_transform<M, double>(g, v);
@@ -148,7 +129,7 @@ struct InputTransform {
         const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
         const I at = L == Layout::nchw ? ((o.n * g.channels + c) * g.in_h + ih) * g.in_w + iw
                                        : ((o.n * g.in_h + ih) * g.in_w + iw) * g.channels + c;
-        d[i][j] = inside ? load(x, at) : Ac(0);
+        d[i][j] = inside ? read(x, at) : Ac(0);
       }
     }
     winograd_input_transform<M, Ac>(d, out);
@@ -183,7 +164,7 @@ struct OutputTransform {
     FASTDL_UNROLL
     for (int xi = 0; xi < A * A; ++xi) sums[xi / A][xi % A] = m[(I(xi) * g.outs + k) * count + t];
     winograd_output_transform<M, Ac>(sums, out);
-    const Ac b = bias != nullptr ? load(bias, k) : Ac(0);
+    const Ac b = bias != nullptr ? read(bias, k) : Ac(0);
     const TileOrigin<I> o = tile_origin<M>(g, first + t);
     FASTDL_UNROLL
     for (int i = 0; i < M; ++i) {
@@ -194,7 +175,7 @@ struct OutputTransform {
         if (oh >= g.out_h || ow >= g.out_w) continue;  // the last tile row or column overhangs the image
         const I at = L == Layout::nchw ? ((o.n * g.outs + k) * g.out_h + oh) * g.out_w + ow
                                        : ((o.n * g.out_h + oh) * g.out_w + ow) * g.outs + k;
-        store(y, at, out[i][j] + b);
+        write(y, at, out[i][j] + b);
       }
     }
   }
