@@ -37,17 +37,33 @@ def run(fn, x, w, b, grad):
     return out.detach(), [t.grad if t is not None else None for t in leaves]
 
 
+def torch_safe_dilation(weight_shape, dilation):
+    """The dilation to give torch's CPU convolution: 1 along an axis of kernel size 1 (the same
+    function). torch 2.14.1's float32 convolution with a channels_last weight, a bias and a dilation
+    above 1 on a kernel of width 1 crashes the process (segmentation fault, e.g. input (3, 5, 15, 1),
+    weight (1, 5, 5, 1), stride 2, padding 1, dilation (1, 2)); fastdl handles it."""
+    if isinstance(dilation, int):
+        dilation = (dilation, dilation)
+    return tuple(1 if k == 1 else d for k, d in zip(weight_shape[2:], dilation))
+
+
 def check_against_torch(x, w, b, stride, padding, dilation, groups, seed=0):
     """fastdl's output and gradients against torch's in float64, each element's error bounded by
     the table's rtol times the sum of |terms| it adds (computed from |x|, |w|, |grad|)."""
     dtype = x.dtype
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     ours = fastdl.ops.conv2d(x, w, b, **args, algorithm="direct")
+    if not isinstance(padding, str):
+        args["dilation"] = torch_safe_dilation(w.shape, dilation)
     theirs = F.conv2d(x, w, b, **args)
     assert ours.shape == theirs.shape and ours.dtype == dtype
-    assert ours.stride() == theirs.stride()
+    # The same layout: strides agree on every dimension longer than one (those of length one differ
+    # between torch's convolution and torch.empty in channels_last, e.g. (2, 1, 1, 1) vs (2, 1, 2, 2)).
+    assert [st for st, n in zip(ours.stride(), ours.shape) if n > 1] == \
+        [st for st, n in zip(theirs.stride(), theirs.shape) if n > 1]
     grad = make(tuple(theirs.shape), "contiguous", dtype, x.device, seed + 1)
-    out, grads = run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, **args, algorithm="direct"), x, w, b, grad)
+    out, grads = run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation,
+                                                     groups=groups, algorithm="direct"), x, w, b, grad)
     d = lambda t: t.double() if t is not None else None  # noqa: E731
     ref, ref_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x), d(w), d(b), d(grad))
     bound, bound_grads = run(lambda x, w, b: F.conv2d(x, w, b, **args), d(x).abs(), d(w).abs(),

@@ -176,13 +176,14 @@ void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& p
 template <typename T, int M>
 void winograd_conv(const WinogradConv<T>& p, const T* filters) {
   constexpr int A = M + 2;
-  constexpr int64_t V = Vec<T>::size(), group = VT * V;
+  constexpr int64_t V = Vec<T>::size();
   const int64_t C = p.channels, blocks = div_up(p.outs, KT);
-  const int64_t tiles_h = div_up(p.out_h, M), tiles_w = div_up(p.out_w, M);
-  const int64_t tiles = p.batch * tiles_h * tiles_w;
-  const int64_t by_memory = std::max<int64_t>(1, kBlockBytes / (A * A * C * int64_t(sizeof(T))) / group);
-  const int64_t by_threads = div_up(div_up(tiles, at::get_num_threads()), group);
-  const int64_t tb = std::min(by_memory, by_threads) * group, tile_blocks = div_up(tiles, tb);
+  const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M), vectors = div_up(tiles, V);
+  // Blocks of whole vectors of tiles, as equal as possible: few tiles (a small map at batch 1) then
+  // fill their vectors, not a 24-tile register tile of mostly padding.
+  const int64_t by_memory = std::max<int64_t>(VT, kBlockBytes / (A * A * C * int64_t(sizeof(T)) * V));
+  const int64_t most = std::min(by_memory, div_up(vectors, at::get_num_threads()));
+  const int64_t tb = div_up(vectors, div_up(vectors, most)) * V, tile_blocks = div_up(tiles, tb);
   const int64_t kchunks = block_chunks(tile_blocks, blocks), cs = unaliased(tb, sizeof(T));
   std::vector<int64_t> offsets(C);
   for (int64_t c = 0; c < C; ++c) offsets[c] = c * cs;
@@ -201,16 +202,23 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
       for (int xi = 0; xi < A * A; ++xi) {
         for (int64_t kb = b.begin; kb < b.end; ++kb) {
           const T* w = filters + (xi * blocks + kb) * C * KT;
-          for (int64_t q = 0; q < tb; q += group) {
+          for (int64_t q = 0; q < tb; q += VT * V) {
+            const int n = int(std::min<int64_t>(VT, (tb - q) / V));
             const T* in[VT];
             T* out[VT];
             int64_t count[VT];
-            for (int j = 0; j < VT; ++j) {
+            for (int j = 0; j < n; ++j) {
               in[j] = v + xi * C * cs + q + j * V;
               out[j] = m + (xi * ks + (kb - b.begin) * KT) * tb + q + j * V;
               count[j] = V;
             }
-            conv_tile<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+            if (n == VT) {
+              conv_tile<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+            } else if (n == 2) {
+              conv_tile<T, KT, 2>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+            } else {
+              conv_tile<T, KT, 1>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+            }
           }
         }
       }
