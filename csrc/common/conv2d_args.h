@@ -97,6 +97,15 @@ inline Conv2dProblem conv2d_problem(const char* op, const at::Tensor& input, con
   return p;
 }
 
+// A backward op's grad_output: a tensor of the forward output's sizes, on the input's device and dtype.
+inline void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                              at::IntArrayRef output_sizes) {
+  TORCH_CHECK(grad_output.defined(), op, ": expected grad_output to be a tensor, but got None");
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  check_same_dtype(op, "grad_output", grad_output, "input", input);
+  check_sizes(op, "grad_output", grad_output, output_sizes);
+}
+
 inline void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& input,
                        int64_t out_channels) {
   if (!bias.has_value() || !bias->defined()) return;

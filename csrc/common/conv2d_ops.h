@@ -64,10 +64,7 @@ struct Conv2dOps {
     constexpr const char* op = "fastdl.conv2d_backward";
     const Conv2dProblem p =
         conv2d_problem(op, input, weight, stride, padding, dilation, groups, Backend::kReducedPrecision);
-    TORCH_CHECK(grad_output.defined(), op, ": expected grad_output to be a tensor, but got None");
-    check_same_device(op, "grad_output", grad_output, "input", input);
-    check_same_dtype(op, "grad_output", grad_output, "input", input);
-    check_sizes(op, "grad_output", grad_output, p.output_sizes());
+    check_grad_output(op, grad_output, input, p.output_sizes());
     const c10::DeviceGuard guard(input.device());
     at::Tensor grad_input, grad_weight, grad_bias;
     if (mask[0]) grad_input = new_output(p.input_sizes(), input.options(), p.memory_format);
@@ -83,8 +80,7 @@ struct Conv2dOps {
                        grad_weight, grad_bias, p.shape};
       Backend::backward(b);
     }
-    const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
-    return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+    return {or_empty(true, grad_input, input), or_empty(true, grad_weight, input), or_empty(true, grad_bias, input)};
   }
 
   static void define_kernels(torch::Library& m) {

@@ -33,4 +33,10 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return t;
 }
 
+// A backward op's result for a gradient it was not asked for (or did not compute): an empty tensor,
+// since an op's schema returns tensors, not None.
+inline at::Tensor or_empty(bool wanted, const at::Tensor& t, const at::Tensor& like) {
+  return wanted && t.defined() ? t : like.new_empty({0});
+}
+
 }  // namespace fastdl

@@ -179,10 +179,6 @@ inline Tensor previous_states(const Tensor& states, const Tensor& init, const Rn
   return at::cat(pieces);
 }
 
-inline Tensor or_empty(bool wanted, const Tensor& t, const Tensor& like) {
-  return wanted ? t : like.new_empty({0});
-}
-
 }  // namespace rnn_detail
 
 template <typename Backend>

@@ -65,10 +65,7 @@ struct WinogradOps {
       int64_t tile, std::array<bool, 3> mask) {
     constexpr const char* op = "fastdl.conv2d_winograd_backward";
     const Conv2dProblem p = problem(op, input, weight, padding, tile);
-    TORCH_CHECK(grad_output.defined(), op, ": expected grad_output to be a tensor, but got None");
-    check_same_device(op, "grad_output", grad_output, "input", input);
-    check_same_dtype(op, "grad_output", grad_output, "input", input);
-    check_sizes(op, "grad_output", grad_output, p.output_sizes());
+    check_grad_output(op, grad_output, input, p.output_sizes());
     const c10::DeviceGuard guard(input.device());
     at::Tensor grad_input, grad_weight, grad_bias;
     bool direct_weight = mask[1];
@@ -100,8 +97,7 @@ struct WinogradOps {
         Backend::winograd_grad_input(b, tile);
       }
     }
-    const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
-    return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+    return {or_empty(true, grad_input, input), or_empty(true, grad_weight, input), or_empty(true, grad_bias, input)};
   }
 
   static void define_kernels(torch::Library& m) {

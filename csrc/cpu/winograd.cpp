@@ -92,10 +92,10 @@ const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transpos
   return dst;
 }
 
-// Where the patch of each tile of a block starts, and whether it lies inside the image.
+// Where the input patch of each tile of a block starts.
 struct TilePatch {
   int64_t n, row0, col0;
-  bool inside, valid;  // valid: a tile of the convolution (blocks are padded to whole register tiles)
+  bool valid;  // a tile of the convolution (blocks are padded to whole vectors)
 };
 
 // The patches of tiles first, first + 1, ... (tiles numbered image by image, row by row).
@@ -105,9 +105,35 @@ void place_tiles(const WinogradConv<T>& p, int64_t first, std::vector<TilePatch>
   for (int64_t l = 0; l < int64_t(patches.size()); ++l) {
     const int64_t t = first + l, tw = t % tiles_w, th = t / tiles_w % tiles_h;
     TilePatch& patch = patches[l];
-    patch = {t < tiles ? t / (tiles_w * tiles_h) : 0, th * M - p.pad_h, tw * M - p.pad_w, false, t < tiles};
-    patch.inside = patch.valid && patch.row0 >= 0 && patch.row0 + M + 2 <= p.in_h && patch.col0 >= 0 &&
-                   patch.col0 + M + 2 <= p.in_w;
+    patch = {t < tiles ? t / (tiles_w * tiles_h) : 0, th * M - p.pad_h, tw * M - p.pad_w, t < tiles};
+  }
+}
+
+// The R x R blocks of one channel under the V tiles from `tiles`, each starting at its patch origin
+// plus (shift_h, shift_w) in a plane of h x w (n-th image at plane + n * x.sn), as vectors along the
+// tiles: d[i][j] lane l is tile l's element (i, j), zero outside the plane and for padding tiles.
+template <int R, typename T>
+void gather_blocks(const T* plane, const Strided4d<const T>& x, const TilePatch* tiles, int64_t shift_h,
+                   int64_t shift_w, int64_t h, int64_t w, Vec<T> (&d)[R][R]) {
+  constexpr int64_t V = Vec<T>::size();
+  T lanes[R][R][V];
+  for (int64_t l = 0; l < V; ++l) {
+    const TilePatch& t = tiles[l];
+    const int64_t row0 = t.row0 + shift_h, col0 = t.col0 + shift_w;
+    const T* src = plane + t.n * x.sn;
+    const bool inside = t.valid && row0 >= 0 && row0 + R <= h && col0 >= 0 && col0 + R <= w;
+    for (int i = 0; i < R; ++i) {
+      const int64_t ih = row0 + i;
+      const bool row_in = t.valid && ih >= 0 && ih < h;
+      for (int j = 0; j < R; ++j) {
+        const int64_t iw = col0 + j;
+        const bool in = inside || (row_in && iw >= 0 && iw < w);
+        lanes[i][j][l] = in ? src[ih * x.sh + iw * x.sw] : T(0);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < R; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
   }
 }
 
@@ -118,26 +144,9 @@ void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& pa
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size()), C = p.channels;
   for (int64_t c = channels.begin; c < channels.end; ++c) {
-    const T* plane = p.x.data + c * p.x.sc;
     for (int64_t q = 0; q < tb; q += V) {
-      T lanes[A][A][V];
-      for (int64_t l = 0; l < V; ++l) {
-        const TilePatch& t = patches[q + l];
-        const T* src = plane + t.n * p.x.sn;
-        for (int i = 0; i < A; ++i) {
-          const int64_t ih = t.row0 + i;
-          const bool row_in = t.valid && ih >= 0 && ih < p.in_h;
-          for (int j = 0; j < A; ++j) {
-            const int64_t iw = t.col0 + j;
-            const bool in = t.inside || (row_in && iw >= 0 && iw < p.in_w);
-            lanes[i][j][l] = in ? src[ih * p.x.sh + iw * p.x.sw] : T(0);
-          }
-        }
-      }
       Vec<T> d[A][A], u[A][A];
-      for (int i = 0; i < A; ++i) {
-        for (int j = 0; j < A; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
-      }
+      gather_blocks<A>(p.x.data + c * p.x.sc, p.x, patches.data() + q, 0, 0, p.in_h, p.in_w, d);
       winograd_input_transform<M, T>(d, u);
       for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(v + (xi * C + c) * cs + q);
     }
@@ -238,22 +247,8 @@ void transform_grad_outputs(const WinogradConv<T>& p, const Strided4d<const T>& 
   const int64_t tb = int64_t(patches.size());
   for (int64_t k = outs.begin; k < outs.end; ++k) {
     for (int64_t q = 0; q < tb; q += V) {
-      T lanes[M][M][V];
-      for (int64_t l = 0; l < V; ++l) {
-        const TilePatch& t = patches[q + l];
-        const int64_t oh0 = t.row0 + p.pad_h, ow0 = t.col0 + p.pad_w;
-        const T* src = dy.data + t.n * dy.sn + k * dy.sc;
-        for (int i = 0; i < M; ++i) {
-          for (int j = 0; j < M; ++j) {
-            const bool in = t.valid && oh0 + i < p.out_h && ow0 + j < p.out_w;
-            lanes[i][j][l] = in ? src[(oh0 + i) * dy.sh + (ow0 + j) * dy.sw] : T(0);
-          }
-        }
-      }
       Vec<T> d[M][M], u[A][A];
-      for (int i = 0; i < M; ++i) {
-        for (int j = 0; j < M; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
-      }
+      gather_blocks<M>(dy.data + k * dy.sc, dy, patches.data() + q, p.pad_h, p.pad_w, p.out_h, p.out_w, d);
       winograd_grad_output_transform<M, T>(d, u);
       for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(m_buf + (xi * ks + k) * tb + q);
     }

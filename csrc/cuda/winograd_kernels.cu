@@ -96,6 +96,19 @@ struct FilterTransform {
   }
 };
 
+// Item e of a (channel, tile) grid as (c, t), ordered so that neighbouring threads touch neighbouring
+// memory: tiles fastest for N,C,H,W (a row of tiles), channels fastest for N,H,W,C.
+template <Layout L, typename I>
+FASTDL_HOST_DEVICE void split_item(I e, I channels, I count, I& c, I& t) {
+  if constexpr (L == Layout::nchw) {
+    c = e / count;
+    t = e - c * count;
+  } else {
+    t = e / channels;
+    c = e - t * channels;
+  }
+}
+
 // Item e = (c, tile t of the chunk).
 template <typename T, typename I, Layout L, int M>
 struct InputTransform {
@@ -110,13 +123,7 @@ struct InputTransform {
     constexpr int A = M + 2;
     using Ac = Acc<T>;
     I c, t;
-    if constexpr (L == Layout::nchw) {
-      c = e / count;
-      t = e - c * count;
-    } else {
-      t = e / g.channels;
-      c = e - t * g.channels;
-    }
+    split_item<L>(e, g.channels, count, c, t);
     const TileOrigin<I> o = tile_origin<M>(g, first + t);
     const I row0 = o.oh - g.pad_h, col0 = o.ow - g.pad_w;
     Ac d[A][A], out[A][A];
@@ -153,13 +160,7 @@ struct OutputTransform {
     constexpr int A = M + 2;
     using Ac = Acc<T>;
     I k, t;
-    if constexpr (L == Layout::nchw) {
-      k = e / count;
-      t = e - k * count;
-    } else {
-      t = e / g.outs;
-      k = e - t * g.outs;
-    }
+    split_item<L>(e, g.outs, count, k, t);
     Ac sums[A][A], out[M][M];
     FASTDL_UNROLL
     for (int xi = 0; xi < A * A; ++xi) sums[xi / A][xi % A] = m[(I(xi) * g.outs + k) * count + t];
