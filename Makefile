@@ -17,7 +17,7 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEV_PACKAGES := pybind11 ninja pytest pytest-benchmark hypothesis numpy
+DEV_PACKAGES := pybind11 ninja pytest pytest-benchmark hypothesis numpy scikit-learn matplotlib
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
 .PHONY: test bench cpp-test gpu-check gpu-cpp-test build clean
