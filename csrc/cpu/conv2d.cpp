@@ -150,24 +150,39 @@ int64_t rows_per_item(const Conv2dShape& s, const InputGeometry& geo, int64_t ch
 // Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
 // reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
-// given taps.
+// given taps. Packed in parallel, by blocks: at batch 1 this copy is as long as the convolution
+// itself would be on one thread.
 template <typename T>
-std::vector<T> pack_weights(const T* w, const Conv2dShape& s, int64_t KT, bool transposed,
-                            const std::vector<int64_t>& tap_index) {
+std::unique_ptr<T[]> pack_weights(const T* w, const Conv2dShape& s, int64_t KT, bool transposed,
+                                  const std::vector<int64_t>& tap_index) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), taps = s.taps();
   const int64_t outs = transposed ? Cg : Kg, reds = transposed ? Kg : Cg, nt = int64_t(tap_index.size());
-  const int64_t blocks = div_up(outs, KT);
-  std::vector<T> packed(s.groups * blocks * reds * nt * KT, T(0));
-  for (int64_t g = 0; g < s.groups; ++g) {
-    for (int64_t o = 0; o < outs; ++o) {
-      for (int64_t r = 0; r < reds; ++r) {
-        const int64_t k = transposed ? r : o, c = transposed ? o : r;
-        const T* src = w + ((g * Kg + k) * Cg + c) * taps;
-        T* dst = packed.data() + (((g * blocks + o / KT) * reds + r) * nt) * KT + o % KT;
-        for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
+  const int64_t blocks = div_up(outs, KT), block_size = reds * nt * KT;
+  bool all_taps = nt == taps;
+  for (int64_t t = 0; t < nt; ++t) all_taps &= tap_index[t] == t;
+  std::unique_ptr<T[]> packed(new T[s.groups * blocks * block_size]);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / block_size);
+  at::parallel_for(0, s.groups * blocks, grain, [&](int64_t gb0, int64_t gb1) {
+    for (int64_t gb = gb0; gb < gb1; ++gb) {
+      const int64_t g = gb / blocks, o0 = gb % blocks * KT;
+      T* block = packed.get() + gb * block_size;
+      for (int64_t j = 0; j < KT; ++j) {
+        T* dst = block + j;  // (r, t) at dst[(r * nt + t) * KT]
+        if (o0 + j >= outs) {
+          for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = T(0);
+        } else if (!transposed && all_taps) {  // the forward's: one contiguous run of the source
+          const T* src = w + (g * Kg + o0 + j) * Cg * taps;
+          for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = src[i];
+        } else {
+          for (int64_t r = 0; r < reds; ++r, dst += nt * KT) {
+            const int64_t k = transposed ? r : o0 + j, c = transposed ? o0 + j : r;
+            const T* src = w + ((g * Kg + k) * Cg + c) * taps;
+            for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
+          }
+        }
       }
     }
-  }
+  });
   return packed;
 }
 
@@ -269,7 +284,7 @@ void forward_tiles(const Conv2dForward& f) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   std::vector<int64_t> all_taps(s.taps());
   for (int64_t t = 0; t < s.taps(); ++t) all_taps[t] = t;
-  const std::vector<T> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, all_taps);
+  const std::unique_ptr<T[]> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, all_taps);
   std::vector<T> bias;
   if (f.bias.defined()) {
     bias.assign(blocks * KT, T(0));
@@ -278,7 +293,7 @@ void forward_tiles(const Conv2dForward& f) {
       for (int64_t k = 0; k < Kg; ++k) bias[(g * nb + k / KT) * KT + k % KT] = b[g * Kg + k];
     }
   }
-  TiledConv<T> tc{Cg, Kg, nb, s.taps(), weights.data(), bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
+  TiledConv<T> tc{Cg, Kg, nb, s.taps(), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
                   channel_block<T, KT>(s.kernel_h, Cg)};
   if (s.kernel_h == 1 && s.kernel_w == 1) {
     // Pointwise: output pixels in flat order, tiles of them gathered tile-major (pack_pixels).
@@ -389,8 +404,8 @@ void grad_input_tiles(const Conv2dBackward& b) {
           taps.push_back((th.offsets[r] - th.min_offset) * width + tw.offsets[c] - tw.min_offset);
         }
       }
-      const std::vector<T> weights = pack_weights(b.weight.const_data_ptr<T>(), s, KT, true, tap_index);
-      const TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()), weights.data(), nullptr, dx.sc, s.stride_w * dx.sw,
+      const std::unique_ptr<T[]> weights = pack_weights(b.weight.const_data_ptr<T>(), s, KT, true, tap_index);
+      const TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()), weights.get(), nullptr, dx.sc, s.stride_w * dx.sw,
                             channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
       const int64_t extra = th.max_offset - th.min_offset;
       const int64_t rows = std::clamp<int64_t>(
