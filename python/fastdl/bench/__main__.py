@@ -1,38 +1,53 @@
 """python -m fastdl.bench: fastdl against PyTorch on the layers of the reference networks.
 
-    python -m fastdl.bench [--device cpu|cuda] [--ops pool,bn] [--quick] [--batches 1,32,128]
-                           [--dtype float32[,bfloat16...]] [--threads N] [--out DIR]
+    python -m fastdl.bench [--device cpu|cuda] [--ops pool,bn,conv,winograd,rnn] [--quick | --smoke]
+                           [--batches 1,32,128] [--dtype float32[,bfloat16...]] [--threads N] [--out DIR]
+    python -m fastdl.bench compare OLD.json NEW.json
 
-Every case first checks that fastdl's result equals torch's, then times both sides interleaved in
-one run and reports the speedup (torch time / fastdl time) and fastdl's achieved bandwidth against
-the machine's measured copy bandwidth. Results go to DIR (default bench/results/<device>/) as
-<family>.json and <family>.md. The exit status is 1 if any case failed its check.
+The run first measures the machine's ceilings (copy bandwidth; matrix-product FLOP/s per dtype).
+Every case then checks that fastdl's result equals torch's, times both sides interleaved in one run
+and reports the speedup (torch time / fastdl time), the achieved GB/s or FLOP/s as a fraction of the
+ceiling, and each side's peak memory. Results go to DIR (default bench/results/<device>/): per
+family <name>.json (every measurement, with device, torch version, commit and date), <name>.md
+(tables and summary) and PNG plots (speedup per layer; time against batch size and sequence
+length), where <name> is the family with -quick, -smoke and non-default dtypes appended. A table
+across families ends the output. The exit status is 1 if any case failed its check.
+
+`compare` prints how each case's speedup changed between two such JSON files and exits with 1 when
+one regressed beyond the measured noise (fastdl/bench/compare.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import subprocess
+import inspect
 import sys
 from pathlib import Path
 
 import torch
 
 import fastdl
+from fastdl.bench import compare
 from fastdl.bench.cases import FAMILIES, Case
-from fastdl.bench.ceilings import copy_bandwidth_gbps
-from fastdl.bench.report import case_line, summary, summary_lines, write_report
-from fastdl.bench.timing import time_pair
+from fastdl.bench.environment import environment
+from fastdl.bench.measure import run_case
+from fastdl.bench.plots import write_plots
+from fastdl.bench.progress import Progress
+from fastdl.bench.report import case_line, header, overall_lines, summary, summary_lines, write_report
+from fastdl.bench.timing import cupy_crosscheck
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m fastdl.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastdl.bench", description=__doc__.split("\n\n")[0],
+                                epilog="python -m fastdl.bench compare OLD.json NEW.json: changes between two runs")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when a GPU is visible and fastdl was built with CUDA, else cpu")
     p.add_argument("--ops", default=",".join(FAMILIES), help=f"comma-separated families: {', '.join(FAMILIES)}")
-    p.add_argument("--quick", action="store_true", help="a few layers per family")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a few layers and batch sizes per family")
+    size.add_argument("--smoke", action="store_true",
+                      help="per family the cheapest quick case at batch 1 and at 2 (or each of --batches), minimal "
+                           "timing and small ceilings: proves the runner works, its numbers mean nothing")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per family)")
     p.add_argument("--dtype", default="float32", help="comma-separated dtypes")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)")
@@ -40,124 +55,86 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+def cost(case: Case) -> int:
+    flops = case.flops()
+    return flops if flops is not None else case.bytes_moved()
 
 
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True).stdout.strip()
-        # Recorded results are not part of what was measured.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                ":(top,exclude)bench/results"], capture_output=True, text=True,
-                               cwd=Path(__file__).parent).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def select(family: str, device: str, dtypes: list[torch.dtype], args) -> list[Case]:
+    """The family's cases for the run; for --smoke, the cheapest case at each batch size."""
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 2] if args.smoke else None
+    cases = [c for dt in dtypes for c in FAMILIES[family](device, dt, quick=args.quick or args.smoke,
+                                                         **({"batches": batches} if batches else {}))]
+    if not args.smoke:
+        return cases
+    cheapest = {}
+    for case in sorted(cases, key=cost):
+        cheapest.setdefault(case.batch, case)
+    return [cheapest[b] for b in batches if b in cheapest] or sorted(cases, key=cost)[:1]
 
 
-# Largest difference from torch's result, relative to the largest value of that result, that a
-# non-exact case may show (float32 sums in another order; one rounding of a reduced-precision output).
-CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+def counting_notes(cases: list[Case]) -> list[str]:
+    """How the family's rates are counted, from the docstrings of its cases' flops() or bytes_moved()."""
+    notes = []
+    for case in cases:
+        method = type(case).flops if case.flops() is not None else type(case).bytes_moved
+        if inspect.getdoc(method):
+            notes.append(f"{'FLOPs' if method.__name__ == 'flops' else 'bytes'} counted ({type(case).__name__}): "
+                         + " ".join(inspect.getdoc(method).split()))
+    return list(dict.fromkeys(notes))
 
 
-def check(case: Case, inputs) -> str | None:
-    """None if fastdl's result matches torch's, else what differs."""
-    ours, theirs = case.make_step("fastdl", inputs)(), case.make_step("torch", inputs)()
-    pairs = zip(ours, theirs) if isinstance(ours, (tuple, list)) else [(ours, theirs)]
-    for i, (a, b) in enumerate(pairs):
-        if case.exact:
-            if not torch.equal(a, b):
-                return f"output {i} differs from torch's"
-            continue
-        scale = b.abs().max().item() if b.numel() else 0.0
-        err = (a.double() - b.double()).abs().max().item() if b.numel() else 0.0
-        if not err <= CHECK_TOLERANCE[case.dtype] * max(scale, 1e-30):
-            return f"output {i}: largest difference {err:.3g} for values up to {scale:.3g}"
-    return None
-
-
-def run_case(case: Case, env: dict, budget_s: float) -> dict:
-    row = {"id": case.id, "family": case.family, "network": case.network, "layer": case.layer, "op": case.op,
-           "batch": case.batch, "input_shape": list(case.shape), "dtype": str(case.dtype).removeprefix("torch."),
-           "mode": case.mode}
-    if getattr(case, "algorithm", "auto") != "auto":
-        row["algorithm"] = case.algorithm
-    inputs = case.make_inputs()
-    try:
-        row["error"] = check(case, inputs)
-        if row["error"]:
-            return row
-        fast, ref = time_pair(case.make_step("fastdl", inputs), case.make_step("torch", inputs), case.device,
-                              budget_s=budget_s)
-    except (RuntimeError, torch.OutOfMemoryError) as e:
-        row["error"] = str(e).splitlines()[0]
-        return row
-    finally:
-        del inputs
-        if case.device == "cuda":
-            torch.cuda.empty_cache()
-    row.update(baseline=case.baseline, fastdl_ms=fast.median_ms, torch_ms=ref.median_ms,
-               speedup=ref.median_ms / fast.median_ms, fastdl_timing=fast.as_dict(), torch_timing=ref.as_dict())
-    if case.flops() is not None:
-        row.update(flops=case.flops(), fastdl_gflops=case.flops() / (fast.median_ms * 1e6),
-                   torch_gflops=case.flops() / (ref.median_ms * 1e6))
-    else:
-        gbps = case.bytes_moved() / (fast.median_ms * 1e-3) / 1e9
-        row.update(bytes_moved=case.bytes_moved(), fastdl_gbps=gbps,
-                   torch_gbps=case.bytes_moved() / (ref.median_ms * 1e-3) / 1e9,
-                   fraction_of_ceiling=gbps / env["copy_gbps"])
-    return row
+def run_name(family: str, args) -> str:
+    size = "-quick" if args.quick else "-smoke" if args.smoke else ""
+    return family + size + ("" if args.dtype == "float32" else "-" + args.dtype.replace(",", "-"))
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare.main(argv[1:])
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() and fastdl.cuda_enabled() else "cpu")
     if device == "cuda" and not (torch.cuda.is_available() and fastdl.cuda_enabled()):
         sys.exit("fastdl.bench: --device cuda needs a visible GPU and fastdl built with CUDA")
+    unknown = [f for f in args.ops.split(",") if f not in FAMILIES]
+    if unknown:
+        sys.exit(f"fastdl.bench: unknown family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    env = {
-        "device": device,
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "fastdl": fastdl.build_info(),
-        "commit": commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "copy_gbps": copy_bandwidth_gbps(device),
-    }
-    print(f"fastdl.bench on {env['device_name']} ({device}, {env['threads']} threads), torch {env['torch']}, "
-          f"commit {env['commit']}; copy bandwidth {env['copy_gbps']:.1f} GB/s", flush=True)
-    out_dir = args.out or Path("bench/results") / device
-    budget_s = 0.5 if device == "cuda" else 2.0
     dtypes = [getattr(torch, name) for name in args.dtype.split(",")]
-    failed = False
-    for family in args.ops.split(","):
-        batches = {"batches": [int(b) for b in args.batches.split(",")]} if args.batches else {}
-        if family not in FAMILIES:
-            sys.exit(f"fastdl.bench: unknown family {family!r}; known: {', '.join(FAMILIES)}")
-        todo = [c for dt in dtypes for c in FAMILIES[family](device, dt, quick=args.quick, **batches)]
-        results = []
+    plan = {family: select(family, device, dtypes, args) for family in args.ops.split(",")}
+
+    env = environment(device, dtypes, small_ceilings=args.smoke)
+    print(header(env), flush=True)
+    first = next((cases[0] for cases in plan.values() if cases), None)
+    if device == "cuda" and first is not None:
+        env["cupy_crosscheck"] = {"case": first.id, **cupy_crosscheck(first.make_step("fastdl", first.make_inputs()))}
+        print(f"timer cross-check: {env['cupy_crosscheck']}", flush=True)
+
+    out_dir = args.out or Path("bench/results") / device
+    budget_s, min_samples = (0.0, 3) if args.smoke else (0.5, 5) if device == "cuda" else (0.3, 5) if args.quick \
+        else (2.0, 5)
+    progress = Progress(sum(len(cases) for cases in plan.values()))
+    by_family = {}
+    for family, todo in plan.items():
+        results = by_family[family] = []
         for i, case in enumerate(todo, 1):
-            results.append(run_case(case, env, budget_s))
-            print(case_line(i, len(todo), results[-1]), flush=True)
-        name = family + ("-quick" if args.quick else "") + ("" if args.dtype == "float32" else "-" + args.dtype.replace(",", "-"))
-        paths = write_report(out_dir, name, family, env, results)
-        print("\n".join(summary_lines(family, summary(results))))
-        print("wrote " + ", ".join(str(p) for p in paths))
-        failed |= any(r.get("error") for r in results)
-    return 1 if failed else 0
+            progress.start(case.id)
+            results.append(run_case(case, env, budget_s, min_samples))
+            progress.finish(case_line(i, len(todo), results[-1], device))
+        name = run_name(family, args)
+        paths = write_report(out_dir, name, family, env, results, counting_notes(todo))
+        try:
+            paths += write_plots(out_dir, name, family, results)
+        except ImportError:
+            progress.print("plots skipped: matplotlib is not installed")
+        for line in summary_lines(family, summary(results)) + ["wrote " + ", ".join(str(p) for p in paths)]:
+            progress.print(line)
+    progress.close()
+    print("\n" + "\n".join(overall_lines(by_family)))
+    return 1 if any(r.get("error") for results in by_family.values() for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ A case builds its inputs once and gives a step for either implementation over th
 sides of every comparison run the same thing: forward alone (inference, no autograd, or a training
 forward for batch norm) or forward then backward (torch.autograd.grad, so that no gradient
 accumulation is timed). It also states the fewest bytes a step must move, for the bandwidth column.
+
+Each family has a quick subset (the QUICK_* layers and batch sizes, `--quick`), sized so that all
+families together take about two minutes on the 2-core dev machine.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import torch.nn.functional as F
 import fastdl
 
 Step = Callable[[], object]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -45,7 +52,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        dt = str(self.dtype).removeprefix("torch.")
+        dt = dtype_name(self.dtype)
         suffix = "" if self.baseline == "torch" else f"/{self.baseline}"
         return f"{self.network}/{self.layer}/b{self.batch}/{dt}/{self.mode}{suffix}"
 
@@ -65,6 +72,10 @@ class Case:
     def flops(self) -> int | None:
         """Floating-point operations of a step, for compute-bound families (None: report bandwidth)."""
         return None
+
+    def axes(self) -> dict[str, int]:
+        """The sizes that the report plots time against."""
+        return {"batch": self.batch}
 
 
 # ---- pooling -----------------------------------------------------------------------------------------
@@ -104,6 +115,7 @@ POOL_LAYERS = [
     PoolLayer("ResNet-50", "avgpool", "adaptive_avg_pool2d", 2048, 7, dict(output_size=1)),
 ]
 POOL_BATCHES = (1, 32, 128)
+QUICK_POOL_BATCHES = (1, 8)
 POOL_MODES = ("forward", "forward+backward")
 QUICK_POOL_LAYERS = [POOL_LAYERS[0], POOL_LAYERS[4], POOL_LAYERS[10], POOL_LAYERS[11]]
 
@@ -146,12 +158,12 @@ class PoolCase(Case):
         return 2 * (n_in + n_out) * el + indices
 
 
-def pool_cases(device: str, dtype: torch.dtype, batches=POOL_BATCHES, quick: bool = False) -> list[Case]:
+def pool_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
     layers = QUICK_POOL_LAYERS if quick else POOL_LAYERS
     out = []
     for layer in layers:
         args = ", ".join(f"{k}={v}" for k, v in layer.kwargs.items())
-        for b in batches:
+        for b in batches or (QUICK_POOL_BATCHES if quick else POOL_BATCHES):
             for mode in POOL_MODES:
                 out.append(PoolCase("pool", layer.network, layer.layer, f"{layer.op}({args})", b,
                                     (b, layer.channels, layer.size, layer.size), dtype, device, mode,
@@ -164,6 +176,7 @@ def pool_cases(device: str, dtype: torch.dtype, batches=POOL_BATCHES, quick: boo
 # The distinct batch norm shapes (C, H=W) of torchvision's ResNet-50 at 224x224 input.
 RESNET50_BN = [(64, 112), (64, 56), (256, 56), (128, 28), (512, 28), (256, 14), (1024, 14), (512, 7), (2048, 7)]
 BN_BATCHES = (32, 128)
+QUICK_BN_BATCHES = (8, 32)
 # (N, C) features, as after global pooling or in a classifier head.
 BN_FEATURES = [(32, 512), (256, 2048), (1024, 4096)]
 BN_MODES = ("train forward", "train forward+backward", "eval forward")
@@ -203,10 +216,10 @@ class BatchNormCase(Case):
         return passes * torch.Size(self.shape).numel() * element_size(self.dtype)
 
 
-def bn_cases(device: str, dtype: torch.dtype, batches=BN_BATCHES, quick: bool = False) -> list[Case]:
+def bn_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
     out = []
     for C, size in QUICK_RESNET50_BN if quick else RESNET50_BN:
-        for b in batches:
+        for b in batches or (QUICK_BN_BATCHES if quick else BN_BATCHES):
             for mode in BN_MODES:
                 out.append(BatchNormCase("bn", "ResNet-50", f"bn {C}x{size}x{size}", f"batch_norm on {C}x{size}x{size}",
                                          b, (b, C, size, size), dtype, device, mode))
@@ -283,8 +296,9 @@ def conv_layers() -> list[ConvLayer]:
 
 CONV_BATCHES = {"cpu": (1, 8, 32), "cuda": (1, 8, 32, 128)}
 CONV_MODES = ("forward", "forward+backward")
-QUICK_CONV_LAYERS = ["LeNet-5/C3", "AlexNet/features.3", "VGG-16/features.7", "ResNet-50/layer1.0.conv2",
+QUICK_CONV_LAYERS = ["LeNet-5/C3", "AlexNet/features.3", "VGG-16/features.0", "ResNet-50/layer1.0.conv2",
                      "ResNet-50/layer3.1.conv1", "ResNet-50/layer4.1.conv2"]
+QUICK_CONV_BATCHES = (1, 8)
 
 
 @dataclass
@@ -335,8 +349,10 @@ class ConvCase(Case):
         return lambda: torch.autograd.grad(fn(), wants, grad)
 
     def flops(self) -> int:
-        """2 x multiply-adds of the forward; forward+backward adds one such convolution per gradient
-        of the input and of the weight (the bias gradient is a sum, not counted)."""
+        """2 x multiply-adds of the direct convolution's forward; forward+backward adds one such
+        convolution per gradient of the input and of the weight (the bias gradient is a sum, not
+        counted). Winograd algorithms are credited with the direct convolution's count, so that rates
+        compare across algorithms."""
         c = self.conv
         with torch.device("meta"):
             out = F.conv2d(torch.empty(self.shape), torch.empty(c.out_channels, c.in_channels // c.groups,
@@ -354,7 +370,7 @@ def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = Fals
     baselines = ["cuDNN", "cuDNN TF32"] if device == "cuda" and dtype == torch.float32 else ["torch"]
     out = []
     for layer in layers:
-        for b in batches or ((8,) if quick else CONV_BATCHES[device]):
+        for b in batches or (QUICK_CONV_BATCHES if quick else CONV_BATCHES[device]):
             for mode in CONV_MODES:
                 for baseline in baselines:
                     out.append(ConvCase("conv", layer.network, layer.layer, layer.describe(), b,
@@ -367,6 +383,7 @@ def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = Fals
 
 WINOGRAD_ALGORITHMS = ("direct", "winograd2", "winograd4")
 QUICK_WINOGRAD_LAYERS = ["VGG-16/features.12", "VGG-16/features.19", "VGG-16/features.24", "ResNet-50/layer1.0.conv2"]
+QUICK_WINOGRAD_BATCHES = (1,)
 
 
 def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
@@ -381,7 +398,7 @@ def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = 
                      (b, layer.in_channels, *layer.size), dtype, device, mode, baseline=baseline, conv=layer,
                      algorithm=algorithm)
             for layer in layers
-            for b in batches or ((8,) if quick else CONV_BATCHES[device])
+            for b in batches or (QUICK_WINOGRAD_BATCHES if quick else CONV_BATCHES[device])
             for mode in CONV_MODES
             for baseline in baselines
             for algorithm in WINOGRAD_ALGORITHMS]

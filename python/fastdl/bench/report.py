@@ -1,5 +1,5 @@
-"""Benchmark output: a line per case while running, then a JSON file of every measurement and a
-Markdown report (table and summary) per op family."""
+"""Benchmark output: the run's header, a line per case while running, a summary per op family and one
+across families, and per family a JSON file of every measurement and a Markdown report."""
 
 from __future__ import annotations
 
@@ -8,15 +8,41 @@ import math
 from pathlib import Path
 
 
-def case_line(i: int, total: int, r: dict) -> str:
+def flop_unit(device: str) -> tuple[float, str]:
+    """GFLOP/s per unit shown: TFLOP/s on the GPU, GFLOP/s on the CPU."""
+    return (1e3, "TFLOP/s") if device == "cuda" else (1.0, "GFLOP/s")
+
+
+def header(env: dict) -> str:
+    where = f"{env['device_name']} ({env['device']}, " + (
+        f"{env['sm_count']} SMs)" if env["device"] == "cuda" else f"{env['threads']} threads)")
+    scale, unit = flop_unit(env["device"])
+    matmul = ", ".join(f"{dt} {v / scale:.1f}" for dt, v in env["matmul_gflops"].items())
+    return (f"fastdl.bench on {where}, torch {env['torch']}, commit {env['commit']}; ceilings: copy "
+            f"{env['copy_gbps']:.1f} GB/s, matmul {matmul} {unit}")
+
+
+def rate(r: dict, side: str, device: str) -> str:
+    """A side's achieved GFLOP/s (TFLOP/s on the GPU) or GB/s."""
+    if f"{side}_gflops" in r:
+        scale, unit = flop_unit(device)
+        return f"{r[f'{side}_gflops'] / scale:.1f} {unit}"
+    return f"{r[f'{side}_gbps']:.1f} GB/s"
+
+
+def mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.3g}"
+
+
+def case_line(i: int, total: int, r: dict, device: str) -> str:
     head = f"[{i:>3}/{total}] {r['network']:<9} {r['layer']:<13} b{r['batch']:<4} {r['mode']:<22}"
     head += f" {r['algorithm']:<9}" if r.get("algorithm") else ""
     if r.get("error"):
         return f"{head} ERROR: {r['error']}"
     head += f" {r['baseline']:<10}" if r.get("baseline", "torch") != "torch" else ""
-    rate = (f"{r['fastdl_gflops']:7.1f} GFLOP/s (torch {r['torch_gflops']:.1f})" if "fastdl_gflops" in r
-            else f"{r['fastdl_gbps']:7.1f} GB/s ({100 * r['fraction_of_ceiling']:3.0f}%)")
-    return f"{head} torch {r['torch_ms']:9.3f} ms  fastdl {r['fastdl_ms']:9.3f} ms  {r['speedup']:6.2f}x  {rate}"
+    return (f"{head} torch {r['torch_ms']:9.3f} ms  fastdl {r['fastdl_ms']:9.3f} ms  {r['speedup']:6.2f}x  "
+            f"{rate(r, 'fastdl', device):>14} ({100 * r['fraction_of_ceiling']:3.0f}% of {r['ceiling']})  "
+            f"peak {mib(r['fastdl_peak_bytes'])}/{mib(r['torch_peak_bytes'])} MiB")
 
 
 def summary(results: list[dict]) -> dict:
@@ -53,47 +79,67 @@ def summary_lines(family: str, s: dict) -> list[str]:
     return lines
 
 
-def markdown(family: str, env: dict, results: list[dict], s: dict) -> str:
+def overall_lines(by_family: dict[str, list[dict]]) -> list[str]:
+    """One table across families: each family's cases together, then all of them."""
+    rows = list(by_family.items())
+    if len(rows) > 1:
+        rows.append(("all families", [r for results in by_family.values() for r in results]))
+    lines = [f"{'family':<13} {'cases':>5} {'geomean':>8} {'slower':>6} {'errors':>6}  best / worst",
+             "-" * 100]
+    for family, results in rows:
+        s = summary(results)
+        if "all" not in s:
+            lines.append(f"{family:<13} {0:>5} {'-':>8} {'-':>6} {len(s['errors']):>6}")
+            continue
+        m = s["all"]
+        lines.append(f"{family:<13} {m['cases']:>5} {m['geomean_speedup']:>7.2f}x {m['slower_than_torch']:>6} "
+                     f"{len(s['errors']):>6}  {m['best']['speedup']:.2f}x {m['best']['case']} / "
+                     f"{m['worst']['speedup']:.2f}x {m['worst']['case']}")
+    return lines
+
+
+def markdown(family: str, env: dict, results: list[dict], notes: list[str]) -> str:
+    device = env["device"]
+    scale, unit = flop_unit(device)
+    matmul = ", ".join(f"{dt} {v / scale:.1f} {unit}" for dt, v in env["matmul_gflops"].items())
     lines = [
         f"# fastdl vs PyTorch: {family}",
         "",
-        f"- device: {env['device_name']} ({env['device']}), {env['threads']} CPU threads for both sides"
-        if env["device"] == "cpu" else f"- device: {env['device_name']} ({env['device']})",
+        f"- device: {env['device_name']} ({device}), {env['threads']} CPU threads for both sides"
+        if device == "cpu" else f"- device: {env['device_name']} ({device}, {env['sm_count']} SMs)",
         f"- torch {env['torch']}, fastdl commit {env['commit']}, {env['date']}",
-        f"- measured copy bandwidth (ceiling): {env['copy_gbps']:.1f} GB/s",
-        "- speedup = torch time / fastdl time (above 1 means fastdl is faster); medians of "
-        "interleaved samples; GB/s counts the fewest bytes each step must move",
+        f"- ceilings measured at the start: copy {env['copy_gbps']:.1f} GB/s; matmul {matmul}"
+        + (" (TF32 off, so a TF32 baseline can pass 100%)" if device == "cuda" else ""),
+        "- speedup = torch time / fastdl time (above 1 means fastdl is faster); medians of interleaved "
+        "samples; '% of ceiling': achieved rate over the copy bandwidth (GB/s; a case whose data fits in "
+        "cache can pass 100%) or over the matmul of the case's dtype (FLOP/s)",
+        "- peak MiB: the most memory a step holds at once beyond its inputs (fastdl/bench/memory.py)",
+        *(f"- {note}" for note in notes),
         "",
+        "| network | layer | op | input shape | dtype | mode | baseline | torch ms | fastdl ms | speedup "
+        "| fastdl rate | torch rate | % of ceiling (fastdl / torch) | peak MiB (fastdl / torch) |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    compute = any("fastdl_gflops" in r for r in results)
-    if compute:
-        lines[-1:-1] = ["- GFLOP/s: 2 x multiply-adds of the convolutions the step computes (forward, and one per "
-                        "gradient taken); baseline: what torch ran"]
-        lines += ["| network | layer | op | shape (N,C,H,W) | dtype | mode | baseline | torch ms | fastdl ms | speedup "
-                  "| fastdl GFLOP/s | torch GFLOP/s |", "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    else:
-        lines += ["| network | layer | shape (N,C,H,W) | dtype | mode | torch ms | fastdl ms | speedup | fastdl GB/s "
-                  "| % of copy |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = "x".join(str(v) for v in r["input_shape"])
-        head = f"| {r['network']} | {r['layer']} | " + (f"{r['op']} | " if compute else "") + \
-            f"{shape} | {r['dtype']} | {r['mode']} | " + (f"{r.get('baseline', 'torch')} | " if compute else "")
+        head = f"| {r['network']} | {r['layer']} | {r['op']} | {shape} | {r['dtype']} | {r['mode']} | "
         if r.get("error"):
-            lines.append(f"{head}ERROR: {r['error']} | | | | |")
-        elif compute:
-            lines.append(f"{head}{r['torch_ms']:.3f} | {r['fastdl_ms']:.3f} | {r['speedup']:.2f} | "
-                         f"{r['fastdl_gflops']:.1f} | {r['torch_gflops']:.1f} |")
-        else:
-            lines.append(f"{head}{r['torch_ms']:.3f} | {r['fastdl_ms']:.3f} | {r['speedup']:.2f} | "
-                         f"{r['fastdl_gbps']:.1f} | {100 * r['fraction_of_ceiling']:.0f}% |")
-    lines += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(family, s)]
+            lines.append(f"{head}| ERROR: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"{head}{r['baseline']} | {r['torch_ms']:.3f} | {r['fastdl_ms']:.3f} | {r['speedup']:.2f} | "
+            f"{rate(r, 'fastdl', device)} | {rate(r, 'torch', device)} | {100 * r['fraction_of_ceiling']:.0f}% / "
+            f"{100 * r['torch_fraction_of_ceiling']:.0f}% of {r['ceiling']} | "
+            f"{mib(r['fastdl_peak_bytes'])} / {mib(r['torch_peak_bytes'])} |")
+    lines += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(family, summary(results))]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, name: str, family: str, env: dict, results: list[dict]) -> list[Path]:
+def write_report(out_dir: Path, name: str, family: str, env: dict, results: list[dict],
+                 notes: list[str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = summary(results)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    json_path.write_text(json.dumps({"environment": env, "summary": s, "results": results}, indent=1))
-    md_path.write_text(markdown(family, env, results, s))
+    json_path.write_text(json.dumps({"environment": env, "summary": summary(results), "results": results},
+                                    indent=1))
+    md_path.write_text(markdown(family, env, results, notes))
     return [json_path, md_path]

@@ -59,9 +59,12 @@ class RnnCase(Case):
         wants, grad = [x, *module.parameters()], inputs["grad"]
         return lambda: torch.autograd.grad(module(x)[0], wants, grad)
 
+    def axes(self) -> dict[str, int]:
+        return {"batch": self.batch, "sequence length": self.shape[0]}
+
     def flops(self) -> int:
-        """2 x multiply-adds of every layer's and direction's products; a training step adds the
-        input and weight gradients (twice the forward's)."""
+        """2 x multiply-adds of the gates' matrix products (input and recurrent weights, every layer
+        and direction); a training step adds the input and weight gradients (twice the forward's)."""
         T, N, I = self.shape
         gates = 4 if self.network == "LSTM" else 3
         directions = 2 if self.bidirectional else 1

@@ -82,3 +82,16 @@ def time_pair(
         for step, samples in order if len(samples_a) % 2 == 0 else reversed(order):
             samples.append(sampler.sample(step, calls))
     return _summary(samples_a), _summary(samples_b)
+
+
+def cupy_crosscheck(step: Callable[[], object], repeats: int = 200) -> dict:
+    """The CUDA event timer against CuPy's (cupyx.profiler.benchmark) on the same step: medians in ms
+    per call. CuPy times each call alone, so launch gaps count there and not in back-to-back samples."""
+    try:
+        from cupyx.profiler import benchmark
+    except ImportError:
+        return {"skipped": "cupy is not installed"}
+    ours, _ = time_pair(step, step, "cuda", budget_s=0.5)
+    theirs = benchmark(step, n_repeat=repeats, n_warmup=10, max_duration=2.0)
+    return {"events_ms": ours.median_ms, "cupy_gpu_ms": float(statistics.median(theirs.gpu_times[0])) * 1e3,
+            "cupy_cpu_ms": float(statistics.median(theirs.cpu_times)) * 1e3}

@@ -1,0 +1,154 @@
+"""The benchmark runner end to end: `python -m fastdl.bench --smoke` on the CPU (the cheapest cases of
+every family, minimal timing) writes complete, well-formed JSON, Markdown and PNG files, and
+`compare` flags an injected regression but not an identical run. No timing is asserted."""
+
+import copy
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastdl
+from fastdl.bench import compare
+from fastdl.bench.__main__ import parse_args, select
+from fastdl.bench.cases import FAMILIES
+from fastdl.bench.plots import write_plots
+from fastdl.bench.progress import Progress
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The runner's output folder and its completed process (one thread: steady on a busy machine)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(fastdl.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "fastdl.bench", "--smoke", "--device", "cpu", "--threads", "1",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    return out, run
+
+
+def expected_ids(family: str) -> list[str]:
+    return [c.id for c in select(family, "cpu", [torch.float32], parse_args(["--smoke"]))]
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_runner_succeeds_with_plain_lines(smoke):
+    _, run = smoke
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "\r" not in run.stdout  # no progress bar outside a terminal
+    assert "all families" in run.stdout
+    for family in FAMILIES:
+        assert f"{family} all: geomean speedup" in run.stdout
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_json_has_every_case_measured(smoke, family):
+    out, _ = smoke
+    data = json.loads((out / f"{family}-smoke.json").read_text())
+    env = data["environment"]
+    assert env["device"] == "cpu" and env["threads"] == 1 and env["torch"] == torch.__version__
+    assert env["commit"] and env["date"]
+    assert positive(env["copy_gbps"]) and positive(env["matmul_gflops"]["float32"])
+    assert [r["id"] for r in data["results"]] == expected_ids(family)
+    for r in data["results"]:
+        assert r["error"] is None
+        rates = [r[k] for k in ("fastdl_gflops", "torch_gflops", "fastdl_gbps", "torch_gbps") if k in r]
+        assert len(rates) == 2
+        for value in [r["fastdl_ms"], r["torch_ms"], r["speedup"], r["fraction_of_ceiling"],
+                      r["torch_fraction_of_ceiling"], r["fastdl_peak_bytes"], r["torch_peak_bytes"], *rates]:
+            assert positive(value), r
+        for side in ("fastdl", "torch"):
+            t = r[f"{side}_timing"]
+            assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["samples"] >= 3
+    assert data["summary"]["all"]["cases"] == len(data["results"])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_markdown_and_plots(smoke, family):
+    out, _ = smoke
+    markdown = (out / f"{family}-smoke.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(expected_ids(family))  # header and one row per case
+    assert "ERROR" not in markdown and "## Summary" in markdown
+    for suffix in ("speedup", "scaling"):  # smoke runs two batch sizes: a scaling plot too
+        assert (out / f"{family}-smoke-{suffix}.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO(), Terminal()], ids=["log", "terminal"])
+def test_progress(stream):
+    progress = Progress(2, stream)
+    progress.start("case a")
+    progress.finish("line a")
+    progress.print("a note")
+    progress.close()
+    text = stream.getvalue()
+    if stream.isatty():
+        assert "1/2" in text and "case a" in text and text.endswith("\r\033[K")
+    else:
+        assert text == "line a\na note\n"
+
+
+def test_plots_need_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError):
+        write_plots(tmp_path, "x", "x", [])
+
+
+def with_spread(run: dict, spread: float) -> dict:
+    """A copy of the run whose every timing has p10 and p90 at (1 -+ spread) x its median."""
+    run = copy.deepcopy(run)
+    for r in run["results"]:
+        for side in ("fastdl", "torch"):
+            t = r[f"{side}_timing"]
+            t["p10_ms"], t["p90_ms"] = t["median_ms"] * (1 - spread), t["median_ms"] * (1 + spread)
+    return run
+
+
+def slower(run: dict, factor: float) -> dict:
+    run = copy.deepcopy(run)
+    for r in run["results"]:
+        r["speedup"] /= factor
+    return run
+
+
+def test_compare_flags_regressions_beyond_noise(smoke):
+    out, _ = smoke
+    recorded = json.loads((out / "conv-smoke.json").read_text())
+    assert not any(c["verdict"] == "regression" for c in compare.compare(recorded, recorded).values())
+
+    quiet, noisy = with_spread(recorded, 0.0), with_spread(recorded, 0.1)  # noise 0% and 20% per run
+    verdicts = lambda old, new: {c["verdict"] for c in compare.compare(old, new).values()}  # noqa: E731
+    assert verdicts(quiet, slower(quiet, 1.2)) == {"regression"}
+    assert verdicts(quiet, slower(quiet, 1.02)) == {"same"}  # below MIN_CHANGE
+    assert verdicts(noisy, slower(noisy, 1.3)) == {"same"}  # within both runs' 40%
+    assert verdicts(noisy, slower(noisy, 2.0)) == {"regression"}
+    assert verdicts(quiet, slower(quiet, 1 / 1.2)) == {"improvement"}
+    failing = copy.deepcopy(quiet)
+    failing["results"][0]["error"] = "output 0 differs from torch's"
+    assert compare.compare(quiet, failing)[failing["results"][0]["id"]]["verdict"] == "regression"
+
+
+def test_compare_exit_status(smoke, tmp_path):
+    out, _ = smoke
+    old = with_spread(json.loads((out / "conv-smoke.json").read_text()), 0.0)
+    paths = {"old": tmp_path / "old.json", "new": tmp_path / "new.json"}
+    paths["old"].write_text(json.dumps(old))
+    paths["new"].write_text(json.dumps(slower(old, 2.0)))
+    assert compare.main([str(paths["old"]), str(paths["old"])]) == 0
+    assert compare.main([str(paths["old"]), str(paths["new"])]) == 1
