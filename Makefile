@@ -2,7 +2,8 @@
 # torchvision come from this machine's local wheels), build the extension and run.
 #
 #   make test        build, then the test suite (CUDA tests skip without a GPU)
-#   make bench       build, then the benchmark runner (GPU if present, else CPU)
+#   make bench       build, then the benchmark runner (GPU if present, else CPU); BENCH_ARGS=--quick
+#                    (or any runner option) for a subset
 #   make cpp-test    CMake build against the venv's libtorch, then ctest
 #   make gpu-check   on a GPU machine: its own python3 and torch, no venv; build with CUDA, run
 #                    the whole test suite (CUDA tests included), the CMake CUDA build's ctest and
@@ -26,7 +27,7 @@ test: build
 	$(PY) -m pytest tests -q
 
 bench: build
-	$(PY) -m fastdl.bench
+	$(PY) -m fastdl.bench $(BENCH_ARGS)
 
 # The venv, once: a stamp file marks it complete.
 $(VENV)/.deps:
