@@ -302,15 +302,35 @@ void forward_tiles(const Conv2dForward& f) {
     const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * tile * int64_t(sizeof(T))), 1, tiles);
     const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
     tc.ntaps = 1;
+    // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
+    // by tiles, into a buffer the items share (at most 4 * threads chunks); else each item packs its own.
+    std::unique_ptr<T[]> shared;
+    if (kchunks > 1) {
+      shared.reset(new T[s.batch * tiles * s.in_channels * tile]);
+      at::parallel_for(0, s.batch * tiles, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t t = i % tiles;
+          pack_pixels(x, s, i / tiles, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
+                      shared.get() + i * s.in_channels * tile);
+        }
+      });
+    }
     ThreadBuffers<T> buffers;
     at::parallel_for(0, s.batch * chunks * kchunks, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t item = i0; item < i1; ++item) {
         const int64_t n = item / (chunks * kchunks), t0 = item / kchunks % chunks * chunk;
         const int64_t t1 = std::min(tiles, t0 + chunk);
         const Range b = part_of(blocks, kchunks, item % kchunks);
-        const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1, channels = (g1 - g0) * Cg;
-        T* buf = buffers.get((t1 - t0) * channels * tile);
-        pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, buf);
+        const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
+        const int64_t channels = shared ? s.in_channels : (g1 - g0) * Cg;  // in a tile of the buffer
+        const T* buf;
+        if (shared) {
+          buf = shared.get() + ((n * tiles + t0) * s.in_channels + g0 * Cg) * tile;
+        } else {
+          T* own = buffers.get((t1 - t0) * channels * tile);
+          pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own);
+          buf = own;
+        }
         compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
                               b.begin, b.end,
                               div_up(std::min(pixels, t1 * tile) - t0 * tile, V), [&](int64_t q) {
