@@ -179,6 +179,20 @@ def test_cell_matches_torch(kind, dtype, shape, bias, given):
         torch.testing.assert_close(p.grad, q.grad, **tol)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_cpu_autocast_runs_in_the_given_dtype(kind):
+    # fastdl registers no autocast kernel: under autocast its layers compute in float32, products
+    # included, and give what they give outside it (torch.nn.LSTM itself fails there in 2.14.1).
+    torch.manual_seed(4)
+    layer = getattr(fastdl.nn, kind)(8, 16)
+    x = torch.randn(5, 3, 8) if kind in ("LSTM", "GRU") else torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = torch.utils._pytree.tree_leaves(layer(x))
+    for a, b in zip(inside, torch.utils._pytree.tree_leaves(layer(x)), strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_dropout_eval_is_exact_and_training_is_statistically_torchs(kind):
     dtype = torch.float64

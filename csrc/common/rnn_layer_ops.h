@@ -29,6 +29,8 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <array>
@@ -68,6 +70,13 @@ namespace rnn_detail {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+
+// The layer's products run in the dtype the op was given. Autocast, when active around the op, leaves
+// fastdl's ops alone (no autocast kernel is registered), but would otherwise still reach the at::mm
+// calls inside and hand the fused kernels reduced-precision gates.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
@@ -191,6 +200,7 @@ struct RnnLayerOps {
       const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
       const OptTensor& b_ih, const OptTensor& b_hh, at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
     using namespace rnn_detail;
+    const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm";
     const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision);
     check_state(op, "h0", h0, input, s);
@@ -237,6 +247,7 @@ struct RnnLayerOps {
       const Tensor& gates, const Tensor& cells, at::IntArrayRef batch_sizes, bool reverse,
       std::array<bool, 3> mask) {
     using namespace rnn_detail;
+    const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm_backward";
     const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision);
     check_state(op, "h0", h0, input, s);
@@ -285,6 +296,7 @@ struct RnnLayerOps {
                                                       const OptTensor& b_hh, at::IntArrayRef batch_sizes,
                                                       bool reverse, bool keep_workspace) {
     using namespace rnn_detail;
+    const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.gru";
     const RnnSteps s = check_layer(op, 3, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision);
     check_state(op, "h0", h0, input, s);
@@ -318,6 +330,7 @@ struct RnnLayerOps {
       const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
       at::IntArrayRef batch_sizes, bool reverse, std::array<bool, 3> mask) {
     using namespace rnn_detail;
+    const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.gru_backward";
     const RnnSteps s = check_layer(op, 3, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision);
     check_state(op, "h0", h0, input, s);
