@@ -19,8 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fastdl.models.googlenet import GoogLeNet
 from fastdl.models.lenet import LeNet5, MnistCNN
+from fastdl.models.resnet import ResNet
 from fastdl.models.rnn import BiLSTMTagger, CharLM, SequenceClassifier
+from fastdl.models.vgg import VGG, AlexNet
 
 KINDS = ("image", "sequence", "lm", "tagger")
 
@@ -51,6 +54,15 @@ class ModelSpec:
 _SPECS = [
     ModelSpec("lenet5", "image", LeNet5, 32, 32, 1, "LeNet-5: tanh, average-pool subsampling"),
     ModelSpec("mnist_cnn", "image", MnistCNN, 28, 28, 1, "the book's MNIST CNN: 2 conv 5x5 + dense 1024"),
+    ModelSpec("alexnet", "image", AlexNet, 224, 64, 3, "AlexNet (torchvision's single-stream widths)"),
+    ModelSpec("vgg11", "image", functools.partial(VGG, 11), 224, 32, 3, "VGG-11"),
+    ModelSpec("vgg11_bn", "image", functools.partial(VGG, 11, batch_norm=True), 224, 32, 3, "VGG-11 with batch norm"),
+    ModelSpec("vgg16", "image", functools.partial(VGG, 16), 224, 32, 3, "VGG-16"),
+    ModelSpec("vgg16_bn", "image", functools.partial(VGG, 16, batch_norm=True), 224, 32, 3, "VGG-16 with batch norm"),
+    ModelSpec("resnet18", "image", functools.partial(ResNet, 18), 224, 32, 3, "ResNet-18"),
+    ModelSpec("resnet34", "image", functools.partial(ResNet, 34), 224, 32, 3, "ResNet-34"),
+    ModelSpec("resnet50", "image", functools.partial(ResNet, 50), 224, 32, 3, "ResNet-50 (bottleneck blocks)"),
+    ModelSpec("googlenet", "image", GoogLeNet, 224, 32, 3, "GoogLeNet / Inception v1 (5x5 branches; large_kernel=3: torchvision's)"),
     ModelSpec("lstm_classifier", "sequence", functools.partial(SequenceClassifier, cell="lstm"), 28, 8, None,
               "LSTM over image rows (or token embeddings) -> class"),
     ModelSpec("gru_classifier", "sequence", functools.partial(SequenceClassifier, cell="gru"), 28, 8, None,
@@ -101,5 +113,5 @@ def random_input(name: str, model: nn.Module, batch: int = 2, size: int | None =
     return torch.randn(batch, size, model.rnn.input_size, generator=generator)
 
 
-__all__ = ["BiLSTMTagger", "CharLM", "KINDS", "LeNet5", "MnistCNN", "ModelSpec", "SPECS", "SequenceClassifier",
-           "create", "names", "random_input", "spec"]
+__all__ = ["VGG", "AlexNet", "BiLSTMTagger", "CharLM", "GoogLeNet", "KINDS", "LeNet5", "MnistCNN", "ModelSpec",
+           "ResNet", "SPECS", "SequenceClassifier", "create", "names", "random_input", "spec"]
