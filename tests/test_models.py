@@ -276,7 +276,8 @@ def test_char_lm_greedy_sampling_is_deterministic_and_follows_forward():
     assert lm.training  # the mode is restored
     assert torch.equal(lm.sample(start, 6, temperature=0), out)
     lm.eval()
-    assert torch.equal(lm(out[None, :-1])[0, 2:].argmax(-1), out[3:])  # each token the most likely after the ones before
+    # Each new token is the most likely one after those before it.
+    assert torch.equal(lm(out[None, :-1])[0, 2:].argmax(-1), out[3:])
     assert torch.equal(fastdl.convert(copy.deepcopy(lm)).sample(start, 6, temperature=0), out)
 
 
@@ -284,7 +285,10 @@ def test_char_lm_temperature_sampling_draws_from_the_generator():
     torch.manual_seed(0)
     lm = models.create("char_gru", num_classes=12)
     start = torch.tensor([[1, 2], [3, 4]])
-    draw = lambda seed, t=1.0: lm.sample(start, 20, temperature=t, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+
+    def draw(seed, t=1.0):
+        return lm.sample(start, 20, temperature=t, generator=torch.Generator().manual_seed(seed))
+
     a = draw(0)
     assert a.shape == (2, 22) and ((a >= 0) & (a < 12)).all()
     assert torch.equal(draw(0), a)

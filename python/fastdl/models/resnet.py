@@ -84,7 +84,8 @@ class ResNet(nn.Sequential):
                 blocks.append(block(channels, width, 2 if i == 0 and stage > 1 else 1))
                 channels = width * block.expansion
             layers.append((f"layer{stage}", nn.Sequential(*blocks)))
-        layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, num_classes))]
+        layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                   ("fc", nn.Linear(channels, num_classes))]
         super().__init__(OrderedDict(layers))
         self.in_channels = in_channels
         init_cnn_weights(self)

@@ -85,7 +85,7 @@ class CharLM(nn.Module):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, but got {temperature}")
         if start.dim() not in (1, 2) or start.shape[-1] == 0:
-            raise ValueError(f"start must be (T0,) or (N, T0) token ids with T0 >= 1, but got shape {tuple(start.shape)}")
+            raise ValueError(f"start must be (T0,) or (N, T0) token ids with T0 >= 1, but got {tuple(start.shape)}")
         was_training = self.training
         self.eval()
         try:
