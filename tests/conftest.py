@@ -41,6 +41,12 @@ TOLERANCES = {
 # PyTorch's own error in that dtype (plus one unit of the dtype's resolution near the values).
 REDUCED_PRECISION_FACTOR = 2.0
 
+# Whole models (tests/test_models.py) in float32: a result may differ from torch's by at most this
+# fraction of its largest magnitude (rounding through many layers); where the network itself
+# amplifies rounding beyond that (batch statistics over few values), fastdl's error against a
+# float64 reference may be at most REDUCED_PRECISION_FACTOR times torch's own.
+MODEL_FLOAT32_REL_MAX = 1e-4
+
 # Winograd F(m x m, 3x3) in float32, by tile m: relative L2 error against a float64 reference at most
 # this (issue 5). F(4x4,3x3) rounds more: G's 1/6, 1/12, 1/24 and the larger coefficients of B and A.
 WINOGRAD_FLOAT32_REL_L2 = {2: 1e-6, 4: 5e-6}

@@ -411,3 +411,9 @@ FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": 
 from fastdl.bench.rnn_cases import rnn_cases  # noqa: E402
 
 FAMILIES["rnn"] = rnn_cases
+
+# ---- whole models (model_cases.py) ----------------------------------------------------------------------
+
+from fastdl.bench.model_cases import model_cases  # noqa: E402
+
+FAMILIES["models"] = model_cases

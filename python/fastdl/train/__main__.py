@@ -1,0 +1,3 @@
+from fastdl.train import main
+
+main()
