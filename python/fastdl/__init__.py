@@ -37,8 +37,8 @@ def build_info() -> dict:
     }
 
 
-from fastdl import backends, nn, ops  # noqa: E402
+from fastdl import backends, models, nn, ops  # noqa: E402
 from fastdl.convert import convert, revert  # noqa: E402
 from fastdl.fusion import fuse_conv_bn  # noqa: E402
 
-__all__ = ["backends", "build_info", "convert", "cuda_enabled", "fuse_conv_bn", "nn", "ops", "revert"]
+__all__ = ["backends", "build_info", "convert", "cuda_enabled", "fuse_conv_bn", "models", "nn", "ops", "revert"]

@@ -113,6 +113,18 @@ def input_shape(name: str, batch: int, size: int) -> tuple[int, ...]:
         return tuple(models.random_input(name, models.create(name, NUM_CLASSES), batch, size).shape)
 
 
+def trains_at(name: str, batch: int, size: int) -> bool:
+    """Whether a training step can run: batch norm needs more than one value per channel (ResNet at
+    32x32 ends in 1x1 maps, so batch 1 cannot train it)."""
+    with torch.device("meta"):
+        model = models.create(name, NUM_CLASSES).train()
+        try:
+            model(models.random_input(name, model, batch, size))
+        except ValueError:
+            return False
+    return True
+
+
 def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of (N, classes) or per-step (N, T, classes) logits."""
     return F.cross_entropy(logits.flatten(0, -2), labels.flatten())
@@ -128,7 +140,7 @@ def model_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = Fal
             size = QUICK_CPU_IMAGENET_SIZE
         layer = f"{size}x{size}" if models.spec(name).kind == "image" else f"T{size}"
         for b in batches or ((QUICK_BATCH[device],) if quick else GPU_BATCHES if device == "cuda" else cpu_batches):
-            for mode in MODEL_MODES:
+            for mode in MODEL_MODES if trains_at(name, b, size) else MODEL_MODES[:1]:
                 out.append(ModelCase("models", label, layer, models.spec(name).summary, b, input_shape(name, b, size),
                                      dtype, device, mode, model=name, size=size))
     return out
