@@ -137,6 +137,13 @@ NAMED = {
     "groups 2, outputs per group past one channel block": ((2, 16, 9, 9), (56, 8, 3, 3), 1, 1, 1, 2),
     "stride 2, dilation 2, many outputs": ((2, 6, 15, 15), (40, 6, 3, 3), 2, 2, 2, 1),
     "rows of 140 pixels, many outputs (pixel-vector form)": ((1, 3, 6, 140), (16, 3, 3, 3), 1, 1, 1, 1),
+    # Small maps go through im2col columns, with only the taps that reach the image (forward and
+    # input gradient): 1x1 maps (one tap), 2x2 and 4x4 maps, grouped, strided, dilated; and no tap at all.
+    "3x3 on 1x1 maps: one tap reaches the image": ((3, 16, 1, 1), (24, 16, 3, 3), 1, 1, 1, 1),
+    "small maps, 2x2 out, stride 2": ((2, 6, 3, 3), (8, 6, 3, 3), 2, 1, 1, 1),
+    "small maps, 4x4 out, groups 2, stride 2": ((3, 8, 7, 7), (12, 4, 3, 3), 2, 1, 1, 2),
+    "small maps, dilation 2 past the image": ((2, 4, 3, 3), (6, 4, 3, 3), 1, 2, 2, 1),
+    "no tap reaches the image: the bias alone": ((2, 3, 1, 1), (4, 3, 2, 2), 3, 2, 1, 1),
 }
 
 

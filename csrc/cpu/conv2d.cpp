@@ -22,6 +22,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -161,7 +162,7 @@ std::unique_ptr<T[]> pack_weights(const T* w, const Conv2dShape& s, int64_t KT, 
   bool all_taps = nt == taps;
   for (int64_t t = 0; t < nt; ++t) all_taps &= tap_index[t] == t;
   std::unique_ptr<T[]> packed(new T[s.groups * blocks * block_size]);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / block_size);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(block_size, 1));
   at::parallel_for(0, s.groups * blocks, grain, [&](int64_t gb0, int64_t gb1) {
     for (int64_t gb = gb0; gb < gb1; ++gb) {
       const int64_t g = gb / blocks, o0 = gb % blocks * KT;
@@ -275,6 +276,26 @@ int64_t channel_block(int64_t kernel_rows, int64_t reds) {
   return std::clamp<int64_t>(kTileInputBytes / per_channel, 8, std::max<int64_t>(reds, 1));
 }
 
+// Whether kernel tap t of an axis reads the image, not only its padding, for some output: the first
+// input it reads at or after 0 (stepping by the stride) lies before the end of both.
+bool tap_reaches_image(int64_t t, int64_t dilation, int64_t pad, int64_t stride, int64_t outs, int64_t size) {
+  const int64_t first = t * dilation - pad, last = std::min(first + (outs - 1) * stride, size - 1);
+  return (first >= 0 ? first : first + ceil_div<int64_t>(-first, stride) * stride) <= last;
+}
+
+// The forward's kernel taps (r * S + s) that read the image for some output pixel. The others multiply
+// padding only: 8 of 9 taps of a 3x3 convolution on a 1x1 map (ResNet's last stage at 32x32 input).
+std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
+  std::vector<int64_t> taps;
+  for (int64_t r = 0; r < s.kernel_h; ++r) {
+    if (!tap_reaches_image(r, s.dilation_h, s.pad_h, s.stride_h, s.out_h, s.in_h)) continue;
+    for (int64_t c = 0; c < s.kernel_w; ++c) {
+      if (tap_reaches_image(c, s.dilation_w, s.pad_w, s.stride_w, s.out_w, s.in_w)) taps.push_back(r * s.kernel_w + c);
+    }
+  }
+  return taps;
+}
+
 template <typename T, int KT>
 void forward_tiles(const Conv2dForward& f) {
   constexpr int64_t V = Vec<T>::size();
@@ -282,9 +303,9 @@ void forward_tiles(const Conv2dForward& f) {
   const auto x = strided<const T>(f.input);
   const auto y = strided<T>(f.output);
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
-  std::vector<int64_t> all_taps(s.taps());
-  for (int64_t t = 0; t < s.taps(); ++t) all_taps[t] = t;
-  const std::unique_ptr<T[]> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, all_taps);
+  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;  // its padding is packed as zeros instead
+  const std::vector<int64_t> taps = pointwise ? std::vector<int64_t>{0} : taps_reaching_image(s);
+  const std::unique_ptr<T[]> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, taps);
   std::vector<T> bias;
   if (f.bias.defined()) {
     bias.assign(blocks * KT, T(0));
@@ -293,15 +314,14 @@ void forward_tiles(const Conv2dForward& f) {
       for (int64_t k = 0; k < Kg; ++k) bias[(g * nb + k / KT) * KT + k % KT] = b[g * Kg + k];
     }
   }
-  TiledConv<T> tc{Cg, Kg, nb, s.taps(), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
-                  channel_block<T, KT>(s.kernel_h, Cg)};
-  if (s.kernel_h == 1 && s.kernel_w == 1) {
+  TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc,
+                  y.sw, channel_block<T, KT>(s.kernel_h, Cg)};
+  if (pointwise) {
     // Pointwise: output pixels in flat order, tiles of them gathered tile-major (pack_pixels).
     constexpr int64_t tile = kTileVectors<KT> * V;
     const int64_t zero_tap = 0, pixels = s.out_h * s.out_w, tiles = div_up(pixels, tile);
     const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * tile * int64_t(sizeof(T))), 1, tiles);
     const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
-    tc.ntaps = 1;
     // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
     // by tiles, into a buffer the items share (at most 4 * threads chunks); else each item packs its own.
     std::unique_ptr<T[]> shared;
@@ -344,6 +364,8 @@ void forward_tiles(const Conv2dForward& f) {
   }
 
   const InputGeometry geo(s);
+  std::vector<int64_t> tap_offsets;
+  for (const int64_t t : taps) tap_offsets.push_back(geo.taps[t]);
   const int64_t rows = rows_per_item(s, geo, s.in_channels, sizeof(T)), row_groups = div_up(s.out_h, rows);
   const int64_t kchunks = block_chunks(s.batch * row_groups, blocks), nvec = div_up(s.out_w, V);
   const int64_t rs = geo.window.row_stride();
@@ -358,7 +380,7 @@ void forward_tiles(const Conv2dForward& f) {
       const int64_t cs = unaliased(win.rows * rs, sizeof(T));
       T* buf = buffers.get((g1 - g0) * Cg * cs + V);
       pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, buf, cs);
-      compute_blocks<T, KT>(tc, buf, cs, geo.taps.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
+      compute_blocks<T, KT>(tc, buf, cs, tap_offsets.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
                             (oh1 - oh0) * nvec,
                             [&](int64_t q) {
                               const int64_t row = q / nvec, ow = q % nvec * V;
@@ -366,6 +388,74 @@ void forward_tiles(const Conv2dForward& f) {
                                                n * y.sn + (oh0 + row) * y.sh + ow * y.sw,
                                                std::min(V, s.out_w - ow)};
                             });
+    }
+  });
+}
+
+// Small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs), whose
+// rows would leave most lanes of the tiles' pixel vectors empty, are computed as a 1x1 convolution
+// over im2col columns instead: channel (c, j) of pixel (n, oh, ow) holds the input that the j-th tap
+// reaching the image reads, and the pointwise tiles run along the pixels of all images in one row.
+// Its weight is (K, Cg * taps, 1, 1): a view of the weight when every tap reaches the image.
+// Columns beyond kSmallMapColumns elements take the row tiles instead.
+constexpr int64_t kSmallMapColumns = int64_t(1) << 23;
+
+template <typename T>
+bool small_maps(const Conv2dShape& s) {
+  const int64_t columns = s.in_channels * s.taps() * s.batch * s.out_h * s.out_w;
+  return s.taps() > 1 && 2 * s.out_w <= Vec<T>::size() && columns <= kSmallMapColumns;
+}
+
+template <typename T, int KT>
+void forward_small_maps(const Conv2dForward& f) {
+  const Conv2dShape& s = f.shape;
+  const std::vector<int64_t> taps = taps_reaching_image(s);
+  const int64_t nt = int64_t(taps.size()), plane = s.out_h * s.out_w, pixels = s.batch * plane;
+  if (nt == 0) return forward_tiles<T, KT>(f);  // only padding under the kernel: the bias everywhere
+  const auto x = strided<const T>(f.input);
+  at::Tensor columns = at::empty({1, s.in_channels * nt, 1, pixels}, f.input.options());
+  at::Tensor out = at::empty({1, s.out_channels, 1, pixels}, f.output.options());
+  T* col = columns.data_ptr<T>();
+  at::parallel_for(0, s.in_channels * nt, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t c = i / nt, r = taps[i % nt] / s.kernel_w, q = taps[i % nt] % s.kernel_w;
+      T* dst = col + i * pixels;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + r * s.dilation_h;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            const int64_t iw = ow * s.stride_w - s.pad_w + q * s.dilation_w;
+            *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, c, ih, iw) : T(0);
+          }
+        }
+      }
+    }
+  });
+  at::Tensor weight = f.weight.view({s.out_channels, s.in_per_group() * s.taps(), 1, 1});
+  if (nt < s.taps()) {
+    weight = at::empty({s.out_channels, s.in_per_group() * nt, 1, 1}, f.weight.options());
+    const T* src = f.weight.const_data_ptr<T>();
+    T* dst = weight.data_ptr<T>();
+    for (int64_t kc = 0; kc < s.out_channels * s.in_per_group(); ++kc) {
+      for (int64_t j = 0; j < nt; ++j) dst[kc * nt + j] = src[kc * s.taps() + taps[j]];
+    }
+  }
+  Conv2dShape pointwise = s;
+  pointwise.batch = 1;
+  pointwise.in_channels *= nt;
+  pointwise.in_h = pointwise.out_h = pointwise.kernel_h = pointwise.kernel_w = 1;
+  pointwise.in_w = pointwise.out_w = pixels;
+  pointwise.stride_h = pointwise.stride_w = pointwise.dilation_h = pointwise.dilation_w = 1;
+  pointwise.pad_h = pointwise.pad_w = 0;
+  pointwise.layout = Layout::nchw;
+  forward_tiles<T, KT>({columns, weight, f.bias, out, pointwise});
+  const auto y = strided<T>(f.output);
+  const T* src = out.const_data_ptr<T>();
+  at::parallel_for(0, s.out_channels, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t p = 0; p < pixels; ++p) {
+        *y.at(p / plane, k, p % plane / s.out_w, p % s.out_w) = src[k * pixels + p];
+      }
     }
   });
 }
@@ -418,8 +508,11 @@ void grad_input_tiles(const Conv2dBackward& b) {
       }
       const int64_t width = cols_out + tw.max_offset - tw.min_offset;
       std::vector<int64_t> tap_index, taps;
+      // Taps whose grad_output rows or columns all lie in the padding add nothing (as in the forward).
+      const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
       for (size_t r = 0; r < th.taps.size(); ++r) {
         for (size_t c = 0; c < tw.taps.size(); ++c) {
+          if (!reaches(th.offsets[r], rows_out, s.out_h) || !reaches(tw.offsets[c], cols_out, s.out_w)) continue;
           tap_index.push_back(th.taps[r] * s.kernel_w + tw.taps[c]);
           taps.push_back((th.offsets[r] - th.min_offset) * width + tw.offsets[c] - tw.min_offset);
         }
@@ -742,7 +835,13 @@ struct CpuConv2d {
 
   static void forward(const Conv2dForward& f) {
     AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "fastdl.conv2d", [&] {
-      with_tile_channels(f.shape.out_per_group(), [&](auto kt) { forward_tiles<scalar_t, decltype(kt)::value>(f); });
+      with_tile_channels(f.shape.out_per_group(), [&](auto kt) {
+        if (small_maps<scalar_t>(f.shape)) {
+          forward_small_maps<scalar_t, decltype(kt)::value>(f);
+        } else {
+          forward_tiles<scalar_t, decltype(kt)::value>(f);
+        }
+      });
     });
   }
 
