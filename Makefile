@@ -58,7 +58,8 @@ cpp-test: $(VENV)/.deps
 # On the GPU machine: no venv (its python3 has torch, pytest, hypothesis, CuPy); nothing to install.
 # The whole test suite runs (the CUDA tests, and the rest against that machine's torch), then the
 # CMake CUDA build's C++ tests, then the GPU benchmarks (float32: pool, bn and conv in full, winograd on its
-# quick layers at batch 32 and 128; and a quick bfloat16 subset), each
+# quick layers at batch 32 and 128, rnn and models quick; and a quick bfloat16 subset), then ResNet-18
+# trained on the digits with --amp on both backends, each
 # even when an earlier step failed, so that one call (under 10 minutes) records everything; the exit
 # status says whether all passed.
 GPU_OUT := bench/results/cuda
@@ -73,7 +74,12 @@ gpu-check:
 	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops pool,bn,conv --out $(GPU_OUT) || status=1; \
 	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops winograd --quick --batches 32,128 \
 		--out $(GPU_OUT) || status=1; \
+	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops rnn,models --quick --out $(GPU_OUT) || status=1; \
 	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --quick --dtype bfloat16 --out $(GPU_OUT) || status=1; \
+	for backend in fastdl torch; do \
+		PYTHONPATH=python $(PYTHON) -m fastdl.train resnet18 --device cuda --amp --backend $$backend --epochs 2 \
+			2>&1 | tee $(GPU_OUT)/train-resnet18-amp-$$backend.log || status=1; \
+	done; \
 	exit $$status
 
 gpu-cpp-test:
