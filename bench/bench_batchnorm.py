@@ -6,22 +6,13 @@ grouped side by side per case.
 """
 
 import pytest
-import torch
-
-from conftest import bench_device
-from fastdl.bench import cases
+from conftest import benchmark_case, parametrize_family
 
 
 def pytest_generate_tests(metafunc):
-    if "case" in metafunc.fixturenames:
-        full = metafunc.config.getoption("--full")
-        selected = cases.bn_cases(bench_device(metafunc.config), torch.float32, quick=not full,
-                                  batches=cases.BN_BATCHES if full else (32,))
-        metafunc.parametrize("case", selected, ids=[c.id for c in selected])
+    parametrize_family(metafunc, "bn")
 
 
 @pytest.mark.parametrize("impl", ["torch", "fastdl"])
-def test_batch_norm(benchmark, run_step, case, impl):
-    benchmark.group = case.id
-    step = case.make_step(impl, case.make_inputs())
-    benchmark(run_step(step, case.device))
+def test_batch_norm(benchmark, case, impl):
+    benchmark_case(benchmark, case, impl)

@@ -1,10 +1,12 @@
-"""Options of the pytest-benchmark suites (bench/bench_*.py): which device, and all cases or a
-quick subset. The cases themselves come from fastdl.bench.cases, shared with python -m fastdl.bench."""
+"""What the pytest-benchmark suites (bench/bench_*.py) share: their options (device, all cases or the
+quick subset), the parametrization by a fastdl.bench family's cases (the same cases and quick subsets
+as python -m fastdl.bench), and the benchmark of one case on one side."""
 
 import pytest
 import torch
 
 import fastdl
+from fastdl.bench.cases import FAMILIES
 
 
 def pytest_addoption(parser):
@@ -20,14 +22,22 @@ def bench_device(config) -> str:
     return device
 
 
-@pytest.fixture
-def run_step():
-    """Wraps a step so a benchmark times its completion (CUDA work is asynchronous)."""
-    def wrap(step, device):
-        if device != "cuda":
-            return step
+def parametrize_family(metafunc, family: str) -> None:
+    """Parametrizes `case` with the family's float32 cases: the quick subset, or all with --full."""
+    if "case" in metafunc.fixturenames:
+        quick = not metafunc.config.getoption("--full")
+        selected = FAMILIES[family](bench_device(metafunc.config), torch.float32, quick=quick)
+        metafunc.parametrize("case", selected, ids=[c.id for c in selected])
+
+
+def benchmark_case(benchmark, case, impl: str) -> None:
+    """Times one side of a case, grouped with the other side; on CUDA until its work completes."""
+    benchmark.group = case.id
+    step = case.make_step(impl, case.make_inputs())
+    if case.device == "cuda":
         def synchronized():
             step()
             torch.cuda.synchronize()
-        return synchronized
-    return wrap
+        benchmark(synchronized)
+    else:
+        benchmark(step)
