@@ -144,6 +144,18 @@ NAMED = {
     "small maps, 4x4 out, groups 2, stride 2": ((3, 8, 7, 7), (12, 4, 3, 3), 2, 1, 1, 2),
     "small maps, dilation 2 past the image": ((2, 4, 3, 3), (6, 4, 3, 3), 1, 2, 2, 1),
     "no tap reaches the image: the bias alone": ((2, 3, 1, 1), (4, 3, 2, 2), 3, 2, 1, 1),
+    # 1x1 on small planes at batches over 1 runs as one image of all the pixels; the input gradient of
+    # an unpadded 1x1 convolution is a 1x1 convolution of grad_output (spread with zeros for stride > 1).
+    "1x1 on 7x7 maps, batch 3 (one image of all pixels)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),
+    "1x1 stride 2 padded, groups 2, small maps": ((3, 8, 9, 9), (6, 4, 1, 1), 2, 1, 1, 2),
+    "1x1 stride 2 unpadded, odd sizes": ((2, 8, 9, 11), (12, 8, 1, 1), 2, 0, 1, 1),
+    "1x1 stride 3 unpadded, groups 2, batch 1": ((1, 12, 10, 10), (40, 6, 1, 1), 3, 0, 1, 2),
+    "1x1, input channels not a multiple of 4": ((2, 7, 6, 6), (9, 7, 1, 1), 1, 0, 1, 1),
+    # The weight gradient of 1x1 kernels on small maps: vectors along the input channels.
+    "1x1 padded, stride 2, small maps (weight gradient over channels)": ((2, 5, 6, 6), (7, 5, 1, 1), 2, 1, 1, 1),
+    "1x1 on 14x14 maps, many channels": ((1, 70, 14, 14), (30, 70, 1, 1), 1, 0, 1, 1),
+    # Batch 1 with rows in two groups of unequal work, spread over the threads by cost.
+    "rows in two groups, batch 1": ((1, 64, 40, 40), (8, 64, 3, 3), 1, 1, 1, 1),
 }
 
 

@@ -23,11 +23,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -80,7 +82,12 @@ void pack_window(const Strided4d<const T>& src, int64_t H, int64_t W, int64_t n,
       }
     }
   }
-  std::fill(buf + (c1 - c0) * cs, buf + (c1 - c0) * cs + Vec<T>::size(), T(0));  // the over-read slack
+}
+
+// Tiles read up to a vector past the last element they use: the slack after a packed buffer's end.
+template <typename T>
+void zero_slack(T* end) {
+  std::fill(end, end + Vec<T>::size(), T(0));
 }
 
 // The input pixels of 1x1 kernels, tile-major: buf[tile][c - c0][l] is the input under output
@@ -148,37 +155,124 @@ int64_t rows_per_item(const Conv2dShape& s, const InputGeometry& geo, int64_t ch
   return std::clamp<int64_t>((input_rows - extra) / s.stride_h, 1, s.out_h);
 }
 
+// The packed input windows of a tiled convolution's units (an image's group of rows). When the units'
+// items are split over several ranges of output-channel blocks (small batches), each unit is packed
+// once, up front and in parallel, into a buffer its items share; else each item packs the channels
+// it reads into its thread's buffer. pack(unit, c0, c1, dst) packs channels [c0, c1) at stride cs.
+template <typename T>
+class UnitWindows {
+ public:
+  using Pack = std::function<void(int64_t, int64_t, int64_t, T*)>;
+
+  UnitWindows(int64_t units, int64_t channels, int64_t cs, bool shared, Pack pack)
+      : channels_(channels), cs_(cs), unit_size_(channels * cs + Vec<T>::size()), pack_(std::move(pack)) {
+    if (!shared) return;
+    shared_.reset(units * unit_size_);
+    const int64_t grain = std::max<int64_t>(1, channels / 4);
+    at::parallel_for(0, units * channels, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t u = i / channels, c = i % channels;
+        pack_(u, c, c + 1, shared_.get() + u * unit_size_ + c * cs_);
+        if (c == channels - 1) zero_slack(shared_.get() + u * unit_size_ + channels * cs_);
+      }
+    });
+  }
+
+  // Channels [c0, c1) of the unit (a view of the shared buffer, or packed now).
+  const T* get(int64_t unit, int64_t c0, int64_t c1) {
+    if (shared_) return shared_.get() + unit * unit_size_ + c0 * cs_;
+    T* own = buffers_.get((c1 - c0) * cs_ + Vec<T>::size());
+    pack_(unit, c0, c1, own);
+    zero_slack(own + (c1 - c0) * cs_);
+    return own;
+  }
+
+ private:
+  int64_t channels_, cs_, unit_size_;
+  Pack pack_;
+  Scratch<T> shared_;
+  ThreadBuffers<T> buffers_;
+};
+
+// Runs body(unit, blocks) for the items of a tiled convolution, `units` x `kchunks` ranges of its
+// output-channel blocks, spread over the threads by cost: vectors(unit) x blocks.
+template <typename Vectors, typename Body>
+void for_tile_items(int64_t units, int64_t blocks, int64_t kchunks, Vectors&& vectors, Body&& body) {
+  parallel_by_cost(
+      units * kchunks,
+      [&](int64_t i) {
+        const Range b = part_of(blocks, kchunks, i % kchunks);
+        return vectors(i / kchunks) * b.size();
+      },
+      [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) body(i / kchunks, part_of(blocks, kchunks, i % kchunks));
+      });
+}
+
+// Items per thread for the tiled convolutions: enough that costs spread evenly (parallel_by_cost).
+constexpr int64_t kItemsPerThread = 8;
+
 // Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
 // reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
-// given taps. Packed in parallel, by blocks: at batch 1 this copy is as long as the convolution
-// itself would be on one thread.
-template <typename T>
-std::unique_ptr<T[]> pack_weights(const T* w, const Conv2dShape& s, int64_t KT, bool transposed,
-                                  const std::vector<int64_t>& tap_index) {
+// given taps. Packed in parallel, by passes over 16 blocks: the forward's block is KT runs of the
+// source; the input gradient's reads, per reduction channel k, a run [c][tap] of the source. KT is a
+// template parameter for the input gradient's inner loop: as a run-time value it cost 40 instructions
+// per element (3 ms for ResNet-50's 2048x512 weights, longer than the convolution).
+template <typename T, int KT>
+Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const std::vector<int64_t>& tap_index) {
+  constexpr int64_t kPassBlocks = 16, kPassElements = 4096;
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), taps = s.taps();
   const int64_t outs = transposed ? Cg : Kg, reds = transposed ? Kg : Cg, nt = int64_t(tap_index.size());
-  const int64_t blocks = div_up(outs, KT), block_size = reds * nt * KT;
+  const int64_t blocks = div_up(outs, KT), block_size = reds * nt * KT, passes = div_up(blocks, kPassBlocks);
   bool all_taps = nt == taps;
   for (int64_t t = 0; t < nt; ++t) all_taps &= tap_index[t] == t;
-  std::unique_ptr<T[]> packed(new T[s.groups * blocks * block_size]);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(block_size, 1));
-  at::parallel_for(0, s.groups * blocks, grain, [&](int64_t gb0, int64_t gb1) {
-    for (int64_t gb = gb0; gb < gb1; ++gb) {
-      const int64_t g = gb / blocks, o0 = gb % blocks * KT;
-      T* block = packed.get() + gb * block_size;
-      for (int64_t j = 0; j < KT; ++j) {
-        T* dst = block + j;  // (r, t) at dst[(r * nt + t) * KT]
-        if (o0 + j >= outs) {
-          for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = T(0);
-        } else if (!transposed && all_taps) {  // the forward's: one contiguous run of the source
-          const T* src = w + (g * Kg + o0 + j) * Cg * taps;
-          for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = src[i];
-        } else {
-          for (int64_t r = 0; r < reds; ++r, dst += nt * KT) {
-            const int64_t k = transposed ? r : o0 + j, c = transposed ? o0 + j : r;
-            const T* src = w + ((g * Kg + k) * Cg + c) * taps;
-            for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
+  Scratch<T> packed(s.groups * blocks * block_size);
+  const auto pack_block = [&](int64_t g, int64_t b) {  // the forward's
+    const int64_t o0 = b * KT;
+    for (int64_t j = 0; j < KT; ++j) {
+      T* dst = packed.get() + (g * blocks + b) * block_size + j;  // (c, t) at dst[(c * nt + t) * KT]
+      if (o0 + j >= outs) {
+        for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = T(0);
+      } else if (all_taps) {  // one contiguous run of the source
+        const T* src = w + (g * Kg + o0 + j) * Cg * taps;
+        for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = src[i];
+      } else {
+        for (int64_t c = 0; c < reds; ++c, dst += nt * KT) {
+          const T* src = w + ((g * Kg + o0 + j) * Cg + c) * taps;
+          for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
+        }
+      }
+    }
+  };
+  const int64_t* tap = tap_index.data();
+  at::parallel_for(0, s.groups * passes, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t g = p / passes, b0 = p % passes * kPassBlocks, b1 = std::min(blocks, b0 + kPassBlocks);
+      if (!transposed) {
+        for (int64_t b = b0; b < b1; ++b) pack_block(g, b);
+        continue;
+      }
+      // Rows of the source are Cg * taps apart (8 KiB for ResNet-50's 2048x512): read in place they
+      // alias to a few cache sets. Each chunk of rows' slice of the pass is copied out first, then
+      // written block by block, every write a contiguous run.
+      const int64_t width = (b1 - b0) * KT * taps, rows = std::max<int64_t>(1, kPassElements / width);
+      std::vector<T> slice(rows * width);
+      for (int64_t k0 = 0; k0 < reds; k0 += rows) {
+        const int64_t k1 = std::min(reds, k0 + rows);
+        const int64_t have = std::min(width, (outs - b0 * KT) * taps);  // the last pass ends at Cg
+        for (int64_t k = k0; k < k1; ++k) {
+          std::memcpy(slice.data() + (k - k0) * width, w + ((g * Kg + k) * Cg + b0 * KT) * taps, have * sizeof(T));
+          std::fill(slice.data() + (k - k0) * width + have, slice.data() + (k - k0 + 1) * width, T(0));
+        }
+        for (int64_t b = b0; b < b1; ++b) {
+          T* dst = packed.get() + ((g * blocks + b) * reds + k0) * nt * KT;
+          for (int64_t k = k0; k < k1; ++k) {
+            const T* src = slice.data() + (k - k0) * width + (b - b0) * KT * taps;
+            for (int64_t t = 0; t < nt; ++t, dst += KT) {
+              const T* from = src + tap[t];
+              for (int j = 0; j < KT; ++j) dst[j] = from[j * taps];
+            }
           }
         }
       }
@@ -296,6 +390,119 @@ std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
   return taps;
 }
 
+// Whether a pointwise convolution runs as one image of all the batch's pixels: at batches over 1, when
+// an image's pixels leave more than a tenth of its tiles' lanes empty (7x7 maps: 49 pixels in 72).
+template <typename T, int KT>
+bool pointwise_as_one_image(const Conv2dShape& s) {
+  const int64_t tile = kTileVectors<KT> * Vec<T>::size(), plane = s.out_h * s.out_w;
+  return s.batch > 1 && 10 * plane < 9 * div_up(plane, tile) * tile;
+}
+
+// A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): output
+// pixels in flat order, tiles of them gathered tile-major (pack_pixels). y's rows must be contiguous
+// runs (y.sh == out_w * y.sw), as in the outputs this file allocates. Small images at batches over 1
+// (pointwise_as_one_image) run as one image of all their pixels: the input gathered into rows
+// [C][N * plane], the output computed as [K][N * plane], then put in place.
+template <typename T, int KT>
+void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc) {
+  constexpr int64_t V = Vec<T>::size();
+  constexpr int64_t tile = kTileVectors<KT> * V;
+  const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
+  const int64_t zero_tap = 0, pixels = s.out_h * s.out_w, tiles = div_up(pixels, tile);
+  if (pointwise_as_one_image<T, KT>(s)) {
+    const int64_t all = s.batch * pixels;
+    Scratch<T> columns(s.in_channels * all), out(s.out_channels * all);
+    // A plane whose pixels are read in order (stride 1, no padding, rows contiguous) is one copy.
+    const bool whole_planes = s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && x.sw == 1 &&
+                              x.sh == s.in_w;
+    at::parallel_for(0, s.in_channels, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        T* dst = columns.get() + c * all;
+        for (int64_t n = 0; n < s.batch; ++n) {
+          if (whole_planes) {
+            std::memcpy(dst, x.at(n, c, 0, 0), pixels * sizeof(T));
+            dst += pixels;
+            continue;
+          }
+          for (int64_t oh = 0; oh < s.out_h; ++oh) {
+            const int64_t ih = oh * s.stride_h - s.pad_h;
+            for (int64_t ow = 0; ow < s.out_w; ++ow) {
+              const int64_t iw = ow * s.stride_w - s.pad_w;
+              *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, c, ih, iw) : T(0);
+            }
+          }
+        }
+      }
+    });
+    Conv2dShape one = s;
+    one.batch = one.in_h = one.out_h = 1;
+    one.in_w = one.out_w = all;
+    one.stride_h = one.stride_w = 1;
+    one.pad_h = one.pad_w = 0;
+    one.layout = Layout::nchw;
+    TiledConv<T> flat = tc;
+    flat.out_channel_stride = all;
+    flat.out_pixel_stride = 1;
+    pointwise_tiles<T, KT>({columns.get(), s.in_channels * all, all, all, 1}, {out.get(), s.out_channels * all, all, all, 1},
+                           one, flat);
+    at::parallel_for(0, s.out_channels, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const T* src = out.get() + k * all;
+        for (int64_t n = 0; n < s.batch; ++n, src += pixels) {
+          if (y.sw == 1) {  // rows contiguous (see above): the plane is one run
+            std::memcpy(y.at(n, k, 0, 0), src, pixels * sizeof(T));
+          } else {
+            for (int64_t p = 0; p < pixels; ++p) *y.at(n, k, p / s.out_w, p % s.out_w) = src[p];
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Tiles per unit: their inputs over one channel block fit the L1 cache (compute_blocks runs the unit's
+  // tiles inside its output-channel blocks when the weights are the larger).
+  const int64_t chunk = std::clamp<int64_t>(
+      kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile * int64_t(sizeof(T))), 1, tiles);
+  const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks, kItemsPerThread);
+  // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
+  // by tiles, into a buffer the items share; else each item packs its own.
+  Scratch<T> shared;
+  if (kchunks > 1) {
+    shared.reset(s.batch * tiles * s.in_channels * tile);
+    at::parallel_for(0, s.batch * tiles, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i % tiles;
+        pack_pixels(x, s, i / tiles, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
+                    shared.get() + i * s.in_channels * tile);
+      }
+    });
+  }
+  ThreadBuffers<T> buffers;
+  const auto chunk_vectors = [&](int64_t unit) {
+    const int64_t t0 = unit % chunks * chunk;
+    return div_up(std::min(pixels, (t0 + chunk) * tile) - t0 * tile, V);
+  };
+  for_tile_items(s.batch * chunks, blocks, kchunks, chunk_vectors, [&](int64_t unit, Range b) {
+    const int64_t n = unit / chunks, t0 = unit % chunks * chunk, t1 = std::min(tiles, t0 + chunk);
+    const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
+    const int64_t channels = shared ? s.in_channels : (g1 - g0) * Cg;  // in a tile of the buffer
+    const T* buf;
+    if (shared) {
+      buf = shared.get() + ((n * tiles + t0) * s.in_channels + g0 * Cg) * tile;
+    } else {
+      T* own = buffers.get((t1 - t0) * channels * tile);
+      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own);
+      buf = own;
+    }
+    compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
+                          b.begin, b.end, chunk_vectors(unit), [&](int64_t q) {
+                            const int64_t p = t0 * tile + q * V;
+                            return VectorPos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
+                                             p / s.out_w * y.sh + p % s.out_w * y.sw, std::min(V, pixels - p)};
+                          });
+  });
+}
+
 template <typename T, int KT>
 void forward_tiles(const Conv2dForward& f) {
   constexpr int64_t V = Vec<T>::size();
@@ -305,7 +512,7 @@ void forward_tiles(const Conv2dForward& f) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;  // its padding is packed as zeros instead
   const std::vector<int64_t> taps = pointwise ? std::vector<int64_t>{0} : taps_reaching_image(s);
-  const std::unique_ptr<T[]> weights = pack_weights(f.weight.const_data_ptr<T>(), s, KT, false, taps);
+  const Scratch<T> weights = pack_weights<T, KT>(f.weight.const_data_ptr<T>(), s, false, taps);
   std::vector<T> bias;
   if (f.bias.defined()) {
     bias.assign(blocks * KT, T(0));
@@ -316,79 +523,32 @@ void forward_tiles(const Conv2dForward& f) {
   }
   TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc,
                   y.sw, channel_block<T, KT>(s.kernel_h, Cg)};
-  if (pointwise) {
-    // Pointwise: output pixels in flat order, tiles of them gathered tile-major (pack_pixels).
-    constexpr int64_t tile = kTileVectors<KT> * V;
-    const int64_t zero_tap = 0, pixels = s.out_h * s.out_w, tiles = div_up(pixels, tile);
-    const int64_t chunk = std::clamp<int64_t>(kItemBufferBytes / (s.in_channels * tile * int64_t(sizeof(T))), 1, tiles);
-    const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks);
-    // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
-    // by tiles, into a buffer the items share (at most 4 * threads chunks); else each item packs its own.
-    std::unique_ptr<T[]> shared;
-    if (kchunks > 1) {
-      shared.reset(new T[s.batch * tiles * s.in_channels * tile]);
-      at::parallel_for(0, s.batch * tiles, 1, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t t = i % tiles;
-          pack_pixels(x, s, i / tiles, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
-                      shared.get() + i * s.in_channels * tile);
-        }
-      });
-    }
-    ThreadBuffers<T> buffers;
-    at::parallel_for(0, s.batch * chunks * kchunks, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t n = item / (chunks * kchunks), t0 = item / kchunks % chunks * chunk;
-        const int64_t t1 = std::min(tiles, t0 + chunk);
-        const Range b = part_of(blocks, kchunks, item % kchunks);
-        const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
-        const int64_t channels = shared ? s.in_channels : (g1 - g0) * Cg;  // in a tile of the buffer
-        const T* buf;
-        if (shared) {
-          buf = shared.get() + ((n * tiles + t0) * s.in_channels + g0 * Cg) * tile;
-        } else {
-          T* own = buffers.get((t1 - t0) * channels * tile);
-          pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own);
-          buf = own;
-        }
-        compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
-                              b.begin, b.end,
-                              div_up(std::min(pixels, t1 * tile) - t0 * tile, V), [&](int64_t q) {
-                                const int64_t p = t0 * tile + q * V;
-                                return VectorPos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
-                                                 p / s.out_w * y.sh + p % s.out_w * y.sw, std::min(V, pixels - p)};
-                              });
-      }
-    });
-    return;
-  }
+  if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc);
 
   const InputGeometry geo(s);
   std::vector<int64_t> tap_offsets;
   for (const int64_t t : taps) tap_offsets.push_back(geo.taps[t]);
-  const int64_t rows = rows_per_item(s, geo, s.in_channels, sizeof(T)), row_groups = div_up(s.out_h, rows);
-  const int64_t kchunks = block_chunks(s.batch * row_groups, blocks), nvec = div_up(s.out_w, V);
-  const int64_t rs = geo.window.row_stride();
-  ThreadBuffers<T> buffers;
-  at::parallel_for(0, s.batch * row_groups * kchunks, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t n = item / (row_groups * kchunks), oh0 = item / kchunks % row_groups * rows;
-      const int64_t oh1 = std::min(s.out_h, oh0 + rows);
-      const Range b = part_of(blocks, kchunks, item % kchunks);
-      const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
-      const Window win = geo.rows(s, oh0, oh1);
-      const int64_t cs = unaliased(win.rows * rs, sizeof(T));
-      T* buf = buffers.get((g1 - g0) * Cg * cs + V);
-      pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, buf, cs);
-      compute_blocks<T, KT>(tc, buf, cs, tap_offsets.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
-                            (oh1 - oh0) * nvec,
-                            [&](int64_t q) {
-                              const int64_t row = q / nvec, ow = q % nvec * V;
-                              return VectorPos{row * s.stride_h * rs + ow,
-                                               n * y.sn + (oh0 + row) * y.sh + ow * y.sw,
-                                               std::min(V, s.out_w - ow)};
-                            });
-    }
+  // Units: an image's group of output rows, the groups of near-equal size.
+  const int64_t row_groups = div_up(s.out_h, rows_per_item(s, geo, s.in_channels, sizeof(T)));
+  const int64_t units = s.batch * row_groups, kchunks = block_chunks(units, blocks, kItemsPerThread);
+  const int64_t nvec = div_up(s.out_w, V), rs = geo.window.row_stride();
+  const auto unit_rows = [&](int64_t unit) { return part_of(s.out_h, row_groups, unit % row_groups); };
+  const int64_t cs = unaliased(geo.rows(s, 0, div_up(s.out_h, row_groups)).rows * rs, sizeof(T));
+  UnitWindows<T> windows(units, s.in_channels, cs, kchunks > 1, [&](int64_t unit, int64_t c0, int64_t c1, T* dst) {
+    const Range r = unit_rows(unit);
+    pack_window(x, s.in_h, s.in_w, unit / row_groups, c0, c1, geo.rows(s, r.begin, r.end), dst, cs);
+  });
+  const auto unit_vectors = [&](int64_t unit) { return unit_rows(unit).size() * nvec; };
+  for_tile_items(units, blocks, kchunks, unit_vectors, [&](int64_t unit, Range b) {
+    const int64_t n = unit / row_groups, oh0 = unit_rows(unit).begin;
+    const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
+    const T* buf = windows.get(unit, g0 * Cg, g1 * Cg);
+    compute_blocks<T, KT>(tc, buf, cs, tap_offsets.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
+                          unit_vectors(unit), [&](int64_t q) {
+                            const int64_t row = q / nvec, ow = q % nvec * V;
+                            return VectorPos{row * s.stride_h * rs + ow, n * y.sn + (oh0 + row) * y.sh + ow * y.sw,
+                                             std::min(V, s.out_w - ow)};
+                          });
   });
 }
 
@@ -413,9 +573,10 @@ void forward_small_maps(const Conv2dForward& f) {
   const int64_t nt = int64_t(taps.size()), plane = s.out_h * s.out_w, pixels = s.batch * plane;
   if (nt == 0) return forward_tiles<T, KT>(f);  // only padding under the kernel: the bias everywhere
   const auto x = strided<const T>(f.input);
-  at::Tensor columns = at::empty({1, s.in_channels * nt, 1, pixels}, f.input.options());
-  at::Tensor out = at::empty({1, s.out_channels, 1, pixels}, f.output.options());
-  T* col = columns.data_ptr<T>();
+  Scratch<T> column_memory(s.in_channels * nt * pixels), out_memory(s.out_channels * pixels);
+  const at::Tensor columns = at::from_blob(column_memory.get(), {1, s.in_channels * nt, 1, pixels}, f.input.options());
+  const at::Tensor out = at::from_blob(out_memory.get(), {1, s.out_channels, 1, pixels}, f.output.options());
+  T* col = column_memory.get();
   at::parallel_for(0, s.in_channels * nt, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i / nt, r = taps[i % nt] / s.kernel_w, q = taps[i % nt] % s.kernel_w;
@@ -481,14 +642,54 @@ PhaseTaps phase_taps(int64_t a, int64_t kernel, int64_t stride, int64_t pad, int
   return p;
 }
 
+// The input gradient of an unpadded 1x1 convolution is a pointwise convolution of grad_output with
+// the transposed weights (pointwise_tiles). With stride s it lands on every s-th input pixel: computed
+// dense, then spread out with zeros between.
+template <typename T, int KT>
+void grad_input_pointwise(const Conv2dBackward& b) {
+  const Conv2dShape& s = b.shape;
+  const auto dy = strided<const T>(b.grad_output);
+  const auto dx = strided<T>(b.grad_input);
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group();
+  const Scratch<T> weights = pack_weights<T, KT>(b.weight.const_data_ptr<T>(), s, true, {0});
+  Conv2dShape t = s;  // grad_output to grad_input
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.in_h = s.out_h;
+  t.in_w = s.out_w;
+  t.stride_h = t.stride_w = 1;
+  const bool strided_out = s.stride_h > 1 || s.stride_w > 1;
+  Scratch<T> dense_memory(strided_out ? s.batch * s.in_channels * s.out_h * s.out_w : 0);
+  const at::Tensor dense = strided_out ? at::from_blob(dense_memory.get(), {s.batch, s.in_channels, s.out_h, s.out_w},
+                                                       b.grad_input.options())
+                                       : b.grad_input;
+  const auto y = strided<T>(dense);
+  const TiledConv<T> tc{Kg, Cg, div_up(Cg, KT), 1, weights.get(), nullptr, y.sc, y.sw, channel_block<T, KT>(1, Kg)};
+  pointwise_tiles<T, KT>(dy, y, t, tc);
+  if (!strided_out) return;
+  at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / s.in_channels, c = i % s.in_channels;
+      for (int64_t ih = 0; ih < s.in_h; ++ih) {
+        const int64_t oh = ih / s.stride_h;
+        const bool row = ih % s.stride_h == 0 && oh < s.out_h;
+        for (int64_t iw = 0; iw < s.in_w; ++iw) {
+          const int64_t ow = iw / s.stride_w;
+          *dx.at(n, c, ih, iw) = row && iw % s.stride_w == 0 && ow < s.out_w ? *y.at(n, c, oh, ow) : T(0);
+        }
+      }
+    }
+  });
+}
+
 template <typename T, int KT>
 void grad_input_tiles(const Conv2dBackward& b) {
   constexpr int64_t V = Vec<T>::size();
   const Conv2dShape& s = b.shape;
+  if (s.kernel_h == 1 && s.kernel_w == 1 && s.pad_h == 0 && s.pad_w == 0) return grad_input_pointwise<T, KT>(b);
   const auto dy = strided<const T>(b.grad_output);
   const auto dx = strided<T>(b.grad_input);
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Cg, KT), blocks = s.groups * nb;
-  ThreadBuffers<T> buffers;
   for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
     for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
       const int64_t rows_out = div_up(s.in_h - a, s.stride_h), cols_out = div_up(s.in_w - a_w, s.stride_w);
@@ -517,34 +718,35 @@ void grad_input_tiles(const Conv2dBackward& b) {
           taps.push_back((th.offsets[r] - th.min_offset) * width + tw.offsets[c] - tw.min_offset);
         }
       }
-      const std::unique_ptr<T[]> weights = pack_weights(b.weight.const_data_ptr<T>(), s, KT, true, tap_index);
+      const Scratch<T> weights = pack_weights<T, KT>(b.weight.const_data_ptr<T>(), s, true, tap_index);
       const TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()), weights.get(), nullptr, dx.sc, s.stride_w * dx.sw,
                             channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
       const int64_t extra = th.max_offset - th.min_offset;
       const int64_t rows = std::clamp<int64_t>(
           kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
-      const int64_t row_groups = div_up(rows_out, rows), kchunks = block_chunks(s.batch * row_groups, blocks);
-      const int64_t nvec = div_up(cols_out, V);
-      at::parallel_for(0, s.batch * row_groups * kchunks, 1, [&](int64_t i0, int64_t i1) {
-        for (int64_t item = i0; item < i1; ++item) {
-          const int64_t n = item / (row_groups * kchunks), m0 = item / kchunks % row_groups * rows;
-          const int64_t m1 = std::min(rows_out, m0 + rows);
-          const Range bl = part_of(blocks, kchunks, item % kchunks);
-          const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
-          const Window win{m0 + th.min_offset, m1 - m0 + extra, tw.min_offset, 1, 1, width};
-          const int64_t cs = unaliased(win.rows * width, sizeof(T));
-          T* buf = buffers.get((g1 - g0) * Kg * cs + V);
-          pack_window(dy, s.out_h, s.out_w, n, g0 * Kg, g1 * Kg, win, buf, cs);
-          compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, cs * int64_t(sizeof(T)), dx.data, bl.begin, bl.end,
-                                (m1 - m0) * nvec,
-                                [&](int64_t q) {
-                                  const int64_t row = q / nvec, j = q % nvec * V;
-                                  return VectorPos{row * width + j,
-                                                   n * dx.sn + (a + s.stride_h * (m0 + row)) * dx.sh +
-                                                       (a_w + s.stride_w * j) * dx.sw,
-                                                   std::min(V, cols_out - j)};
-                                });
-        }
+      // Units: an image's group of rows of this phase, the groups of near-equal size.
+      const int64_t row_groups = div_up(rows_out, rows), units = s.batch * row_groups;
+      const int64_t kchunks = block_chunks(units, blocks, kItemsPerThread), nvec = div_up(cols_out, V);
+      const auto unit_rows = [&](int64_t unit) { return part_of(rows_out, row_groups, unit % row_groups); };
+      const int64_t cs = unaliased((div_up(rows_out, row_groups) + extra) * width, sizeof(T));
+      UnitWindows<T> windows(units, s.out_channels, cs, kchunks > 1, [&](int64_t unit, int64_t k0, int64_t k1, T* dst) {
+        const Range r = unit_rows(unit);
+        const Window win{r.begin + th.min_offset, r.size() + extra, tw.min_offset, 1, 1, width};
+        pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
+      });
+      const auto unit_vectors = [&](int64_t unit) { return unit_rows(unit).size() * nvec; };
+      for_tile_items(units, blocks, kchunks, unit_vectors, [&](int64_t unit, Range bl) {
+        const int64_t n = unit / row_groups, m0 = unit_rows(unit).begin;
+        const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
+        const T* buf = windows.get(unit, g0 * Kg, g1 * Kg);
+        compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, cs * int64_t(sizeof(T)), dx.data, bl.begin, bl.end,
+                              unit_vectors(unit), [&](int64_t q) {
+                                const int64_t row = q / nvec, j = q % nvec * V;
+                                return VectorPos{row * width + j,
+                                                 n * dx.sn + (a + s.stride_h * (m0 + row)) * dx.sh +
+                                                     (a_w + s.stride_w * j) * dx.sw,
+                                                 std::min(V, cols_out - j)};
+                              });
       });
     }
   }
@@ -607,6 +809,7 @@ PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, c
       pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, p.cs);
     }
   }
+  zero_slack(buf + (p.n1 - p.n0) * p.image_stride);
   p.buf = buf;
   return p;
 }
@@ -620,23 +823,104 @@ void grad_weight_tasks(const Conv2dBackward& b, int64_t items, int64_t blocks, B
   T* dw = b.grad_weight.data_ptr<T>();
   const bool split_pixels = items >= 2 * threads;
   const int64_t tasks = split_pixels ? threads : block_chunks(1, blocks);
-  std::vector<T> partial(split_pixels ? (tasks - 1) * numel : 0, T(0));
-  std::fill(dw, dw + numel, T(0));
+  Scratch<T> partial_memory(split_pixels ? (tasks - 1) * numel : 0);
+  T* partial = partial_memory.get();
+  // Zeroed in parallel: grad_weight is freshly allocated, and faulting its pages in on one thread took
+  // 5 ms of 11 for ResNet-50's 512x512 3x3 weights at batch 1.
+  at::parallel_for(0, (split_pixels ? tasks : 1) * numel, 1 << 16, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1;) {  // [0, numel) is dw, the rest the partial sums
+      const int64_t end = e < numel ? std::min(e1, numel) : e1;
+      std::fill(e < numel ? dw + e : partial + (e - numel), e < numel ? dw + end : partial + (end - numel), T(0));
+      e = end;
+    }
+  });
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t task = t0; task < t1; ++task) {
       const Range it = split_pixels ? part_of(items, tasks, task) : Range{0, items};
       const Range bl = split_pixels ? Range{0, blocks} : part_of(blocks, tasks, task);
-      body(it, bl, split_pixels && task > 0 ? partial.data() + (task - 1) * numel : dw);
+      body(it, bl, split_pixels && task > 0 ? partial + (task - 1) * numel : dw);
     }
   });
-  if (!partial.empty()) {
+  if (split_pixels) {
     at::parallel_for(0, numel, 4096, [&](int64_t e0, int64_t e1) {
       for (int64_t t = 0; t + 1 < tasks; ++t) {
-        const T* p = partial.data() + t * numel;
+        const T* p = partial + t * numel;
         for (int64_t e = e0; e < e1; ++e) dw[e] += p[e];
       }
     });
   }
+}
+
+// The weight gradient of a 1x1 convolution (groups 1) on small maps, as the forward's tiles compute
+// it: dW[k][c] = sum over the batch's pixels p of dy[k][p] * x[c][p], vectors along the input channels
+// c (the input under each output pixel gathered pixel-major, [p][c]), KT output channels broadcast
+// from grad_output packed [block][p][KT], the pixels as the reduction. Rows of 7 or 14 pixels fill
+// the pixel-vector form's vectors badly and end every tile in horizontal sums.
+// Taken (measured, bench/NOTES.md convolution entry 8) for maps of up to 8x8 pixels (7x7: batch 8
+// 0.51x -> 1.0x torch, batch 32 0.50x -> 0.57x) and for at most 512 pixels in all (14x14 at batch 1:
+// 0.56x -> 0.69x); 14x14 at batch 8 measured slower (0.60x -> 0.45x) and keeps the pixel-vector form.
+constexpr int64_t kPointwiseGradColumns = int64_t(1) << 24;  // elements of the gathered input
+
+bool pointwise_grad_weight(const Conv2dShape& s) {
+  const int64_t plane = s.out_h * s.out_w, pixels = s.batch * plane;
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.groups == 1 && (plane <= 64 || pixels <= 512) &&
+         pixels * s.in_channels <= kPointwiseGradColumns;
+}
+
+template <typename T, int KT>
+void grad_weight_pointwise(const Conv2dBackward& b) {
+  constexpr int64_t V = Vec<T>::size();
+  constexpr int VT = kTileVectors<KT>;
+  constexpr int64_t TW = VT * V;  // input channels per tile
+  const Conv2dShape& s = b.shape;
+  const int64_t C = s.in_channels, K = s.out_channels, plane = s.out_h * s.out_w, P = s.batch * plane;
+  const int64_t nb = div_up(K, KT), ctiles = div_up(C, TW);
+  const auto x = strided<const T>(b.input);
+  const auto dy = strided<const T>(b.grad_output);
+  // The input tile-major, [channel tile][pixel][TW] (zero past the last channel): a tile's steps over
+  // the pixels read one contiguous run.
+  Scratch<T> columns(ctiles * P * TW + V), packed(nb * P * KT);
+  at::parallel_for(0, s.batch * s.out_h, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {  // one output row: its pixels' inputs, channel by channel
+      const int64_t n = r / s.out_h, oh = r % s.out_h, ih = oh * s.stride_h - s.pad_h;
+      for (int64_t c = 0; c < ctiles * TW; ++c) {
+        T* dst = columns.get() + ((c / TW) * P + r * s.out_w) * TW + c % TW;
+        for (int64_t ow = 0; ow < s.out_w; ++ow) {
+          const int64_t iw = ow * s.stride_w - s.pad_w;
+          const bool inside = c < C && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+          dst[ow * TW] = inside ? *x.at(n, c, ih, iw) : T(0);
+        }
+      }
+    }
+  });
+  zero_slack(columns.get() + ctiles * P * TW);
+  at::parallel_for(0, nb, 1, [&](int64_t kb0, int64_t kb1) {
+    for (int64_t kb = kb0; kb < kb1; ++kb) {
+      T* dst = packed.get() + kb * P * KT;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        for (int64_t p = 0; p < plane; ++p, dst += KT) {
+          for (int j = 0; j < KT; ++j) {
+            const int64_t k = kb * KT + j;
+            dst[j] = k < K ? *dy.at(n, k, p / s.out_w, p % s.out_w) : T(0);
+          }
+        }
+      }
+    }
+  });
+  const TiledConv<T> tc{P, K, nb, 1, packed.get(), nullptr, C, 1, channel_block<T, KT>(1, P)};
+  T* dw = b.grad_weight.data_ptr<T>();
+  const int64_t zero_tap = 0, vectors = div_up(C, V), unit = 3 * VT, units = div_up(vectors, unit);
+  const int64_t kchunks = block_chunks(units, nb, kItemsPerThread);
+  const auto unit_vectors = [&](int64_t u) { return std::min(vectors, (u + 1) * unit) - u * unit; };
+  for_tile_items(units, nb, kchunks, unit_vectors, [&](int64_t u, Range bl) {
+    const int64_t c0 = u * unit * V;
+    compute_blocks<T, KT>(tc, columns.get() + (c0 / TW) * P * TW, TW, &zero_tap, 0,
+                          unit_vectors(u) * V * int64_t(sizeof(T)), dw, bl.begin, bl.end, unit_vectors(u),
+                          [&](int64_t q) {
+                            const int64_t c = c0 + q * V;
+                            return VectorPos{q / VT * P * TW + q % VT * V, c, std::min(V, C - c)};
+                          });
+  });
 }
 
 // Pixel-vector form: weight_grad_tile over rows of pixels (large maps).
@@ -850,7 +1134,9 @@ struct CpuConv2d {
       if (b.grad_input.defined()) {
         with_tile_channels(b.shape.in_per_group(), [&](auto kt) { grad_input_tiles<scalar_t, decltype(kt)::value>(b); });
       }
-      if (b.grad_weight.defined() && channel_vectors_for_grad_weight(b.shape, Vec<scalar_t>::size())) {
+      if (b.grad_weight.defined() && pointwise_grad_weight(b.shape)) {
+        with_tile_channels(b.shape.out_channels, [&](auto kt) { grad_weight_pointwise<scalar_t, decltype(kt)::value>(b); });
+      } else if (b.grad_weight.defined() && channel_vectors_for_grad_weight(b.shape, Vec<scalar_t>::size())) {
         grad_weight_channel_tiles<scalar_t>(b);
       } else if (b.grad_weight.defined()) {
         with_tile_channels(b.shape.out_per_group(), [&](auto kt) { grad_weight_tiles<scalar_t, decltype(kt)::value>(b); });
