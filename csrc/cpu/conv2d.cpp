@@ -212,6 +212,7 @@ void for_tile_items(int64_t units, int64_t blocks, int64_t kchunks, Vectors&& ve
 // Items per thread for the tiled convolutions: enough that costs spread evenly (parallel_by_cost).
 constexpr int64_t kItemsPerThread = 8;
 
+
 // Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
 // reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
@@ -361,6 +362,24 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
       }
     }
   }
+}
+
+// The tiles over units of rows (forward and input gradient): unit u is image u / row_groups, its rows
+// unit_rows(u), each of nvec pixel vectors, its items split over `blocks` output-channel blocks;
+// vector_at(u, row, first) places the vector starting at pixel `first` of the unit's row `row`
+// (counted from the unit's first row).
+template <typename T, int KT, typename Rows, typename VectorAt>
+void run_row_units(const TiledConv<T>& tc, UnitWindows<T>& windows, int64_t cs, const int64_t* taps, T* out,
+                   int64_t units, int64_t row_groups, int64_t blocks, int64_t kchunks, int64_t nvec, Rows&& unit_rows,
+                   VectorAt&& vector_at) {
+  constexpr int64_t V = Vec<T>::size();
+  const auto unit_vectors = [&](int64_t unit) { return unit_rows(unit).size() * nvec; };
+  for_tile_items(units, blocks, kchunks, unit_vectors, [&](int64_t unit, Range b) {
+    const int64_t g0 = b.begin / tc.blocks, g1 = (b.end - 1) / tc.blocks + 1;
+    const T* buf = windows.get(unit, g0 * tc.reds, g1 * tc.reds);
+    compute_blocks<T, KT>(tc, buf, cs, taps, g0, cs * int64_t(sizeof(T)), out, b.begin, b.end, unit_vectors(unit),
+                          [&](int64_t q) { return vector_at(unit, q / nvec, q % nvec * V); });
+  });
 }
 
 // Reduction channels per pass: a tile's inputs over them fit kTileInputBytes.
@@ -540,18 +559,12 @@ void forward_tiles(const Conv2dForward& f) {
     const Range r = unit_rows(unit);
     pack_window(x, s.in_h, s.in_w, unit / row_groups, c0, c1, geo.rows(s, r.begin, r.end), dst, cs);
   });
-  const auto unit_vectors = [&](int64_t unit) { return unit_rows(unit).size() * nvec; };
-  for_tile_items(units, blocks, kchunks, unit_vectors, [&](int64_t unit, Range b) {
-    const int64_t n = unit / row_groups, oh0 = unit_rows(unit).begin;
-    const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
-    const T* buf = windows.get(unit, g0 * Cg, g1 * Cg);
-    compute_blocks<T, KT>(tc, buf, cs, tap_offsets.data(), g0, cs * int64_t(sizeof(T)), y.data, b.begin, b.end,
-                          unit_vectors(unit), [&](int64_t q) {
-                            const int64_t row = q / nvec, ow = q % nvec * V;
-                            return VectorPos{row * s.stride_h * rs + ow, n * y.sn + (oh0 + row) * y.sh + ow * y.sw,
-                                             std::min(V, s.out_w - ow)};
-                          });
-  });
+  run_row_units<T, KT>(tc, windows, cs, tap_offsets.data(), y.data, units, row_groups, blocks, kchunks, nvec, unit_rows,
+                       [&](int64_t unit, int64_t row, int64_t ow) {
+                         const int64_t n = unit / row_groups, oh = unit_rows(unit).begin + row;
+                         return VectorPos{row * s.stride_h * rs + ow, n * y.sn + oh * y.sh + ow * y.sw,
+                                          std::min(V, s.out_w - ow)};
+                       });
 }
 
 // Small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs), whose
@@ -739,20 +752,13 @@ void grad_input_tiles(const Conv2dBackward& b) {
         const Window win{r.begin + th.min_offset, r.size() + extra, tw.min_offset, 1, 1, width};
         pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
       });
-      const auto unit_vectors = [&](int64_t unit) { return unit_rows(unit).size() * nvec; };
-      for_tile_items(units, blocks, kchunks, unit_vectors, [&](int64_t unit, Range bl) {
-        const int64_t n = unit / row_groups, m0 = unit_rows(unit).begin;
-        const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
-        const T* buf = windows.get(unit, g0 * Kg, g1 * Kg);
-        compute_blocks<T, KT>(tc, buf, cs, taps.data(), g0, cs * int64_t(sizeof(T)), dx.data, bl.begin, bl.end,
-                              unit_vectors(unit), [&](int64_t q) {
-                                const int64_t row = q / nvec, j = q % nvec * V;
-                                return VectorPos{row * width + j,
-                                                 n * dx.sn + (a + s.stride_h * (m0 + row)) * dx.sh +
-                                                     (a_w + s.stride_w * j) * dx.sw,
-                                                 std::min(V, cols_out - j)};
-                              });
-      });
+      run_row_units<T, KT>(tc, windows, cs, taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec, unit_rows,
+                           [&](int64_t unit, int64_t row, int64_t j) {
+                             const int64_t n = unit / row_groups, m = unit_rows(unit).begin + row;
+                             return VectorPos{row * width + j,
+                                              n * dx.sn + (a + s.stride_h * m) * dx.sh + (a_w + s.stride_w * j) * dx.sw,
+                                              std::min(V, cols_out - j)};
+                           });
     }
   }
 }
