@@ -217,12 +217,14 @@ constexpr int64_t kItemsPerThread = 8;
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
 // reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
 // given taps. Packed in parallel, by passes over 16 blocks: the forward's block is KT runs of the
-// source; the input gradient's reads, per reduction channel k, a run [c][tap] of the source. KT is a
-// template parameter for the input gradient's inner loop: as a run-time value it cost 40 instructions
-// per element (3 ms for ResNet-50's 2048x512 weights, longer than the convolution).
+// source; the input gradient's reads, per reduction channel k, a run [c][tap] of the source (copied
+// out per chunk of rows when all taps are wanted, read in place for one phase's few taps: copying
+// all nine taps for each of a stride-2 layer's four phases cost a third of its input gradient). KT
+// is a template parameter for the inner loops: as a run-time value it cost 40 instructions per
+// element (3 ms for ResNet-50's 2048x512 weights, longer than the convolution).
 template <typename T, int KT>
 Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const std::vector<int64_t>& tap_index) {
-  constexpr int64_t kPassBlocks = 16, kPassElements = 4096;
+  constexpr int64_t kPassBlocks = 16, kPassElements = 4096, kPassRows = 8;
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), taps = s.taps();
   const int64_t outs = transposed ? Cg : Kg, reds = transposed ? Kg : Cg, nt = int64_t(tap_index.size());
   const int64_t blocks = div_up(outs, KT), block_size = reds * nt * KT, passes = div_up(blocks, kPassBlocks);
@@ -252,6 +254,21 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
       const int64_t g = p / passes, b0 = p % passes * kPassBlocks, b1 = std::min(blocks, b0 + kPassBlocks);
       if (!transposed) {
         for (int64_t b = b0; b < b1; ++b) pack_block(g, b);
+        continue;
+      }
+      if (nt < taps) {  // a phase's few taps (stride > 1): read in place, chunks of rows at a time
+        for (int64_t k0 = 0; k0 < reds; k0 += kPassRows) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t valid = std::min<int64_t>(KT, outs - b * KT);
+            for (int64_t k = k0; k < std::min(reds, k0 + kPassRows); ++k) {
+              const T* src = w + ((g * Kg + k) * Cg + b * KT) * taps;
+              T* dst = packed.get() + ((g * blocks + b) * reds + k) * nt * KT;
+              for (int64_t t = 0; t < nt; ++t, dst += KT) {
+                for (int j = 0; j < KT; ++j) dst[j] = j < valid ? src[j * taps + tap[t]] : T(0);
+              }
+            }
+          }
+        }
         continue;
       }
       // Rows of the source are Cg * taps apart (8 KiB for ResNet-50's 2048x512): read in place they
