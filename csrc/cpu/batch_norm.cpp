@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/batch_norm_ops.h"
+#include "cpu/work_split.h"  // part_of
 
 namespace fastdl {
 namespace {
@@ -218,9 +219,6 @@ void normalize_run(const T* x, T* y, int64_t n, const Affine<T>& a) {
 // Channel planes at least this long are processed a channel at a time (sums, then the same planes
 // again while cached); shorter ones in memory order, where a channel's planes are too scattered.
 constexpr int64_t kChannelAtATime = 128;
-
-// Splits [0, n) into `parts` contiguous ranges; part t is [t*n/parts, (t+1)*n/parts).
-Range part_of(int64_t n, int64_t parts, int64_t t) { return {t * n / parts, (t + 1) * n / parts}; }
 
 int64_t parts_for(int64_t units, int64_t work_per_unit) {
   const int64_t useful = std::max<int64_t>(1, units * work_per_unit / 16384);
