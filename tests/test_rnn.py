@@ -111,7 +111,29 @@ def test_layer_matches_torch(case, kind, dtype, device):
     ([1, 7, 2, 7, 5], False, False, 2, True),
 ])
 def test_packed_matches_torch(lengths, enforce_sorted, bidir, layers, given, kind, device):
-    dtype = torch.float64
+    check_packed(kind, device, torch.float64, lengths, enforce_sorted, bidir, layers, given)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_row_blocks_match_torch(kind, dtype):
+    """With 16 or more rows per thread, each CPU thread runs the time loop of its own block of rows
+    (csrc/cpu/rnn.cpp, for_row_blocks): uneven blocks (37 rows on two threads: 20 and 17), and
+    packed sequences whose per-step batch shrinks across a block boundary, in both directions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, ours = make_pair(kind, dtype, "cpu", 5, 12, num_layers=2, bidirectional=True)
+        gen = torch.Generator().manual_seed(37)
+        x = torch.randn((6, 37, 5), generator=gen, dtype=torch.float64).to(dtype)
+        compare(kind, ref, ours, x, states_of(kind, 4, 37, 12, dtype, "cpu", gen), dtype)
+        lengths = [(i * 7) % 9 + 1 for i in range(40)]
+        check_packed(kind, "cpu", dtype, lengths, False, True, 1, True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_packed(kind, device, dtype, lengths, enforce_sorted, bidir, layers, given):
     I, H = 3, 7
     ref, ours = make_pair(kind, dtype, device, I, H, num_layers=layers, bidirectional=bidir)
     gen = torch.Generator().manual_seed(sum(lengths))

@@ -10,6 +10,11 @@
 //   static void gru_forward(const rnn::GruStepForward&, at::ScalarType);
 //   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
 //   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
+//   template <typename Fn>  // runs fn(first, last) on blocks of batch rows that together cover
+//   static void for_row_blocks(int64_t batch, const Fn& fn);  // [0, batch): SerialRows, or split
+//
+// A step's rows depend only on the same rows of the step before, so a block of rows can run its
+// whole time loop (forward or backward) on its own, with no synchronization between steps.
 //
 // and registers itself with RnnLayerOps<Backend>::define_kernels(m).
 //
@@ -33,6 +38,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -63,6 +69,14 @@ struct RecurrentMm {
     } else {
       at::mm_out(out, a, b);
     }
+  }
+};
+
+// One block of every row: the whole batch's time loop at once.
+struct SerialRows {
+  template <typename Fn>
+  static void for_row_blocks(int64_t batch, const Fn& fn) {
+    fn(0, batch);
   }
 };
 
@@ -226,16 +240,20 @@ struct RnnLayerOps {
     Tensor c = c0.to(ct).contiguous().clone();
     Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
-    for (int64_t step = 0; step < s.steps; ++step) {
-      const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
-      // The recurrent product adds into this step's rows of the input projection: one read stream
-      // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
-      recurrent(gi.narrow(0, off, bs), h.narrow(0, 0, bs), true);
-      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), c.data_ptr(), h.data_ptr(),
-                                   row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
-                                   keep_workspace ? row_ptr(cells, off) : nullptr};
-      if (bs > 0 && H > 0) Backend::lstm_forward(f, input.scalar_type());
-    }
+    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
+      for (int64_t step = 0; step < s.steps; ++step) {
+        const int64_t t = reverse ? s.steps - 1 - step : step;
+        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
+        if (bs <= 0) continue;
+        // The recurrent product adds into this step's rows of the input projection: one read stream
+        // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
+        recurrent(gi.narrow(0, off, bs), h.narrow(0, first, bs), true);
+        const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), row_ptr(c, first), row_ptr(h, first),
+                                     row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
+                                     keep_workspace ? row_ptr(cells, off) : nullptr};
+        if (H > 0) Backend::lstm_forward(f, input.scalar_type());
+      }
+    });
     return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
   }
 
@@ -268,14 +286,19 @@ struct RnnLayerOps {
     const Tensor c_prev = previous_states(c_all, c0.to(ct), s, reverse);
     const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
-    for (int64_t step = 0; step < s.steps; ++step) {
-      const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
-      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
-                                    go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr,
-                                    dh.data_ptr(), dc.data_ptr(), row_ptr(dgates, off)};
-      if (bs > 0 && H > 0) Backend::lstm_backward(b, input.scalar_type());
-      recurrent(dh.narrow(0, 0, bs), dgates.narrow(0, off, bs), false);
-    }
+    const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
+    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
+      for (int64_t step = 0; step < s.steps; ++step) {
+        const int64_t t = reverse ? step : s.steps - 1 - step;
+        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
+        if (bs <= 0) continue;
+        const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
+                                      row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
+                                      row_ptr(dgates, off)};
+        if (H > 0) Backend::lstm_backward(b, input.scalar_type());
+        recurrent(dh.narrow(0, first, bs), dgates.narrow(0, off, bs), false);
+      }
+    });
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
     if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
@@ -312,15 +335,18 @@ struct RnnLayerOps {
     Tensor h = h0.contiguous().clone();
     Tensor gh = at::empty({s.batch, 3 * H}, opts);
     Tensor saved = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
-    for (int64_t step = 0; step < s.steps; ++step) {
-      const int64_t t = reverse ? s.steps - 1 - step : step, bs = s.sizes[t], off = s.offsets[t];
-      Tensor ghs = gh.narrow(0, 0, bs);
-      recurrent(ghs, h.narrow(0, 0, bs), false);
-      const rnn::GruStepForward f{bs, H, row_ptr(gi, off), ghs.data_ptr(),
-                                  bias_hh.defined() ? bias_hh.data_ptr() : nullptr, h.data_ptr(), row_ptr(out, off),
-                                  keep_workspace ? row_ptr(saved, off) : nullptr};
-      if (bs > 0 && H > 0) Backend::gru_forward(f, input.scalar_type());
-    }
+    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
+      for (int64_t step = 0; step < s.steps; ++step) {
+        const int64_t t = reverse ? s.steps - 1 - step : step;
+        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
+        if (bs <= 0) continue;
+        recurrent(gh.narrow(0, first, bs), h.narrow(0, first, bs), false);
+        const rnn::GruStepForward f{bs, H, row_ptr(gi, off), row_ptr(gh, first),
+                                    bias_hh.defined() ? bias_hh.data_ptr() : nullptr, row_ptr(h, first),
+                                    row_ptr(out, off), keep_workspace ? row_ptr(saved, off) : nullptr};
+        if (H > 0) Backend::gru_forward(f, input.scalar_type());
+      }
+    });
     return {out.view(output_shape(input, s)), h, saved};
   }
 
@@ -345,14 +371,18 @@ struct RnnLayerOps {
     const Tensor h_prev = previous_states(out, h0.contiguous(), s, reverse);
     const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
-    for (int64_t step = 0; step < s.steps; ++step) {
-      const int64_t t = reverse ? step : s.steps - 1 - step, bs = s.sizes[t], off = s.offsets[t];
-      const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off),
-                                   go.defined() ? row_ptr(go.view({s.rows, H}), off) : nullptr, dh.data_ptr(),
-                                   row_ptr(dgi, off), row_ptr(dgh, off)};
-      if (bs > 0 && H > 0) Backend::gru_backward(b, input.scalar_type());
-      recurrent(dh.narrow(0, 0, bs), dgh.narrow(0, off, bs), true);
-    }
+    const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
+    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
+      for (int64_t step = 0; step < s.steps; ++step) {
+        const int64_t t = reverse ? step : s.steps - 1 - step;
+        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
+        if (bs <= 0) continue;
+        const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off), row_ptr(go_rows, off),
+                                     row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
+        if (H > 0) Backend::gru_backward(b, input.scalar_type());
+        recurrent(dh.narrow(0, first, bs), dgh.narrow(0, off, bs), true);
+      }
+    });
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
     if (mask[0]) gx = dgi.mm(w_ih).view(input.sizes());

@@ -4,6 +4,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -13,6 +14,7 @@
 #include "common/rnn_gates.h"
 #include "common/rnn_layer_ops.h"
 #include "cpu/rnn_gemm.h"
+#include "cpu/vec_tanh.h"
 
 namespace fastdl {
 namespace {
@@ -23,7 +25,7 @@ using Vec = at::vec::Vectorized<T>;
 template <typename T>
 struct VecAct {
   static Vec<T> sigmoid(Vec<T> x) { return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp()); }
-  static Vec<T> tanh(Vec<T> x) { return x.tanh(); }
+  static Vec<T> tanh(Vec<T> x) { return vec_tanh(x); }
 };
 
 // n <= Vec<T>::size() values at p; the lanes past n read as zero and are never stored.
@@ -172,9 +174,31 @@ struct CpuRecurrent {
   }
 };
 
+// The fewest batch rows per thread for which each thread runs its own rows' time loop. Each thread
+// then reads all of W_hh every step (1 MB for hidden 256: from L3, not L2), so with fewer rows the
+// product's column split, where each thread keeps its share of W_hh in L2, is the better one.
+constexpr int64_t kMinRowsPerThread = 16;
+
 struct CpuRnn {
   static constexpr bool kReducedPrecision = false;
   using Product = CpuRecurrent;
+
+  // Each thread runs the whole time loop of its own rows (blocks of a multiple of the packed
+  // product's four rows): no synchronization per step, where otherwise the product and the gate
+  // kernel are each a parallel region. Two threads, LSTM hidden 256 at batch 64: about 2% faster.
+  template <typename Fn>
+  static void for_row_blocks(int64_t batch, const Fn& fn) {
+    const int64_t threads = at::get_num_threads();
+    if (threads < 2 || batch < kMinRowsPerThread * threads || at::in_parallel_region()) return fn(0, batch);
+    const int64_t per = (batch + threads * 4 - 1) / (threads * 4) * 4, blocks = (batch + per - 1) / per;
+    // The loop calls ATen (views, and at::mm above kSmallBatch): the workers take this thread's
+    // dispatch state (below autograd, autocast excluded), as OpenMP threads start without it.
+    const at::ThreadLocalState caller;
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(caller);
+      for (int64_t b = begin; b < end; ++b) fn(b * per, std::min(batch, (b + 1) * per));
+    });
+  }
 
   static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
     AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm", [&] { fastdl::lstm_forward<scalar_t>(f); });

@@ -15,7 +15,7 @@ using cuda::check_launch;
 using cuda::current_stream;
 using cuda::dtype_of;
 
-struct CudaRnn {
+struct CudaRnn : SerialRows {
   static constexpr bool kReducedPrecision = true;
   using Product = RecurrentMm;
 
