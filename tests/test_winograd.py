@@ -77,8 +77,12 @@ CASES = [  # (N, C, K, H, W, padding)
 @pytest.mark.parametrize("algorithm", list(TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("schedule", ["staged", "blocked"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_output_and_gradients_match_torch(case, layout, dtype, algorithm):
+def test_output_and_gradients_match_torch(case, schedule, layout, dtype, algorithm, monkeypatch):
+    """Both CPU schedules (csrc/cpu/winograd.cpp: all tiles through each stage at once, which small
+    shapes like these take, or blocks of tiles, which large ones take) on every case."""
+    monkeypatch.setenv("FASTDL_WINOGRAD_SCHEDULE", schedule)
     n, c, k, h, w_, padding = case
     x, w, b = randn(n, c, h, w_, seed=1, dtype=dtype), randn(k, c, 3, 3, seed=2, dtype=dtype), randn(k, seed=3,
                                                                                                     dtype=dtype)

@@ -8,7 +8,8 @@
 // the alpha^2 matrix products M[xi][k][tile] = sum_c U[xi][k][c] V[xi][c][tile] with the direct
 // convolution's register tile (conv_tile: 4 output channels x 3 vectors of tiles, the filters
 // packed [xi][block][c][4]), then transforms M back into m x m outputs, adds the bias and writes
-// the pixels that lie inside the image. The filters are transformed once per call, in double.
+// the pixels that lie inside the image. Few tiles (up to kStagedBytes of V and M) instead run each
+// stage once over all tiles (winograd_conv_staged). The filters are transformed once per call.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,6 +23,7 @@
 #include "common/winograd.h"
 #include "common/winograd_ops.h"
 #include "cpu/conv2d_tiles.h"
+#include "cpu/scratch.h"
 #include "cpu/work_split.h"
 
 namespace fastdl {
@@ -30,6 +32,11 @@ namespace {
 constexpr int KT = 4;                          // output channels per register tile
 constexpr int VT = 3;                          // vectors of tiles per register tile
 constexpr int64_t kBlockBytes = 1024 * 1024;  // transformed inputs of one block of tiles
+// The most transformed tiles and sums (V and M) for which every tile goes through each stage at once
+// (winograd_conv_staged). F(4x4) forward, two threads, blocked -> staged, torch time / fastdl time:
+// VGG-16 conv5 (512, 14x14) at batch 8 (18.9 MB) 1.64x -> 1.75x, ResNet-50 layer1 (64, 56x56) at
+// batch 1 (3.6 MB) 0.80x -> 1.97x; 256 channels on 28x28 at batch 8 (28.9 MB) 2.22x -> 1.90x.
+constexpr int64_t kStagedBytes = int64_t(20) << 20;
 
 // One Winograd convolution as the kernels see it: output (n, k, oh, ow) is bias[k] plus the sum over
 // c < channels and r, s < 3 of filter[k][c][r][s] * x[n][c][oh - pad_h + r][ow - pad_w + s], x zero
@@ -47,45 +54,36 @@ struct WinogradConv {
 // U = G g G^T of every (output, reduction channel) pair, packed [xi][block][c][KT] (zero past the last
 // output), in a buffer the calling thread keeps (a fresh one of up to tens of MB would be paged in
 // on every call). w is (outs, reds, 3, 3), or with `transposed` (reds, outs, 3, 3) rotated by 180
-// degrees. Computed in double, a vector of consecutive outputs at a time, so that each store fills
-// whole runs of KT outputs.
+// degrees. A vector holds the KT outputs of one block for L / KT consecutive channels, which is
+// exactly a run of the packed layout: each of the alpha^2 results is one whole-vector store.
 template <typename T, int M>
 const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transposed) {
   constexpr int A = M + 2;
-  using D = Vec<double>;
-  constexpr int64_t L = D::size();
-  static_assert(L % KT == 0, "a vector of outputs holds whole blocks");
-  const int64_t blocks = div_up(outs, KT), padded = blocks * KT;
+  constexpr int64_t L = Vec<T>::size(), CP = L / KT;  // channels per vector
+  static_assert(L % KT == 0, "a vector holds whole blocks of outputs");
+  const int64_t blocks = div_up(outs, KT);
   thread_local std::vector<T> packed;
-  packed.resize(std::max<size_t>(packed.size(), A * A * padded * reds));
+  packed.resize(std::max<size_t>(packed.size(), A * A * blocks * KT * reds + L));
   T* dst = packed.data();
-  at::parallel_for(0, div_up(padded, L), 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t o0 = g0 * L; o0 < g1 * L; o0 += L) {
-      for (int64_t c = 0; c < reds; ++c) {
-        double lanes[3][3][L];
-        for (int64_t j = 0; j < L; ++j) {
-          const int64_t o = o0 + j;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t kb = b0; kb < b1; ++kb) {
+      for (int64_t c0 = 0; c0 < reds; c0 += CP) {
+        T lanes[3][3][L];
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t o = kb * KT + l % KT, c = c0 + l / KT;
+          const bool in = o < outs && c < reds;
+          const T* g = transposed ? w + (c * outs + o) * 9 : w + (o * reds + c) * 9;
           for (int r = 0; r < 3; ++r) {
-            for (int s = 0; s < 3; ++s) {
-              lanes[r][s][j] = o >= outs   ? 0.0
-                               : transposed ? double(w[(c * outs + o) * 9 + (2 - r) * 3 + (2 - s)])
-                                            : double(w[(o * reds + c) * 9 + r * 3 + s]);
-            }
+            for (int s = 0; s < 3; ++s) lanes[r][s][l] = !in ? T(0) : transposed ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
           }
         }
-        D g[3][3], u[A][A];
+        Vec<T> g[3][3], u[A][A];
         for (int r = 0; r < 3; ++r) {
-          for (int s = 0; s < 3; ++s) g[r][s] = D::loadu(lanes[r][s]);
+          for (int s = 0; s < 3; ++s) g[r][s] = Vec<T>::loadu(lanes[r][s]);
         }
-        winograd_filter_transform<M, double>(g, u);
-        for (int xi = 0; xi < A * A; ++xi) {
-          double out[L];
-          u[xi / A][xi % A].store(out);
-          for (int64_t j = 0; j < L && o0 + j < padded; ++j) {
-            const int64_t o = o0 + j;
-            dst[((xi * blocks + o / KT) * reds + c) * KT + o % KT] = T(out[j]);
-          }
-        }
+        winograd_filter_transform<M, T>(g, u);
+        const int64_t n = std::min(CP, reds - c0) * KT;
+        for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(dst + ((xi * blocks + kb) * reds + c0) * KT, n);
       }
     }
   });
@@ -182,12 +180,89 @@ void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& p
   }
 }
 
+// The products of one xi for output blocks b: m[(kb - b.begin) * KT + j][tile] = sum over c of
+// u[kb][c][j] v[c][tile], for tb tiles (whole vectors; v's channel stride in geo).
+// FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the weight gradient's choice of Winograd,
+// FASTDL_WINOGRAD_SCHEDULE=staged or blocked the forward's schedule (the tests use them to reach
+// every path on small shapes); read on every call, since tests change them at run time.
+std::string env_or_empty(const char* name) {
+  const char* mode = std::getenv(name);
+  return mode ? mode : "";
+}
+std::string weight_grad_mode() { return env_or_empty("FASTDL_WINOGRAD_WEIGHT_GRAD"); }
+std::string winograd_schedule() { return env_or_empty("FASTDL_WINOGRAD_SCHEDULE"); }
+
+template <typename T>
+void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, const TileGeometry& geo) {
+  constexpr int64_t V = Vec<T>::size();
+  for (int64_t kb = b.begin; kb < b.end; ++kb) {
+    const T* w = u + kb * C * KT;
+    for (int64_t q = 0; q < tb; q += VT * V) {
+      const int n = int(std::min<int64_t>(VT, (tb - q) / V));
+      const T* in[VT];
+      T* out[VT];
+      int64_t count[VT];
+      for (int j = 0; j < n; ++j) {
+        in[j] = v + q + j * V;
+        out[j] = m + (kb - b.begin) * KT * tb + q + j * V;
+        count[j] = V;
+      }
+      if (n == VT) {
+        conv_tile<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+      } else if (n == 2) {
+        conv_tile<T, KT, 2>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+      } else {
+        conv_tile<T, KT, 1>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
+      }
+    }
+  }
+}
+
+// Few tiles (small maps at small batches): each stage once over every tile, each in parallel on
+// its own axis: input transforms over channels, products over (xi, output blocks), output
+// transforms over output channels. The filters U (alpha^2 K C values: 37.7 MB for F4 at 512
+// channels, more than the transformed tiles there) are then read once, where the blocked schedule
+// below reads them once per block of tiles; the transformed tiles V and sums M go through memory
+// instead of staying in L2, so this pays only while they are small (kStagedBytes).
+template <typename T, int M>
+void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t tiles) {
+  constexpr int A = M + 2;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t C = p.channels, blocks = div_up(p.outs, KT), ks = blocks * KT;
+  const int64_t tb = div_up(tiles, V) * V, cs = unaliased(tb, sizeof(T));
+  std::vector<TilePatch> patches(tb);
+  place_tiles<T, M>(p, 0, patches);
+  std::vector<int64_t> offsets(C);
+  for (int64_t c = 0; c < C; ++c) offsets[c] = c * cs;
+  const TileGeometry geo{C, offsets.data(), tb, 1};
+  Scratch<T> v_buffer(A * A * C * cs + V), m_buffer(A * A * ks * tb);
+  T* v = v_buffer.get();
+  T* m = m_buffer.get();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { transform_inputs<T, M>(p, patches, v, cs, {c0, c1}); });
+  const int64_t kchunks = block_chunks(A * A, blocks);
+  at::parallel_for(0, A * A * kchunks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t xi = item / kchunks;
+      const Range b = part_of(blocks, kchunks, item % kchunks);
+      xi_products(filters + xi * blocks * C * KT, v + xi * C * cs, m + (xi * ks + b.begin * KT) * tb, b, C, tb, geo);
+    }
+  });
+  at::parallel_for(0, p.outs, 1, [&](int64_t k0, int64_t k1) {
+    transform_outputs<T, M>(p, patches, m + k0 * tb, k0, k1, ks);
+  });
+}
+
 template <typename T, int M>
 void winograd_conv(const WinogradConv<T>& p, const T* filters) {
   constexpr int A = M + 2;
   constexpr int64_t V = Vec<T>::size();
   const int64_t C = p.channels, blocks = div_up(p.outs, KT);
   const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M), vectors = div_up(tiles, V);
+  const std::string schedule = winograd_schedule();
+  const bool few = A * A * (C + blocks * KT) * vectors * V * int64_t(sizeof(T)) <= kStagedBytes;
+  if (schedule == "staged" || (few && schedule != "blocked")) {
+    return winograd_conv_staged<T, M>(p, filters, tiles);
+  }
   // Blocks of whole vectors of tiles, as equal as possible: few tiles (a small map at batch 1) then
   // fill their vectors, not a 24-tile register tile of mostly padding.
   const int64_t by_memory = std::max<int64_t>(VT, kBlockBytes / (A * A * C * int64_t(sizeof(T)) * V));
@@ -209,27 +284,7 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
       const int64_t ks = (b.end - b.begin) * KT;
       T* m = m_buffers.get(A * A * ks * tb);
       for (int xi = 0; xi < A * A; ++xi) {
-        for (int64_t kb = b.begin; kb < b.end; ++kb) {
-          const T* w = filters + (xi * blocks + kb) * C * KT;
-          for (int64_t q = 0; q < tb; q += VT * V) {
-            const int n = int(std::min<int64_t>(VT, (tb - q) / V));
-            const T* in[VT];
-            T* out[VT];
-            int64_t count[VT];
-            for (int j = 0; j < n; ++j) {
-              in[j] = v + xi * C * cs + q + j * V;
-              out[j] = m + (xi * ks + (kb - b.begin) * KT) * tb + q + j * V;
-              count[j] = V;
-            }
-            if (n == VT) {
-              conv_tile<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-            } else if (n == 2) {
-              conv_tile<T, KT, 2>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-            } else {
-              conv_tile<T, KT, 1>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-            }
-          }
-        }
+        xi_products(filters + xi * blocks * C * KT, v + xi * C * cs, m + xi * ks * tb, b, C, tb, geo);
       }
       transform_outputs<T, M>(p, patches, m, b.begin * KT, std::min(p.outs, b.end * KT), ks);
     }
@@ -319,12 +374,6 @@ void run(const WinogradConv<T>& p, const T* weight, bool transposed, int64_t til
   }
 }
 
-// FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the choice below (the tests use it to reach
-// both paths on small shapes); read on every call, since tests change it at run time.
-std::string weight_grad_mode() {
-  const char* mode = std::getenv("FASTDL_WINOGRAD_WEIGHT_GRAD");
-  return mode ? mode : "";
-}
 
 struct CpuWinograd {
   static constexpr bool kReducedPrecision = false;
