@@ -115,42 +115,38 @@ def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: lis
     return None
 
 
-# Winograd wins once there are enough tiles to fill the register tile's vectors and to pay for the
-# filter transform (alpha^2 x K x C values written per call), and channels enough to amortize the
-# tile transforms. Measured per layer against the direct kernel (bench/NOTES.md, Winograd entry 5:
-# every 3x3 stride-1 layer of VGG-16 and ResNet-50 at batch 1 and 8): F(4x4,3x3) wins from 64 tiles
-# with 128 channels (VGG's 128x56x56 at batch 1: 1.46x torch, direct 0.95x) or from 256 tiles with
-# fewer (64x56x56 at batch 1, 196 tiles: 0.64x, direct 0.93x); F(2x2,3x3) from 100 tiles with 192
-# channels (256x28x28 at batch 1: 0.82x, direct 0.74x; 128x28x28: 0.54x, direct 0.79x; 14x14 maps at
-# batch 1, 49 tiles: direct).
+# Winograd wins once there are enough tiles to pay for the filter transform (alpha^2 x K x C values
+# written per call) and to fill the products. Measured per layer against torch and the direct kernel
+# (bench/NOTES.md, Winograd entry 8: every 3x3 stride-1 layer of VGG-16 and ResNet-50 at batch 1 and
+# 8, AlexNet's 13x13 and GoogLeNet-like shapes, forward): F(4x4,3x3) from 32 4x4 tiles (28x28 maps at
+# batch 1: 1.34-1.57x torch, F(2x2,3x3) 1.16-1.27x, direct 0.73-0.97x; 512x7x7 at batch 8: 1.30-1.45x)
+# even with half a tile's outputs wasted on a 13x13 map (batch 8: 1.66-1.72x); F(2x2,3x3) from 49 2x2
+# tiles (14x14 and 13x13 maps at batch 1: 1.04-1.22x, F(4x4,3x3) 0.82-1.02x, direct 0.66-0.96x); below
+# that direct (7x7 maps at batch 1: direct 0.83-0.99x, F(2x2,3x3) 0.81-1.01x, F(4x4,3x3) 0.36-0.39x).
 _MIN_WINOGRAD_CHANNELS = 32
-_MIN_TILES = {"winograd4": 64, "winograd2": 100}
-_WINOGRAD4_FEW_TILES = 256           # below this many 4x4 tiles, F(4x4,3x3) needs ...
-_WINOGRAD4_FEW_TILES_CHANNELS = 128  # ... at least this many channels
-_WINOGRAD2_CHANNELS = 192
+_MIN_TILES = {"winograd4": 32, "winograd2": 49}
+_WINOGRAD4_MOST_WASTE = 1.6  # computed / wanted outputs (13x13 maps: 1.51; 9x9: 1.78)
 
 
 def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int],
                      groups: int) -> str:
     """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False), for 3x3 stride-1
     single-group convolutions on the CPU with at least 32 input and output channels: Winograd
-    F(4x4,3x3) when the batch has at least 64 4x4 output tiles, they waste at most a quarter of their
-    outputs on the map's edge, and there are 256 tiles or 128 channels; else F(2x2,3x3) when it has at
-    least 100 2x2 tiles and 192 channels; else direct. Everything else is direct, and so is every
-    CUDA convolution until the CUDA Winograd kernels have been measured."""
+    F(4x4,3x3) when the batch has at least 32 4x4 output tiles and they compute at most 1.6 times the
+    outputs wanted (the map's edge); else F(2x2,3x3) when it has at least 49 2x2 tiles; else direct.
+    Everything else is direct, and so is every CUDA convolution until the CUDA Winograd kernels have
+    been measured."""
     if input.device.type != "cpu" or winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
-    channels = min(weight.shape[0], weight.shape[1])
-    if channels < _MIN_WINOGRAD_CHANNELS:
+    if min(weight.shape[0], weight.shape[1]) < _MIN_WINOGRAD_CHANNELS:
         return "direct"
     oh, ow = (input.shape[-2 + i] + 2 * padding[i] - 2 for i in range(2))
     batch = input.shape[0] if input.dim() == 4 else 1
     tiles4 = batch * -(-oh // 4) * -(-ow // 4)
     wasted = -(-oh // 4) * -(-ow // 4) * 16 / (oh * ow)
-    if tiles4 >= _MIN_TILES["winograd4"] and wasted <= 4 / 3 and (
-            tiles4 >= _WINOGRAD4_FEW_TILES or channels >= _WINOGRAD4_FEW_TILES_CHANNELS):
+    if tiles4 >= _MIN_TILES["winograd4"] and wasted <= _WINOGRAD4_MOST_WASTE:
         return "winograd4"
-    if batch * -(-oh // 2) * -(-ow // 2) >= _MIN_TILES["winograd2"] and channels >= _WINOGRAD2_CHANNELS:
+    if batch * -(-oh // 2) * -(-ow // 2) >= _MIN_TILES["winograd2"]:
         return "winograd2"
     return "direct"
 
