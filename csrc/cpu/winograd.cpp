@@ -74,7 +74,9 @@ const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transpos
           const bool in = o < outs && c < reds;
           const T* g = transposed ? w + (c * outs + o) * 9 : w + (o * reds + c) * 9;
           for (int r = 0; r < 3; ++r) {
-            for (int s = 0; s < 3; ++s) lanes[r][s][l] = !in ? T(0) : transposed ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
+            for (int s = 0; s < 3; ++s) {
+              lanes[r][s][l] = !in ? T(0) : transposed ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
+            }
           }
         }
         Vec<T> g[3][3], u[A][A];
@@ -83,7 +85,9 @@ const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transpos
         }
         winograd_filter_transform<M, T>(g, u);
         const int64_t n = std::min(CP, reds - c0) * KT;
-        for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(dst + ((xi * blocks + kb) * reds + c0) * KT, n);
+        for (int xi = 0; xi < A * A; ++xi) {
+          u[xi / A][xi % A].store(dst + ((xi * blocks + kb) * reds + c0) * KT, n);
+        }
       }
     }
   });
@@ -180,8 +184,6 @@ void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& p
   }
 }
 
-// The products of one xi for output blocks b: m[(kb - b.begin) * KT + j][tile] = sum over c of
-// u[kb][c][j] v[c][tile], for tb tiles (whole vectors; v's channel stride in geo).
 // FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the weight gradient's choice of Winograd,
 // FASTDL_WINOGRAD_SCHEDULE=staged or blocked the forward's schedule (the tests use them to reach
 // every path on small shapes); read on every call, since tests change them at run time.
@@ -192,6 +194,8 @@ std::string env_or_empty(const char* name) {
 std::string weight_grad_mode() { return env_or_empty("FASTDL_WINOGRAD_WEIGHT_GRAD"); }
 std::string winograd_schedule() { return env_or_empty("FASTDL_WINOGRAD_SCHEDULE"); }
 
+// The products of one xi for output blocks b: m[(kb - b.begin) * KT + j][tile] = sum over c of
+// u[kb][c][j] v[c][tile], for tb tiles (whole vectors; v's channel stride in geo).
 template <typename T>
 void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, const TileGeometry& geo) {
   constexpr int64_t V = Vec<T>::size();
