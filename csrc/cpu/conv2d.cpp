@@ -354,7 +354,7 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
                              tc.out_channel_stride, tc.out_pixel_stride};
       const TileInit init = c0 > 0 ? TileInit::accumulate : tc.bias ? TileInit::bias : TileInit::zero;
       const auto run = [&](int64_t q, int64_t kb) {
-        const int n = int(std::min<int64_t>(VT, vectors - q));
+        const int n = tile_width<VT>(q, vectors);
         const int64_t k0 = (kb - g * tc.blocks) * KT, out_shift = (g * tc.outs + k0) * tc.out_channel_stride;
         const T* in[VT];
         T* outs[VT];
@@ -370,10 +370,10 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
       };
       if (blocks_outside) {
         for (int64_t kb = kb0; kb < kb1; ++kb) {
-          for (int64_t q = 0; q < vectors; q += VT) run(q, kb);
+          for (int64_t q = 0; q < vectors; q += tile_width<VT>(q, vectors)) run(q, kb);
         }
       } else {
-        for (int64_t q = 0; q < vectors; q += VT) {
+        for (int64_t q = 0; q < vectors; q += tile_width<VT>(q, vectors)) {
           for (int64_t kb = kb0; kb < kb1; ++kb) run(q, kb);
         }
       }

@@ -201,8 +201,8 @@ void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, c
   constexpr int64_t V = Vec<T>::size();
   for (int64_t kb = b.begin; kb < b.end; ++kb) {
     const T* w = u + kb * C * KT;
-    for (int64_t q = 0; q < tb; q += VT * V) {
-      const int n = int(std::min<int64_t>(VT, (tb - q) / V));
+    for (int64_t q = 0; q < tb; q += tile_width<VT>(q / V, tb / V) * V) {
+      const int n = tile_width<VT>(q / V, tb / V);
       const T* in[VT];
       T* out[VT];
       int64_t count[VT];
