@@ -154,6 +154,10 @@ NAMED = {
     # The weight gradient of 1x1 kernels on small maps: vectors along the input channels.
     "1x1 padded, stride 2, small maps (weight gradient over channels)": ((2, 5, 6, 6), (7, 5, 1, 1), 2, 1, 1, 1),
     "1x1 on 14x14 maps, many channels": ((1, 70, 14, 14), (30, 70, 1, 1), 1, 0, 1, 1),
+    # 1x1 reductions longer than one pass over tile-major inputs (1365 channels or pixels): the forward
+    # over input channels, the input gradient over output channels, the weight gradient over pixels.
+    "1x1 reductions past one pass (channels)": ((1, 1380, 2, 3), (1370, 1380, 1, 1), 1, 0, 1, 1),
+    "1x1 weight gradient past one pass (pixels)": ((22, 3, 8, 8), (5, 3, 1, 1), 1, 0, 1, 1),
     # Batch 1 with rows in two groups of unequal work, spread over the threads by cost.
     "rows in two groups, batch 1": ((1, 64, 40, 40), (8, 64, 3, 3), 1, 1, 1, 1),
 }

@@ -406,6 +406,18 @@ int64_t channel_block(int64_t kernel_rows, int64_t reds) {
   return std::clamp<int64_t>(kTileInputBytes / per_channel, 8, std::max<int64_t>(reds, 1));
 }
 
+// Reduction channels per pass over tile-major inputs (pointwise_tiles, grad_weight_pointwise): there a
+// tile's inputs are one contiguous run of VT * V values per channel, read in order, so the pass is
+// bounded by the L2 cache instead: fewer passes mean fewer read-modify-writes of the outputs. One
+// thread, 1x1 1024->256 on 14x14 at batch 8: 85 channels per pass 12.2 ms, 341: 11.0, 1024: 10.2.
+constexpr int64_t kPointwiseTileBytes = 128 * 1024;
+
+template <typename T, int KT>
+int64_t pointwise_channel_block(int64_t reds) {
+  const int64_t per_channel = kTileVectors<KT> * Vec<T>::size() * int64_t(sizeof(T));
+  return std::clamp<int64_t>(kPointwiseTileBytes / per_channel, 8, std::max<int64_t>(reds, 1));
+}
+
 // Whether kernel tap t of an axis reads the image, not only its padding, for some output: the first
 // input it reads at or after 0 (stepping by the stride) lies before the end of both.
 bool tap_reaches_image(int64_t t, int64_t dilation, int64_t pad, int64_t stride, int64_t outs, int64_t size) {
@@ -560,7 +572,7 @@ void forward_tiles(const Conv2dForward& f) {
     }
   }
   TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc,
-                  y.sw, channel_block<T, KT>(s.kernel_h, Cg)};
+                  y.sw, pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg)};
   if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc);
 
   const InputGeometry geo(s);
@@ -699,7 +711,8 @@ void grad_input_pointwise(const Conv2dBackward& b) {
                                                        b.grad_input.options())
                                        : b.grad_input;
   const auto y = strided<T>(dense);
-  const TiledConv<T> tc{Kg, Cg, div_up(Cg, KT), 1, weights.get(), nullptr, y.sc, y.sw, channel_block<T, KT>(1, Kg)};
+  const TiledConv<T> tc{Kg, Cg, div_up(Cg, KT), 1, weights.get(), nullptr, y.sc, y.sw,
+                        pointwise_channel_block<T, KT>(Kg)};
   pointwise_tiles<T, KT>(dy, y, t, tc);
   if (!strided_out) return;
   at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t i0, int64_t i1) {
@@ -941,7 +954,7 @@ void grad_weight_pointwise(const Conv2dBackward& b) {
       }
     }
   });
-  const TiledConv<T> tc{P, K, nb, 1, packed.get(), nullptr, C, 1, channel_block<T, KT>(1, P)};
+  const TiledConv<T> tc{P, K, nb, 1, packed.get(), nullptr, C, 1, pointwise_channel_block<T, KT>(P)};
   T* dw = b.grad_weight.data_ptr<T>();
   const int64_t zero_tap = 0, vectors = div_up(C, V), unit = 3 * VT, units = div_up(vectors, unit);
   const int64_t kchunks = block_chunks(units, nb, kItemsPerThread);
