@@ -202,6 +202,20 @@ inline Tensor previous_states(const Tensor& states, const Tensor& init, const Rn
   return at::cat(pieces);
 }
 
+// step(first, rows, offset) for every time step of every block of batch rows (Backend::for_row_blocks),
+// the last step first when `last_first`: the block's sequences still running at that step are `rows`
+// rows from batch row `first`, at row `offset` of the step-major data.
+template <typename Backend, typename Step>
+void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
+  Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
+    for (int64_t i = 0; i < s.steps; ++i) {
+      const int64_t t = last_first ? s.steps - 1 - i : i;
+      const int64_t rows = std::min(s.sizes[t], last) - first;
+      if (rows > 0) step(first, rows, s.offsets[t] + first);
+    }
+  });
+}
+
 }  // namespace rnn_detail
 
 template <typename Backend>
@@ -240,19 +254,14 @@ struct RnnLayerOps {
     Tensor c = c0.to(ct).contiguous().clone();
     Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
-    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
-      for (int64_t step = 0; step < s.steps; ++step) {
-        const int64_t t = reverse ? s.steps - 1 - step : step;
-        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
-        if (bs <= 0) continue;
-        // The recurrent product adds into this step's rows of the input projection: one read stream
-        // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
-        recurrent(gi.narrow(0, off, bs), h.narrow(0, first, bs), true);
-        const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), row_ptr(c, first), row_ptr(h, first),
-                                     row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
-                                     keep_workspace ? row_ptr(cells, off) : nullptr};
-        if (H > 0) Backend::lstm_forward(f, input.scalar_type());
-      }
+    for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      // The recurrent product adds into this step's rows of the input projection: one read stream
+      // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
+      recurrent(gi.narrow(0, off, bs), h.narrow(0, first, bs), true);
+      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), row_ptr(c, first), row_ptr(h, first),
+                                   row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
+                                   keep_workspace ? row_ptr(cells, off) : nullptr};
+      if (H > 0) Backend::lstm_forward(f, input.scalar_type());
     });
     return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
   }
@@ -287,17 +296,12 @@ struct RnnLayerOps {
     const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
-    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
-      for (int64_t step = 0; step < s.steps; ++step) {
-        const int64_t t = reverse ? step : s.steps - 1 - step;
-        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
-        if (bs <= 0) continue;
-        const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
-                                      row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
-                                      row_ptr(dgates, off)};
-        if (H > 0) Backend::lstm_backward(b, input.scalar_type());
-        recurrent(dh.narrow(0, first, bs), dgates.narrow(0, off, bs), false);
-      }
+    for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
+                                    row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
+                                    row_ptr(dgates, off)};
+      if (H > 0) Backend::lstm_backward(b, input.scalar_type());
+      recurrent(dh.narrow(0, first, bs), dgates.narrow(0, off, bs), false);
     });
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
@@ -335,17 +339,12 @@ struct RnnLayerOps {
     Tensor h = h0.contiguous().clone();
     Tensor gh = at::empty({s.batch, 3 * H}, opts);
     Tensor saved = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
-    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
-      for (int64_t step = 0; step < s.steps; ++step) {
-        const int64_t t = reverse ? s.steps - 1 - step : step;
-        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
-        if (bs <= 0) continue;
-        recurrent(gh.narrow(0, first, bs), h.narrow(0, first, bs), false);
-        const rnn::GruStepForward f{bs, H, row_ptr(gi, off), row_ptr(gh, first),
-                                    bias_hh.defined() ? bias_hh.data_ptr() : nullptr, row_ptr(h, first),
-                                    row_ptr(out, off), keep_workspace ? row_ptr(saved, off) : nullptr};
-        if (H > 0) Backend::gru_forward(f, input.scalar_type());
-      }
+    for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      recurrent(gh.narrow(0, first, bs), h.narrow(0, first, bs), false);
+      const rnn::GruStepForward f{bs, H, row_ptr(gi, off), row_ptr(gh, first),
+                                  bias_hh.defined() ? bias_hh.data_ptr() : nullptr, row_ptr(h, first),
+                                  row_ptr(out, off), keep_workspace ? row_ptr(saved, off) : nullptr};
+      if (H > 0) Backend::gru_forward(f, input.scalar_type());
     });
     return {out.view(output_shape(input, s)), h, saved};
   }
@@ -372,16 +371,11 @@ struct RnnLayerOps {
     const typename Backend::Product recurrent(w_hh, s.batch);
     Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
-    Backend::for_row_blocks(s.batch, [&](int64_t first, int64_t last) {
-      for (int64_t step = 0; step < s.steps; ++step) {
-        const int64_t t = reverse ? step : s.steps - 1 - step;
-        const int64_t bs = std::min(s.sizes[t], last) - first, off = s.offsets[t] + first;
-        if (bs <= 0) continue;
-        const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off), row_ptr(go_rows, off),
-                                     row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
-        if (H > 0) Backend::gru_backward(b, input.scalar_type());
-        recurrent(dh.narrow(0, first, bs), dgh.narrow(0, off, bs), true);
-      }
+    for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off), row_ptr(go_rows, off),
+                                   row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
+      if (H > 0) Backend::gru_backward(b, input.scalar_type());
+      recurrent(dh.narrow(0, first, bs), dgh.narrow(0, off, bs), true);
     });
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
