@@ -320,15 +320,6 @@ struct VectorPos {
 template <int KT>
 constexpr int kTileVectors = KT == 4 ? 3 : 4;  // 12 or fewer accumulators
 
-template <typename T, int KT, int VT>
-void tile(const T* const* in, T* const* out, const int64_t* count, const TileGeometry& g, const T* w,
-          TileInit init, const T* bias, int64_t kvalid, int vectors) {
-  if constexpr (VT > 1) {
-    if (vectors < VT) return tile<T, KT, VT - 1>(in, out, count, g, w, init, bias, kvalid, vectors);
-  }
-  conv_tile<T, KT, VT>(in, out, count, g, w, init, bias, kvalid);
-}
-
 // Output blocks [b0, b1) (numbered across groups) of `vectors` pixel vectors. buf holds the reduction
 // channels of groups first_group.. at channel stride cs, each `in_channel_bytes` of the item's input;
 // vector_at(q) places vector q. Of the item's inputs and the weights, the smaller is kept in cache
@@ -365,7 +356,7 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
           count[v] = pos[q + v].count;
         }
         const T* w = tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
-        tile<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
+        conv_tile_upto<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
                         std::min<int64_t>(KT, tc.outs - k0), n);
       };
       if (blocks_outside) {

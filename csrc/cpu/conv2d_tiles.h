@@ -110,6 +110,16 @@ void conv_tile(const T* const* in, T* const* out, const int64_t* count, const Ti
   }
 }
 
+// conv_tile with the first `vectors` <= VT of in, out and count.
+template <typename T, int KT, int VT>
+void conv_tile_upto(const T* const* in, T* const* out, const int64_t* count, const TileGeometry& g, const T* w,
+                    TileInit init, const T* bias, int64_t kvalid, int vectors) {
+  if constexpr (VT > 1) {
+    if (vectors < VT) return conv_tile_upto<T, KT, VT - 1>(in, out, count, g, w, init, bias, kvalid, vectors);
+  }
+  conv_tile<T, KT, VT>(in, out, count, g, w, init, bias, kvalid);
+}
+
 template <typename T>
 T horizontal_sum(const Vec<T>& v) {
   constexpr int64_t V = Vec<T>::size();

@@ -201,8 +201,8 @@ void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, c
   constexpr int64_t V = Vec<T>::size();
   for (int64_t kb = b.begin; kb < b.end; ++kb) {
     const T* w = u + kb * C * KT;
-    for (int64_t q = 0; q < tb; q += tile_width<VT>(q / V, tb / V) * V) {
-      const int n = tile_width<VT>(q / V, tb / V);
+    for (int64_t q = 0, n = 0; q < tb; q += n * V) {
+      n = tile_width<VT>(q / V, tb / V);
       const T* in[VT];
       T* out[VT];
       int64_t count[VT];
@@ -211,13 +211,7 @@ void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, c
         out[j] = m + (kb - b.begin) * KT * tb + q + j * V;
         count[j] = V;
       }
-      if (n == VT) {
-        conv_tile<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-      } else if (n == 2) {
-        conv_tile<T, KT, 2>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-      } else {
-        conv_tile<T, KT, 1>(in, out, count, geo, w, TileInit::zero, nullptr, KT);
-      }
+      conv_tile_upto<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT, int(n));
     }
   }
 }
