@@ -234,6 +234,8 @@ def test_auto_heuristic():
     assert choose(torch.empty(1, 64, 56, 56), torch.empty(64, 64, 3, 3), one, one, one, 1) == "winograd4"  # 196 tiles
     assert choose(torch.empty(1, 128, 28, 28), torch.empty(128, 128, 3, 3), one, one, one, 1) == "winograd4"  # 49
     assert choose(torch.empty(2, 64, 16, 16), torch.empty(64, 64, 3, 3), one, one, one, 1) == "winograd4"  # 32
+    assert choose(torch.empty(32, 64, 8, 8), torch.empty(64, 64, 3, 3), one, [0, 0], one, 1) == "winograd2"  # 6x6
+    assert choose(torch.empty(8, 512, 14, 14), torch.empty(512, 512, 3, 3), one, one, one, 1) == "winograd4"
     assert choose(torch.empty(1, 512, 14, 14), torch.empty(512, 512, 3, 3), one, one, one, 1) == "winograd2"  # 16
     assert choose(torch.empty(1, 256, 13, 13), torch.empty(256, 256, 3, 3), one, one, one, 1) == "winograd2"
     assert choose(torch.empty(8, 192, 13, 13), torch.empty(384, 192, 3, 3), one, one, one, 1) == "winograd4"

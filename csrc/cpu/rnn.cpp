@@ -175,8 +175,10 @@ struct CpuRecurrent {
 };
 
 // The fewest batch rows per thread for which each thread runs its own rows' time loop. Each thread
-// then reads all of W_hh every step (1 MB for hidden 256: from L3, not L2), so with fewer rows the
-// product's column split, where each thread keeps its share of W_hh in L2, is the better one.
+// then reads all of W_hh every step (1 MB for hidden 256: from L3, not L2), where the product's column
+// split keeps each thread's share in L2; with few rows per thread, or many threads, that read is not
+// paid back. 16 is a reasoned bound, not a measured one: on two threads batch 8 (4 rows per thread)
+// measured the same either way within this machine's noise (bench/NOTES.md, LSTM/GRU 7).
 constexpr int64_t kMinRowsPerThread = 16;
 
 struct CpuRnn {
