@@ -25,6 +25,8 @@ GRID = [
     (1, 1, 1, False, False, True, 3, 5, False),
     (6, 24, 2, True, False, True, 10, 1, True),
     (5, 8, 1, False, False, True, 1, 6, True),
+    (6, 10, 2, True, True, False, 5, 9, True),
+    (80, 256, 1, False, False, True, 3, 1, True),  # CPU LSTM: W_ih too large per row to re-read per step
     (3, 4, 2, True, False, True, 3, 300, True),  # above the CPU packed product's batch limit: at::mm
 ]
 
@@ -109,6 +111,7 @@ def test_layer_matches_torch(case, kind, dtype, device):
     ([3, 3, 3], False, True, 1, False),
     ([4], True, True, 2, False),
     ([1, 7, 2, 7, 5], False, False, 2, True),
+    ([3, 1, 4, 1, 5, 9, 2, 6, 5], False, True, 1, True),  # 9 sequences: the CPU LSTM's per-step projection
 ])
 def test_packed_matches_torch(lengths, enforce_sorted, bidir, layers, given, kind, device):
     check_packed(kind, device, torch.float64, lengths, enforce_sorted, bidir, layers, given)

@@ -1,8 +1,8 @@
 #pragma once
 // The LSTM and GRU layer ops (one layer, one direction), written once for every backend: argument
 // checks, the time loop and backward through time, with the matrix products on ATen (at::mm: oneDNN
-// or MKL on the CPU, cuBLAS on CUDA) and each step's element-wise work on the backend's fused
-// kernels. A backend is a struct with
+// or MKL on the CPU, cuBLAS on CUDA) unless the backend brings its own, and each step's element-wise
+// work on the backend's fused kernels. A backend is a struct with
 //
 //   static constexpr bool kReducedPrecision;  // whether it takes float16 / bfloat16
 //   static void lstm_forward(const rnn::LstmStepForward&, at::ScalarType);
@@ -10,6 +10,7 @@
 //   static void gru_forward(const rnn::GruStepForward&, at::ScalarType);
 //   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
 //   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
+//   using LstmForward = ...;  // an LSTM layer's forward steps: LstmProjectFirst<Backend>, or its own
 //   template <typename Fn>  // runs fn(first, last) on blocks of batch rows that together cover
 //   static void for_row_blocks(int64_t batch, const Fn& fn);  // [0, batch): SerialRows, or split
 //
@@ -26,7 +27,8 @@
 // The state buffers are updated in place on the first batch_sizes[t] rows, so with packed input each
 // sequence's final state stays where its last step left it, and in reverse a sequence that starts
 // late starts from h0 (its rows were not touched yet). Forward: one product of all steps' inputs,
-// then per step the recurrent product and the fused kernel. Backward: per step (in reverse order) the
+// then per step the recurrent product and the fused kernel (the CPU LSTM projects each step's input
+// with its recurrent product instead, csrc/cpu/rnn.cpp). Backward: per step (in reverse order) the
 // fused kernel and the recurrent gradient product, then one product for each weight gradient.
 
 #include <ATen/core/Tensor.h>
@@ -69,6 +71,44 @@ struct RecurrentMm {
     } else {
       at::mm_out(out, a, b);
     }
+  }
+};
+
+// b_ih + b_hh, either one, or none.
+inline std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_ih,
+                                             const std::optional<at::Tensor>& b_hh) {
+  const bool ih = b_ih.has_value() && b_ih->defined(), hh = b_hh.has_value() && b_hh->defined();
+  if (ih && hh) return b_ih->add(*b_hh);
+  if (ih || hh) return ih ? *b_ih : *b_hh;
+  return std::nullopt;
+}
+
+// The forward steps of one LSTM layer call, constructed once and then called per step: one product
+// of every step's input (x: (rows, I)) up front, both biases folded in; per step the recurrent
+// product added into that step's rows (one read stream less for the gate kernel), then the
+// backend's cell kernel. A backend may name its own with the same constructor and call.
+template <typename Backend>
+struct LstmProjectFirst {
+  at::Tensor gi;
+  typename Backend::Product recurrent;
+
+  LstmProjectFirst(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, int64_t batch)
+      : gi(project(x, w_ih, summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), batch) {}
+
+  // f: this step's kernel arguments, pre still to fill; its rows start at row `off` of x and at batch
+  // row `first`; h_rows: f.h as a tensor.
+  void operator()(rnn::LstmStepForward f, int64_t off, int64_t /*first*/, const at::Tensor& h_rows,
+                  at::ScalarType dt) const {
+    at::Tensor pre = gi.narrow(0, off, f.rows);
+    recurrent(pre, h_rows, true);
+    f.pre = pre.data_ptr();
+    Backend::lstm_forward(f, dt);
+  }
+
+ private:
+  static at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
+    return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
   }
 };
 
@@ -238,30 +278,17 @@ struct RnnLayerOps {
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
-    const Tensor x = input.reshape({s.rows, s.input_size});
-    const Tensor wi_t = w_ih.t();
-    const typename Backend::Product recurrent(w_hh.t(), s.batch);
-    Tensor gi;
-    if (given(b_ih) || given(b_hh)) {
-      const Tensor bias = given(b_ih) && given(b_hh) ? b_ih->add(*b_hh) : (given(b_ih) ? *b_ih : *b_hh);
-      gi = bias.addmm(x, wi_t);
-    } else {
-      gi = x.mm(wi_t);
-    }
-    gi = gi.contiguous();
+    const typename Backend::LstmForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s.batch);
     Tensor out = new_output({s.rows, H}, opts);
     Tensor h = h0.contiguous().clone();
     Tensor c = c0.to(ct).contiguous().clone();
     Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
     for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      // The recurrent product adds into this step's rows of the input projection: one read stream
-      // less for the gate kernel (the GRU cannot: its reset gate scales the hidden part alone).
-      recurrent(gi.narrow(0, off, bs), h.narrow(0, first, bs), true);
-      const rnn::LstmStepForward f{bs, H, row_ptr(gi, off), row_ptr(c, first), row_ptr(h, first),
+      const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), row_ptr(h, first),
                                    row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
-      if (H > 0) Backend::lstm_forward(f, input.scalar_type());
+      if (H > 0) step(f, off, first, h.narrow(0, first, bs), input.scalar_type());
     });
     return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
   }

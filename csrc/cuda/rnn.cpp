@@ -18,6 +18,7 @@ using cuda::dtype_of;
 struct CudaRnn : SerialRows {
   static constexpr bool kReducedPrecision = true;
   using Product = RecurrentMm;
+  using LstmForward = LstmProjectFirst<CudaRnn>;
 
   static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
     check_launch("fastdl.lstm", cuda::lstm_step_forward(f, dtype_of(dt), current_stream()));
