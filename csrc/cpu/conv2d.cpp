@@ -233,6 +233,14 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
   Scratch<T> packed(s.groups * blocks * block_size);
   const auto pack_block = [&](int64_t g, int64_t b) {  // the forward's
     const int64_t o0 = b * KT;
+    if (all_taps && o0 + KT <= outs) {  // KT contiguous runs of the source, interleaved in one pass
+      const T* src = w + (g * Kg + o0) * Cg * taps;
+      T* dst = packed.get() + (g * blocks + b) * block_size;
+      for (int64_t i = 0; i < reds * nt; ++i, dst += KT) {
+        for (int64_t j = 0; j < KT; ++j) dst[j] = src[j * Cg * taps + i];
+      }
+      return;
+    }
     for (int64_t j = 0; j < KT; ++j) {
       T* dst = packed.get() + (g * blocks + b) * block_size + j;  // (c, t) at dst[(c * nt + t) * KT]
       if (o0 + j >= outs) {
