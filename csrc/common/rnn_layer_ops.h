@@ -74,44 +74,6 @@ struct RecurrentMm {
   }
 };
 
-// b_ih + b_hh, either one, or none.
-inline std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_ih,
-                                             const std::optional<at::Tensor>& b_hh) {
-  const bool ih = b_ih.has_value() && b_ih->defined(), hh = b_hh.has_value() && b_hh->defined();
-  if (ih && hh) return b_ih->add(*b_hh);
-  if (ih || hh) return ih ? *b_ih : *b_hh;
-  return std::nullopt;
-}
-
-// The forward steps of one LSTM layer call, constructed once and then called per step: one product
-// of every step's input (x: (rows, I)) up front, both biases folded in; per step the recurrent
-// product added into that step's rows (one read stream less for the gate kernel), then the
-// backend's cell kernel. A backend may name its own with the same constructor and call.
-template <typename Backend>
-struct LstmProjectFirst {
-  at::Tensor gi;
-  typename Backend::Product recurrent;
-
-  LstmProjectFirst(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, int64_t batch)
-      : gi(project(x, w_ih, summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), batch) {}
-
-  // f: this step's kernel arguments, pre still to fill; its rows start at row `off` of x and at batch
-  // row `first`; h_rows: f.h as a tensor.
-  void operator()(rnn::LstmStepForward f, int64_t off, int64_t /*first*/, const at::Tensor& h_rows,
-                  at::ScalarType dt) const {
-    at::Tensor pre = gi.narrow(0, off, f.rows);
-    recurrent(pre, h_rows, true);
-    f.pre = pre.data_ptr();
-    Backend::lstm_forward(f, dt);
-  }
-
- private:
-  static at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
-    return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
-  }
-};
-
 // One block of every row: the whole batch's time loop at once.
 struct SerialRows {
   template <typename Fn>
@@ -133,6 +95,13 @@ struct NoAutocast {
 };
 
 inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// b_ih + b_hh, either one, or none.
+inline OptTensor summed_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
+  if (given(b_ih) && given(b_hh)) return b_ih->add(*b_hh);
+  if (given(b_ih) || given(b_hh)) return given(b_ih) ? *b_ih : *b_hh;
+  return std::nullopt;
+}
 
 inline at::ScalarType cell_type(const Tensor& input) {
   const auto dt = input.scalar_type();
@@ -257,6 +226,35 @@ void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
 }
 
 }  // namespace rnn_detail
+
+// The forward steps of one LSTM layer call, constructed once and then called per step: one product
+// of every step's input (x: (rows, I)) up front, both biases folded in; per step the recurrent
+// product added into that step's rows (one read stream less for the gate kernel), then the
+// backend's cell kernel. A backend may name its own with the same constructor and call.
+template <typename Backend>
+struct LstmProjectFirst {
+  at::Tensor gi;
+  typename Backend::Product recurrent;
+
+  LstmProjectFirst(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, int64_t batch)
+      : gi(project(x, w_ih, rnn_detail::summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), batch) {}
+
+  // f: this step's kernel arguments, pre still to fill; its rows start at row `off` of x and at batch
+  // row `first`; h_rows: f.h as a tensor.
+  void operator()(rnn::LstmStepForward f, int64_t off, int64_t /*first*/, const at::Tensor& h_rows,
+                  at::ScalarType dt) const {
+    at::Tensor pre = gi.narrow(0, off, f.rows);
+    recurrent(pre, h_rows, true);
+    f.pre = pre.data_ptr();
+    Backend::lstm_forward(f, dt);
+  }
+
+ private:
+  static at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
+    return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
+  }
+};
 
 template <typename Backend>
 struct RnnLayerOps {

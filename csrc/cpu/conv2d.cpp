@@ -231,28 +231,24 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
   bool all_taps = nt == taps;
   for (int64_t t = 0; t < nt; ++t) all_taps &= tap_index[t] == t;
   Scratch<T> packed(s.groups * blocks * block_size);
-  const auto pack_block = [&](int64_t g, int64_t b) {  // the forward's
-    const int64_t o0 = b * KT;
-    if (all_taps && o0 + KT <= outs) {  // KT contiguous runs of the source, interleaved in one pass
-      const T* src = w + (g * Kg + o0) * Cg * taps;
-      T* dst = packed.get() + (g * blocks + b) * block_size;
+  // The forward's block: one pass, the KT source rows side by side, each destination line written
+  // once (KT strided passes: 1.8x the packing time, convolution entry 11). Every tap of a full block is
+  // one contiguous run per row; a tap subset or the last, partial block goes through the tap index
+  // (as the only loop it made 512-channel layers at batch 1 slower: 3x3 on 7x7 maps 8-13%, 1x1 23%+).
+  const auto pack_block = [&](int64_t g, int64_t b) {
+    const int64_t o0 = b * KT, valid = std::min<int64_t>(KT, outs - o0), row = Cg * taps;
+    const T* src = w + (g * Kg + o0) * row;
+    T* dst = packed.get() + (g * blocks + b) * block_size;  // (c, t) at dst[(c * nt + t) * KT]
+    if (all_taps && valid == KT) {
       for (int64_t i = 0; i < reds * nt; ++i, dst += KT) {
-        for (int64_t j = 0; j < KT; ++j) dst[j] = src[j * Cg * taps + i];
+        for (int64_t j = 0; j < KT; ++j) dst[j] = src[j * row + i];
       }
       return;
     }
-    for (int64_t j = 0; j < KT; ++j) {
-      T* dst = packed.get() + (g * blocks + b) * block_size + j;  // (c, t) at dst[(c * nt + t) * KT]
-      if (o0 + j >= outs) {
-        for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = T(0);
-      } else if (all_taps) {  // one contiguous run of the source
-        const T* src = w + (g * Kg + o0 + j) * Cg * taps;
-        for (int64_t i = 0; i < reds * nt; ++i) dst[i * KT] = src[i];
-      } else {
-        for (int64_t c = 0; c < reds; ++c, dst += nt * KT) {
-          const T* src = w + ((g * Kg + o0 + j) * Cg + c) * taps;
-          for (int64_t t = 0; t < nt; ++t) dst[t * KT] = src[tap_index[t]];
-        }
+    for (int64_t c = 0; c < reds; ++c) {
+      for (int64_t t = 0; t < nt; ++t, dst += KT) {
+        const T* from = src + c * taps + tap_index[t];
+        for (int64_t j = 0; j < KT; ++j) dst[j] = j < valid ? from[j * row] : T(0);
       }
     }
   };

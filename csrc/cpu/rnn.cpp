@@ -197,7 +197,7 @@ class CpuLstmForward {
       generic_.emplace(x, w_ih, w_hh, b_ih, b_hh, batch);
       return;
     }
-    const auto bias = summed_bias(b_ih, b_hh);
+    const auto bias = rnn_detail::summed_bias(b_ih, b_hh);
     std::vector<at::Tensor> parts{w_ih.t(), w_hh.t()};
     if (bias) parts.push_back(bias->view({1, -1}));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.lstm", [&] { packed_ = pack_panels<scalar_t>(parts); });
