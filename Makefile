@@ -55,27 +55,33 @@ cpp-test: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 cpp-test: $(VENV)/.deps
 	$(call cmake-build,build/cmake,$(PY),$${FASTDL_CUDA:-OFF})
 
-# On the GPU machine: no venv (its python3 has torch, pytest, hypothesis, CuPy); nothing to install.
-# The whole test suite runs (the CUDA tests, and the rest against that machine's torch), then the
-# CMake CUDA build's C++ tests, then the GPU benchmarks (float32: pool, bn and conv in full, winograd on its
-# quick layers at batch 32 and 128, rnn and models quick; and a quick bfloat16 subset), then ResNet-18
-# trained on the digits with --amp on both backends, each
-# even when an earlier step failed, so that one call (under 10 minutes) records everything; the exit
-# status says whether all passed.
+# On the GPU machine: no venv (its python3 has torch, pytest, pytest-xdist, hypothesis, CuPy); nothing
+# to install. The whole test suite runs (the CUDA tests, and the rest against that machine's torch; two
+# CPU threads per worker, as on the dev machine) while the CMake CUDA build compiles and runs its C++
+# tests; then the GPU benchmarks (float32: pool and bn in full, conv on its quick layers at batch 1 to
+# 128, winograd on its quick layers at batch 32 and 128, rnn and models quick; a quick bfloat16 subset),
+# then ResNet-18 trained on the digits with --amp on both backends. Each step runs even when an earlier
+# one failed, so that one call (under 10 minutes) records everything; the exit status says whether all
+# passed.
 GPU_OUT := bench/results/cuda
+# pytest-xdist where installed: 8 workers, and a worker that hits a sticky CUDA error ends itself
+# (tests/conftest.py), so one bad kernel fails one test, not every test after it.
+GPU_XDIST = $(shell $(PYTHON) -c "import xdist" 2>/dev/null && echo "-n 8 --max-worker-restart 50")
+GPU_BENCH := PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --out $(GPU_OUT)
 gpu-check: export MAX_JOBS := $(shell nproc)
 gpu-check:
 	FASTDL_CUDA=1 $(PYTHON) setup.py -q build_ext --inplace
 	mkdir -p $(GPU_OUT)
 	set -o pipefail; status=0; \
-	PYTHONPATH=python $(PYTHON) -m pytest tests -q -p no:cacheprovider -rs 2>&1 | tee $(GPU_OUT)/tests.log \
-		|| status=1; \
-	$(MAKE) --no-print-directory gpu-cpp-test 2>&1 | tee $(GPU_OUT)/cpp-tests.log || status=1; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops pool,bn,conv --out $(GPU_OUT) || status=1; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops winograd --quick --batches 32,128 \
-		--out $(GPU_OUT) || status=1; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --ops rnn,models --quick --out $(GPU_OUT) || status=1; \
-	PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --quick --dtype bfloat16 --out $(GPU_OUT) || status=1; \
+	MAX_JOBS=4 $(MAKE) --no-print-directory gpu-cpp-test > $(GPU_OUT)/cpp-tests.log 2>&1 & cpp=$$!; \
+	PYTHONPATH=python OMP_NUM_THREADS=2 $(PYTHON) -m pytest tests -q -p no:cacheprovider -rfs $(GPU_XDIST) 2>&1 \
+		| tee $(GPU_OUT)/tests.log || status=1; \
+	wait $$cpp || status=1; tail -4 $(GPU_OUT)/cpp-tests.log; \
+	$(GPU_BENCH) --ops pool,bn || status=1; \
+	$(GPU_BENCH) --ops conv --quick --batches 1,8,32,128 || status=1; \
+	$(GPU_BENCH) --ops winograd --quick --batches 32,128 || status=1; \
+	$(GPU_BENCH) --ops rnn,models --quick || status=1; \
+	$(GPU_BENCH) --quick --dtype bfloat16 || status=1; \
 	for backend in fastdl torch; do \
 		PYTHONPATH=python $(PYTHON) -m fastdl.train resnet18 --device cuda --amp --backend $$backend --epochs 2 \
 			2>&1 | tee $(GPU_OUT)/train-resnet18-amp-$$backend.log || status=1; \

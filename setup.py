@@ -83,6 +83,17 @@ def nvidia_include_flags():
     return [f"-idirafter{p}" for p in [site / "nvidia" / "cu13" / "include"] if p.is_dir()]
 
 
+def shared_cxx_runtime():
+    """Link flags that make the extension use the process's shared C++ runtime (libstdc++.so.6), named
+    before the compiler driver's own libraries. A driver that links libstdc++ statically (the GPU
+    machine's /opt/gcc/bin/g++ wrapper does) otherwise copies parts of it into the extension: a second
+    runtime whose locale was never initialized, so every error message with a number in it crashed
+    the process (bench/NOTES.md, GPU 1)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    return ["-Wl,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--as-needed"]
+
+
 def extension():
     with_cuda, why = cuda_decision()
     cap = cpu_capability()
@@ -90,7 +101,7 @@ def extension():
     # link resolves to torch's own libgomp.so.1 (same soname, already loaded), sharing its threads.
     cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}",
            *CPU_FLAGS[cap]]
-    link = ["-fopenmp"]
+    link = ["-fopenmp", *shared_cxx_runtime()]
     sources = [CSRC / "ops.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "autograd").glob("*.cpp")),
                *sorted((CSRC / "cpu").glob("*.cpp"))]
     include_dirs = [str(CSRC)]

@@ -52,6 +52,17 @@ MODEL_FLOAT32_REL_MAX = 1e-4
 WINOGRAD_FLOAT32_REL_L2 = {2: 1e-6, 4: 5e-6}
 
 
+@pytest.fixture(autouse=True)
+def true_float32():
+    """float32 means float32 in every test: PyTorch's cuDNN convolutions and RNNs would otherwise round
+    the reference's operands to TF32 (about 1e-3 relative) on GPUs that have it."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def tolerance(family: str, dtype: torch.dtype) -> dict:
     rtol, atol = TOLERANCES[(family, dtype)]
     return {"rtol": rtol, "atol": atol}
@@ -66,3 +77,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
+
+
+# A CUDA error such as an illegal address leaves the process's CUDA context unusable: every later
+# test in the same process would fail with it. Under pytest-xdist (`-n N`), a worker that hits one
+# ends itself, so that xdist reports the test that caused it and starts a clean worker.
+STICKY_CUDA_ERRORS = ("illegal memory access", "misaligned address", "unspecified launch failure",
+                      "device-side assert", "illegal instruction", "CUDA error: an illegal")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.excinfo is not None and os.environ.get("PYTEST_XDIST_WORKER"):
+        message = str(call.excinfo.value)
+        if any(text in message for text in STICKY_CUDA_ERRORS):
+            print(f"\n{item.nodeid}: sticky CUDA error, ending this worker:\n{message[:2000]}", flush=True)
+            os._exit(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from hypothesis import assume
 from hypothesis import strategies as st
 
@@ -103,3 +104,40 @@ def adaptive_cases(draw) -> tuple[tuple[int, ...], str, tuple[int, int], int]:
     batch = 1 if layout == "unbatched" else draw(st.sampled_from([0, 1, 2]))
     out = (draw(st.integers(1, h + 3)), draw(st.integers(1, w + 3)))
     return (batch, draw(st.integers(1, 9)), h, w), layout, out, draw(st.integers(0, 2**31 - 1))
+
+
+
+# Where torch's own channels-last CUDA pooling kernels disagree with its N,C,H,W and CPU kernels, the
+# reference runs in N,C,H,W and is laid out as torch's channels-last output would be: average pooling's
+# backward with padding (wrong gradients, pytorch/pytorch#188344, torch 2.11 and earlier), and max
+# pooling over a window of only -inf (another index than the window's first element, which the other
+# kernels and fastdl give).
+def cuda_channels_last(x) -> bool:
+    return x.is_cuda and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def as_channels_last(t):
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
+
+
+def torch_max_pool2d(x, **args):
+    """F.max_pool2d(x, return_indices=True, **args), with the reference's layout rule above."""
+    if not cuda_channels_last(x):
+        return F.max_pool2d(x, return_indices=True, **args)
+    out, idx = F.max_pool2d(x.contiguous(), return_indices=True, **args)
+    return as_channels_last(out), as_channels_last(idx)
+
+
+def torch_max_pool2d_backward(grad, x, idx, *args):
+    """aten.max_pool2d_with_indices_backward(grad, x, kernel, stride, padding, dilation, ceil_mode, idx)."""
+    backward = torch.ops.aten.max_pool2d_with_indices_backward
+    if not cuda_channels_last(x):
+        return backward(grad, x, *args, idx)
+    return as_channels_last(backward(grad.contiguous(), x.contiguous(), *args, idx.contiguous()))
+
+
+def torch_avg_pool2d_backward(grad, x, *args):
+    """aten.avg_pool2d_backward(grad, x, kernel_size, stride, padding, ...), with the rule above."""
+    if not cuda_channels_last(x):
+        return torch.ops.aten.avg_pool2d_backward(grad, x, *args)
+    return as_channels_last(torch.ops.aten.avg_pool2d_backward(grad.contiguous(), x.contiguous(), *args))

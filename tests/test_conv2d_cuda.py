@@ -1,4 +1,4 @@
-"""CUDA convolution checks against torch.nn.functional.conv2d (cuDNN with TF32 off): float32 and float64
+"""CUDA convolution checks against torch.nn.functional.conv2d (cuDNN with TF32 off: tests/conftest.py): float32 and float64
 values and gradients over a grid of shapes and options in both memory formats, float16/bfloat16 within
 twice PyTorch's own error against float64, output_mask subsets, empty batches, unbatched input, large
 shapes (64-bit indexing past 2^31 elements) and the current stream."""
@@ -17,13 +17,8 @@ DEVICE = "cuda"
 ALL = [True, True, True]
 
 
-@pytest.fixture(autouse=True)
-def true_fp32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+def make_inputs(case, dtype, bias=True, input_format=torch.contiguous_format, weight_format=torch.contiguous_format):
+    return conv_cases.make_inputs(case, dtype, DEVICE, bias, input_format, weight_format)
 
 
 def ours(x, w, b, args, grad_out, mask=ALL):
@@ -46,12 +41,14 @@ def test_values_and_gradients_match_torch(case, input_format, bias, dtype):
         assert_matches(got, want, dtype)
     n, c, h, w_, k = case[:5]
     if min(c, k, h * w_, y_ref.shape[2] * y_ref.shape[3]) > 1:  # else both formats have the same strides
-        assert mine[0].is_contiguous(memory_format=input_format) and mine[1].is_contiguous(memory_format=input_format)
+        fmt = torch.contiguous_format if dtype == torch.float64 else input_format  # float64: N,C,H,W, as torch
+        assert mine[0].stride() == y_ref.stride()
+        assert mine[0].is_contiguous(memory_format=fmt) and mine[1].is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[10], CASES[14]], ids=case_id)
-def test_channels_last_weight_gives_channels_last_output(case, dtype):
+def test_channels_last_weight_gives_torchs_output_layout(case, dtype):
     x, w, b, args = make_inputs(case, dtype, weight_format=torch.channels_last)
     assert x.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
     y_ref = F.conv2d(x, w, b, *args)
@@ -59,8 +56,10 @@ def test_channels_last_weight_gives_channels_last_output(case, dtype):
     mine = ours(x, w, b, args, grad_out)
     for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
         assert_matches(got, want, dtype)
-    assert mine[0].is_contiguous(memory_format=torch.channels_last)
-    assert mine[1].is_contiguous(memory_format=torch.channels_last)
+    # channels-last, as torch; float64 stays N,C,H,W, as torch's cuDNN path keeps it
+    fmt = torch.contiguous_format if dtype == torch.float64 else torch.channels_last
+    assert mine[0].stride() == y_ref.stride()
+    assert mine[0].is_contiguous(memory_format=fmt) and mine[1].is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last], ids=["w_nchw", "w_nhwc"])

@@ -4,6 +4,7 @@ sequence lengths and packed variable-length batches; unbatched input; cells; dro
 layers (statistically in training, exactly in eval); gradcheck, opcheck, torch.compile; bad input;
 proj_size fallback; convert. CUDA cases carry the cuda marker."""
 
+import copy
 import warnings
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastdl
-from conftest import tolerance
+from conftest import REDUCED_PRECISION_FACTOR, tolerance
 
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)]
 KINDS = ["LSTM", "GRU"]
@@ -71,21 +72,39 @@ def run_and_backward(module, x, hx, gen_seed):
     return out, states
 
 
+def results(module, x, hx):
+    """(name, tensor) for the output, the final states and the gradients of x, hx and every parameter."""
+    xl, hl = leaves(x), leaves(hx)
+    out, states = run_and_backward(module, xl, hl, 11)
+    named = [("output", out)] + [(f"final state {i}", s) for i, s in enumerate(flat(states))]
+    named += [("grad of x", xl.grad)] + [(f"grad of state {i}", h.grad) for i, h in enumerate(flat(hl))]
+    return named + [(f"grad of {n}", p.grad) for n, p in module.named_parameters()]
+
+
+def max_error(t, ref64):
+    return (t.double() - ref64).abs().max().item() if t.numel() else 0.0
+
+
 def compare(kind, ref, ours, x, hx, dtype):
+    """Every result of ours within the table's tolerance of torch's; on CUDA in float32 (cuDNN sums in
+    another order) a result outside it passes if its error against a float64 run of torch's module is at
+    most REDUCED_PRECISION_FACTOR times torch's own (plus a few float32 roundings of the largest value)."""
     tol = tolerance("rnn", dtype)
-    xa, xb = leaves(x), leaves(x)
-    ha, hb = leaves(hx), leaves(hx)
-    out_r, st_r = run_and_backward(ref, xa, ha, 11)
-    out_o, st_o = run_and_backward(ours, xb, hb, 11)
-    torch.testing.assert_close(out_o, out_r, **tol)
-    for a, b in zip(flat(st_o), flat(st_r), strict=True):
-        torch.testing.assert_close(a, b, **tol)
-    torch.testing.assert_close(xb.grad, xa.grad, **tol)
-    for a, b in zip(flat(hb), flat(ha), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, **tol)
-    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
-        assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, q.grad, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    mine, theirs = results(ours, x, hx), results(ref, x, hx)
+    exact = None
+    if dtype == torch.float32 and x.is_cuda:
+        exact = results(copy.deepcopy(ref).double(), x.double(), tuple(t.double() for t in hx)
+                        if isinstance(hx, tuple) else None if hx is None else hx.double())
+    for i, ((name, got), (_, want)) in enumerate(zip(mine, theirs, strict=True)):
+        assert got is not None, name
+        if exact is None:
+            torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"{name}: {m}")
+            continue
+        ref64 = exact[i][1]
+        floor = 4 * torch.finfo(dtype).eps * ref64.abs().max().item()
+        err_ours, err_torch = max_error(got, ref64), max_error(want, ref64)
+        assert torch.allclose(got, want, **tol) or err_ours <= REDUCED_PRECISION_FACTOR * err_torch + floor, \
+            f"{name}: error {err_ours:.3g} against float64, torch's {err_torch:.3g}"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -89,9 +89,12 @@ inline Conv2dProblem conv2d_problem(const char* op, const at::Tensor& input, con
               ") is smaller than the dilated kernel (", extent_h, " x ", extent_w, ")");
   s.out_h = conv_out_size(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
   s.out_w = conv_out_size(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
-  // As torch: the output is channels-last when either the input or the weight is.
-  const bool channels_last = p.batched && (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
-                                           weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+  // As torch: the output is channels-last when either the input or the weight is, except float64 on
+  // CUDA, which torch's cuDNN path keeps in N,C,H,W whatever the inputs' layout.
+  const bool cuda_double = input.is_cuda() && input.scalar_type() == at::kDouble;
+  const bool channels_last = p.batched && !cuda_double &&
+                             (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
   p.memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   s.layout = channels_last ? Layout::nhwc : Layout::nchw;
   return p;

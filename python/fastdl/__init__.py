@@ -21,9 +21,14 @@ if not _C.cpu_supported():
     )
 
 
+# Read once: a constant of the build, and a plain Python value that torch.compile can trace (a call into
+# the extension inside a compiled module would break the graph, or fail under fullgraph).
+_CUDA_ENABLED: bool = bool(_C.cuda_enabled())
+
+
 def cuda_enabled() -> bool:
     """Whether fastdl was built with its CUDA kernels (independent of a GPU being present)."""
-    return _C.cuda_enabled()
+    return _CUDA_ENABLED
 
 
 def build_info() -> dict:

@@ -103,6 +103,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
+    # float32 means float32 on both sides: torch's cuDNN convolutions and RNNs would otherwise round
+    # their operands to TF32. Only the convolution baselines named "cuDNN TF32" turn it on, per step.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     dtypes = [getattr(torch, name) for name in args.dtype.split(",")]
     plan = {family: select(family, device, dtypes, args) for family in args.ops.split(",")}
 

@@ -70,8 +70,6 @@ class ModelCase(Case):
         return {"torch": stock, "fastdl": converted}
 
     def make_inputs(self) -> dict:
-        if self.device == "cuda":
-            torch.backends.cudnn.allow_tf32 = False
         modules = self._models()
         gen = torch.Generator().manual_seed(0)
         x = models.random_input(self.model, modules["torch"], self.batch, self.size, gen).to(self.device)
