@@ -249,6 +249,20 @@ def test_auto_heuristic():
                   one, 1) == "direct"
 
 
+def test_auto_heuristic_on_cuda():
+    # The measured layers (bench/NOTES.md, Winograd convolution, CUDA, 1) and the unmeasured ranges that stay direct.
+    rule = fastdl.ops.conv.winograd_rule
+    assert rule("cuda", 1, 256, 56, 56) == "winograd4"  # 196 4x4 tiles
+    assert rule("cuda", 1, 64, 56, 56) == "winograd4"
+    assert rule("cuda", 1, 512, 28, 28) == "winograd2"  # 49 tiles
+    assert rule("cuda", 1, 512, 14, 14) == "winograd2"
+    assert rule("cuda", 32, 512, 14, 14) == "winograd4"
+    assert rule("cuda", 128, 256, 56, 56) == "winograd4"
+    assert rule("cuda", 32, 512, 7, 7) == "direct"  # 7x7 maps: not measured
+    assert rule("cuda", 32, 32, 56, 56) == "direct"  # 32 channels: not measured
+    assert rule("meta", 32, 256, 56, 56) == "direct"
+
+
 def test_benchmark_mode_times_once_per_shape_and_gives_the_same_function(monkeypatch):
     calls = []
     fastest = fastdl.ops.conv._fastest

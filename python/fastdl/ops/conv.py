@@ -29,7 +29,7 @@ from torch._prims_common import suggest_memory_format
 
 from fastdl import backends
 
-__all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_gap"]
+__all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_gap", "winograd_rule"]
 
 ALGORITHMS = ("auto", "direct", "winograd2", "winograd4")
 _WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
@@ -128,21 +128,44 @@ _MIN_TILES = {"winograd4": 32, "winograd2": 49}
 _WINOGRAD4_MOST_WASTE = 1.6  # computed / wanted outputs (13x13 maps: 1.51; 9x9: 1.78)
 
 
+# On CUDA (H100, float32 against cuDNN with TF32 off, and bfloat16; bench/NOTES.md, Winograd convolution,
+# CUDA, entry 1):
+# the Winograd kernel this rule picks beat the direct kernel on every measured 3x3 layer, 64 to 512
+# channels, maps of 14x14 to 56x56, batch 1 to 128 (forward 2.0-13.9x, forward+backward 1.17-6.9x over
+# direct; against cuDNN up to 2.34x forward). F(4x4,3x3) leads from 196 4x4 tiles (56x56 at batch 1: 2.03x cuDNN,
+# F(2x2,3x3) 1.61x; 14x14 at batch 32: 1.56x vs 1.19x), F(2x2,3x3) below (28x28 and 14x14 at batch 1:
+# 1.91-1.92x, F(4x4,3x3) 0.97-1.50x). Fewer channels and smaller maps (ResNet's 7x7) are not measured
+# yet and stay direct.
+_CUDA_MIN_WINOGRAD_CHANNELS = 64
+_CUDA_MIN_WINOGRAD_MAP = 14
+_CUDA_MIN_WINOGRAD4_TILES = 196
+
+
 def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int],
                      groups: int) -> str:
     """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False), for 3x3 stride-1
-    single-group convolutions on the CPU with at least 32 input and output channels: Winograd
-    F(4x4,3x3) when the batch has at least 32 4x4 output tiles and they compute at most 1.6 times the
-    outputs wanted (the map's edge); else F(2x2,3x3) when it has at least 49 2x2 tiles; else direct.
-    Everything else is direct, and so is every CUDA convolution until the CUDA Winograd kernels have
-    been measured."""
-    if input.device.type != "cpu" or winograd_gap(input, weight, stride, dilation, groups):
-        return "direct"
-    if min(weight.shape[0], weight.shape[1]) < _MIN_WINOGRAD_CHANNELS:
+    single-group convolutions; everything else is direct. On the CPU, with at least 32 input and output
+    channels: Winograd F(4x4,3x3) when the batch has at least 32 4x4 output tiles and they compute at
+    most 1.6 times the outputs wanted (the map's edge); else F(2x2,3x3) when it has at least 49 2x2
+    tiles; else direct. On CUDA, with at least 64 channels and output maps of at least 14x14:
+    F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3)."""
+    if winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
     oh, ow = (input.shape[-2 + i] + 2 * padding[i] - 2 for i in range(2))
     batch = input.shape[0] if input.dim() == 4 else 1
+    return winograd_rule(input.device.type, batch, min(weight.shape[0], weight.shape[1]), oh, ow)
+
+
+def winograd_rule(device: str, batch: int, channels: int, oh: int, ow: int) -> str:
+    """choose_algorithm's rule for a 3x3 stride-1 convolution that Winograd can compute: `channels` is
+    the smaller of its input and output channel counts, oh x ow its output map."""
     tiles4 = batch * -(-oh // 4) * -(-ow // 4)
+    if device == "cuda":
+        if channels < _CUDA_MIN_WINOGRAD_CHANNELS or min(oh, ow) < _CUDA_MIN_WINOGRAD_MAP:
+            return "direct"
+        return "winograd4" if tiles4 >= _CUDA_MIN_WINOGRAD4_TILES else "winograd2"
+    if device != "cpu" or channels < _MIN_WINOGRAD_CHANNELS:
+        return "direct"
     wasted = -(-oh // 4) * -(-ow // 4) * 16 / (oh * ow)
     if tiles4 >= _MIN_TILES["winograd4"] and wasted <= _WINOGRAD4_MOST_WASTE:
         return "winograd4"
