@@ -8,6 +8,8 @@
 
 #include <optional>
 
+#include "autograd/op_signatures.h"
+
 namespace fastdl {
 
 // A typed handle of a fastdl op; callers keep it in a function-local static (looked up once).

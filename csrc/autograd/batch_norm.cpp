@@ -20,18 +20,13 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using ForwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
-                                                      const OptTensor&, const OptTensor&, bool, double, double);
-using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&,
-                                                       const Tensor&, const Tensor&, bool, std::array<bool, 3>);
-
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 struct BatchNorm : torch::autograd::Function<BatchNorm> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
                                bool training, double momentum, double eps) {
-    static const auto forward_op = op<ForwardSig>("fastdl::batch_norm");
+    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, invstd] = forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
     ctx->save_for_backward({input, weight.value_or(Tensor()), mean, invstd});
@@ -40,11 +35,13 @@ struct BatchNorm : torch::autograd::Function<BatchNorm> {
     ctx->saved_data["weight_edge"] = given(weight) ? int64_t{1} : int64_t{-1};
     ctx->saved_data["bias_edge"] = given(bias) ? int64_t{given(weight) ? 2 : 1} : int64_t{-1};
     ctx->mark_non_differentiable({mean, invstd});
+    ctx->set_materialize_grads(false);  // else every backward allocates zeros for mean and invstd
     return {out, mean, invstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op = op<BackwardSig>("fastdl::batch_norm_backward");
+    static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
+    if (!grads[0].defined()) return variable_list(8);
     const auto saved = ctx->get_saved_variables();
     const auto needs = [&](const char* edge) {
       const int64_t e = ctx->saved_data[edge].toInt();
@@ -67,7 +64,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, cons
   const auto wants = [](const OptTensor& t) { return given(t) && t->requires_grad(); };
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || wants(weight) || wants(bias))) {
     // No gradient: skip the autograd node (measured 4 us per call), as ATen's own ops do.
-    static const auto forward_op = op<ForwardSig>("fastdl::batch_norm");
+    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
   }

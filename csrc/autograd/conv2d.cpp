@@ -20,15 +20,9 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using ForwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef, at::IntArrayRef,
-                          at::IntArrayRef, int64_t);
-using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                       at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                                                       int64_t, std::array<bool, 3>);
-
 Tensor call_forward(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static const auto forward_op = op<ForwardSig>("fastdl::conv2d");
+  static const auto forward_op = op<ConvSig>("fastdl::conv2d");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return forward_op.call(input, weight, bias, stride, padding, dilation, groups);
 }
@@ -48,7 +42,7 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op = op<BackwardSig>("fastdl::conv2d_backward");
+    static const auto backward_op = op<ConvBackwardSig>("fastdl::conv2d_backward");
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
@@ -72,10 +66,6 @@ Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTenso
   }
   return Conv2d::apply(input, weight, bias, stride, padding, dilation, groups);
 }
-
-using WinogradSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef, int64_t);
-using WinogradBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                               at::IntArrayRef, int64_t, std::array<bool, 3>);
 
 Tensor call_winograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef padding,
                      int64_t tile) {

@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -24,34 +25,30 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using MaxPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
-using MaxPoolIndicesSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef,
-                                                     IntArrayRef, bool);
-using MaxPoolBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, IntArrayRef,
-                                  IntArrayRef, IntArrayRef, bool);
-using AvgPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool,
-                          std::optional<int64_t>);
-using AvgPoolBackwardSig = Tensor(const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool,
-                                  bool, std::optional<int64_t>);
-using AdaptiveSig = Tensor(const Tensor&, IntArrayRef);
-using AdaptiveBackwardSig = Tensor(const Tensor&, const Tensor&);
-
-// The window arguments of a max or average pooling call, kept for backward.
+// The window arguments of a max or average pooling call, kept for backward as one list of integers
+// (one saved_data entry instead of five: each costs a map insertion and an IValue per call).
 struct Window {
   std::vector<int64_t> kernel, stride, padding, dilation;
   bool ceil_mode;
 
+  // [ceil_mode, size of each of the four lists, then the lists]
   void save(AutogradContext* ctx) const {
-    ctx->saved_data["kernel"] = kernel;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
+    const std::array<const std::vector<int64_t>*, 4> parts{&kernel, &stride, &padding, &dilation};
+    std::vector<int64_t> all{int64_t(ceil_mode)};
+    for (const auto* part : parts) all.push_back(int64_t(part->size()));
+    for (const auto* part : parts) all.insert(all.end(), part->begin(), part->end());
+    ctx->saved_data["window"] = std::move(all);
   }
   static Window load(AutogradContext* ctx) {
-    return {ctx->saved_data["kernel"].toIntVector(), ctx->saved_data["stride"].toIntVector(),
-            ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
-            ctx->saved_data["ceil_mode"].toBool()};
+    const std::vector<int64_t> all = ctx->saved_data["window"].toIntVector();
+    Window w{{}, {}, {}, {}, all[0] != 0};
+    auto next = all.begin() + 5;
+    for (int i = 0; i < 4; ++i) {
+      std::vector<int64_t>& part = i == 0 ? w.kernel : i == 1 ? w.stride : i == 2 ? w.padding : w.dilation;
+      part.assign(next, next + all[1 + i]);
+      next += all[1 + i];
+    }
+    return w;
   }
 };
 
@@ -77,9 +74,11 @@ struct MaxPool2dWithIndices : torch::autograd::Function<MaxPool2dWithIndices> {
     ctx->save_for_backward({input, indices});
     Window{kernel.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}.save(ctx);
     ctx->mark_non_differentiable({indices});
+    ctx->set_materialize_grads(false);  // else every backward allocates and zero-fills the indices' gradient
     return {out, indices};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return with_no_grads(Tensor(), 5);
     const auto saved = ctx->get_saved_variables();
     return with_no_grads(max_pool2d_backward(grads[0], saved[0], saved[1], Window::load(ctx)), 5);
   }

@@ -22,18 +22,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using LstmSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                   const Tensor&, const Tensor&, const OptTensor&,
-                                                                   const OptTensor&, at::IntArrayRef, bool, bool);
-using LstmBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef, bool, std::array<bool, 3>);
-using GruSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                  const OptTensor&, const OptTensor&, at::IntArrayRef, bool, bool);
-using GruBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, at::IntArrayRef, bool, std::array<bool, 3>);
-
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 bool wants(const OptTensor& t) { return given(t) && t->requires_grad(); }
 OptTensor maybe(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
@@ -64,6 +52,9 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
     ctx->saved_data["reverse"] = reverse;
     save_bias_edges(ctx, 5, b_ih, b_hh);
     ctx->mark_non_differentiable({gates, cells});
+    // Else every backward allocates and zero-fills gradients for gates and cells (T N 4H and T N H
+    // values) and for unused final states; the backward op takes absent gradients as zeros itself.
+    ctx->set_materialize_grads(false);
     return {out, hy, cy, gates, cells};
   }
 
@@ -96,6 +87,7 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
     ctx->saved_data["reverse"] = reverse;
     save_bias_edges(ctx, 4, b_ih, b_hh);
     ctx->mark_non_differentiable({saved});
+    ctx->set_materialize_grads(false);  // as LstmLayer
     return {out, hy, saved};
   }
 

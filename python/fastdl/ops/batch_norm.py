@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastdl.ops._eager import ops_for
 from fastdl.ops._layout import empty_like_layout
 
 __all__ = ["batch_norm", "batch_norm_relu_inference"]
@@ -33,8 +34,8 @@ def batch_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """Batch normalization over the channel dimension (dim 1), as torch.nn.functional.batch_norm."""
-    out, _, _ = torch.ops.fastdl.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
-                                            float(momentum), float(eps))
+    out, _, _ = ops_for(input).batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+                                          float(momentum), float(eps))
     return out
 
 
@@ -48,7 +49,7 @@ def batch_norm_relu_inference(
 ) -> Tensor:
     """relu(batch_norm(input, ..., training=False)) in one pass over the data. Not differentiable:
     for inference (fastdl.fuse_conv_bn uses it where a BatchNorm feeds only a ReLU)."""
-    return torch.ops.fastdl.batch_norm_relu_inference(input, weight, bias, running_mean, running_var, float(eps))
+    return ops_for(input).batch_norm_relu_inference(input, weight, bias, running_mean, running_var, float(eps))
 
 
 def _stats_dtype(input: Tensor) -> torch.dtype:

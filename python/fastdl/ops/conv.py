@@ -28,6 +28,7 @@ from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from fastdl import backends
+from fastdl.ops._eager import ops_for
 
 __all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_gap", "winograd_rule"]
 
@@ -97,8 +98,8 @@ def conv2d(
     elif algorithm != "direct" and (gap := winograd_gap(input, weight, stride_, dilation_, groups)):
         raise ValueError(f"fastdl.conv2d: algorithm={algorithm!r} needs {gap}")
     if algorithm == "direct":
-        return torch.ops.fastdl.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
-    return torch.ops.fastdl.conv2d_winograd(input, weight, bias, padding_, _WINOGRAD_TILES[algorithm])
+        return ops_for(input).conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
+    return ops_for(input).conv2d_winograd(input, weight, bias, padding_, _WINOGRAD_TILES[algorithm])
 
 
 # ---- algorithm choice --------------------------------------------------------------------------------

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fastdl.ops._eager import ops_for
 from fastdl.ops._layout import empty_like_layout
 
 __all__ = ["max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d"]
-
-_ops = torch.ops.fastdl
 
 IntOrPair = int | Sequence[int]
 
@@ -64,10 +63,10 @@ def max_pool2d(
     args = (k, _stride(stride, k, "max_pool2d"), _pair(padding, "padding", "max_pool2d"),
             _pair(dilation, "dilation", "max_pool2d"), bool(ceil_mode))
     if return_indices or _needs_grad(input):
-        out, indices = _ops.max_pool2d_with_indices(input, *args)
+        out, indices = ops_for(input).max_pool2d_with_indices(input, *args)
         return (out, indices) if return_indices else out
     # Inference: no index tensor to write.
-    return _ops.max_pool2d(input, *args)
+    return ops_for(input).max_pool2d(input, *args)
 
 
 def max_pool2d_with_indices(
@@ -97,9 +96,9 @@ def avg_pool2d(
     (count_include_pad) or only the input elements inside it.
     """
     k = _pair(kernel_size, "kernel_size", "avg_pool2d")
-    return _ops.avg_pool2d(input, k, _stride(stride, k, "avg_pool2d"),
-                           _pair(padding, "padding", "avg_pool2d"), bool(ceil_mode),
-                           bool(count_include_pad), divisor_override)
+    return ops_for(input).avg_pool2d(input, k, _stride(stride, k, "avg_pool2d"),
+                                     _pair(padding, "padding", "avg_pool2d"), bool(ceil_mode),
+                                     bool(count_include_pad), divisor_override)
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size: int | None | Sequence[int | None]) -> Tensor:
@@ -121,7 +120,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size: int | None | Sequence[int | 
         raise ValueError(f"fastdl.adaptive_avg_pool2d: expected a 3-D or 4-D input, but got shape "
                          f"{tuple(input.shape)}")
     resolved = [input.shape[-2 + i] if s is None else s for i, s in enumerate(sizes)]
-    return _ops.adaptive_avg_pool2d(input, resolved)
+    return ops_for(input).adaptive_avg_pool2d(input, resolved)
 
 
 # ---- fake kernels: output shapes and memory formats ------------------------------------------------

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastdl.ops._eager import ops_for
+
 __all__ = ["gru", "gru_cell", "lstm", "lstm_cell"]
 
 
@@ -32,8 +34,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], weight_ih: Tensor, weigh
               bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step, as torch.nn.LSTMCell: input (N, I), hx = (h, c) each (N, H) -> (h', c')."""
     _check_cell("lstm_cell", input, {"hx[0]": hx[0], "hx[1]": hx[1]}, weight_hh)
-    _, h, c, _, _ = torch.ops.fastdl.lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
-                                                bias_hh, [], False, False)
+    _, h, c, _, _ = ops_for(input).lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
+                                              bias_hh, [], False, False)
     return h, c
 
 
@@ -41,8 +43,8 @@ def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor, bi
              bias_hh: Tensor | None = None) -> Tensor:
     """One GRU step, as torch.nn.GRUCell: input (N, I), hx (N, H) -> h'."""
     _check_cell("gru_cell", input, {"hx": hx}, weight_hh)
-    _, h, _ = torch.ops.fastdl.gru_layer(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, [], False,
-                                         False)
+    _, h, _ = ops_for(input).gru_layer(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, [], False,
+                                       False)
     return h
 
 
@@ -102,12 +104,12 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
             w = list(weights[k * per:(k + 1) * per]) + [None, None]
             states = [state[k] for state in hx]
             if kind == "lstm":
-                out, h, c, _, _ = torch.ops.fastdl.lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes,
-                                                              direction == 1, False)
+                out, h, c, _, _ = ops_for(x).lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes,
+                                                        direction == 1, False)
                 results = (h, c)
             else:
-                out, h, _ = torch.ops.fastdl.gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, direction == 1,
-                                                       False)
+                out, h, _ = ops_for(x).gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, direction == 1,
+                                                 False)
                 results = (h,)
             outs.append(out)
             for final, r in zip(finals, results):
