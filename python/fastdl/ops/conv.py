@@ -107,7 +107,7 @@ def conv2d(
 
 def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: list[int], groups: int) -> str | None:
     """Why the Winograd kernels cannot compute this convolution, or None when they can."""
-    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         return f"a 3x3 weight, but got shape {tuple(weight.shape)}"
     if stride != [1, 1] or dilation != [1, 1] or groups != 1:
         return f"stride 1, dilation 1 and groups 1, but got stride {stride}, dilation {dilation}, groups {groups}"
@@ -152,9 +152,15 @@ def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: 
     F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3)."""
     if winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
-    oh, ow = (input.shape[-2 + i] + 2 * padding[i] - 2 for i in range(2))
-    batch = input.shape[0] if input.dim() == 4 else 1
-    return winograd_rule(input.device.type, batch, min(weight.shape[0], weight.shape[1]), oh, ow)
+    return _heuristic(input, weight, padding)
+
+
+def _heuristic(input: Tensor, weight: Tensor, padding: list[int]) -> str:
+    """choose_algorithm for a convolution that the Winograd kernels can compute."""
+    shape = input.shape
+    batch = shape[0] if len(shape) == 4 else 1
+    return winograd_rule(input.device.type, batch, min(weight.shape[0], weight.shape[1]),
+                         shape[-2] + 2 * padding[0] - 2, shape[-1] + 2 * padding[1] - 2)
 
 
 def winograd_rule(device: str, batch: int, channels: int, oh: int, ow: int) -> str:
@@ -179,9 +185,10 @@ _benchmarked: dict[tuple, str] = {}
 
 
 def _auto(input, weight, bias, stride, padding, dilation, groups) -> str:
-    if not backends.benchmark or torch.compiler.is_compiling() or winograd_gap(input, weight, stride, dilation,
-                                                                                groups):
-        return choose_algorithm(input, weight, stride, padding, dilation, groups)
+    if winograd_gap(input, weight, stride, dilation, groups):
+        return "direct"
+    if not backends.benchmark or torch.compiler.is_compiling():
+        return _heuristic(input, weight, padding)
     key = (input.device, input.dtype, suggest_memory_format(input), tuple(input.shape), tuple(weight.shape),
            tuple(padding), bias is not None)
     if key not in _benchmarked:
