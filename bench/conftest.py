@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdl
-from fastdl.bench.cases import FAMILIES
+from fastdl.bench.cases import FAMILIES, true_float32
 
 
 def pytest_addoption(parser):
@@ -33,6 +33,7 @@ def parametrize_family(metafunc, family: str) -> None:
 def benchmark_case(benchmark, case, impl: str) -> None:
     """Times one side of a case, grouped with the other side; on CUDA until its work completes."""
     benchmark.group = case.id
+    true_float32()
     step = case.make_step(impl, case.make_inputs())
     if case.device == "cuda":
         def synchronized():

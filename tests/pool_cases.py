@@ -109,7 +109,7 @@ def adaptive_cases(draw) -> tuple[tuple[int, ...], str, tuple[int, int], int]:
 
 # Where torch's own channels-last CUDA pooling kernels disagree with its N,C,H,W and CPU kernels, the
 # reference runs in N,C,H,W and is laid out as torch's channels-last output would be: average pooling's
-# backward with padding (wrong gradients, pytorch/pytorch#188344, torch 2.11 and earlier), and max
+# backward with padding (wrong gradients, pytorch/pytorch#188344, seen in torch 2.11), and max
 # pooling over a window of only -inf (another index than the window's first element, which the other
 # kernels and fastdl give).
 def cuda_channels_last(x) -> bool:

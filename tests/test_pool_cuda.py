@@ -46,7 +46,7 @@ def test_max_pool2d_reduced_precision_matches_torch_exactly(config, fmt, dtype):
 @pytest.mark.parametrize("op", ["avg", "adaptive", "global"])
 def test_average_pooling_reduced_precision_error(op, fmt, dtype):
     # torch's padded average pooling runs in N,C,H,W: its channels-last CUDA backward is wrong with
-    # padding (pytorch/pytorch#188344, torch 2.11 and earlier); the values are the same either way.
+    # padding (pytorch/pytorch#188344, seen in torch 2.11); the values are the same either way.
     fns = {
         "avg": lambda t: F.avg_pool2d(t.contiguous(), 3, 2, 1, count_include_pad=False),
         "adaptive": lambda t: F.adaptive_avg_pool2d(t, (5, 7)),

@@ -28,7 +28,7 @@ import torch
 
 import fastdl
 from fastdl.bench import compare
-from fastdl.bench.cases import FAMILIES, Case
+from fastdl.bench.cases import FAMILIES, Case, true_float32
 from fastdl.bench.environment import environment
 from fastdl.bench.measure import run_case
 from fastdl.bench.plots import write_plots
@@ -103,10 +103,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    # float32 means float32 on both sides: torch's cuDNN convolutions and RNNs would otherwise round
-    # their operands to TF32. Only the convolution baselines named "cuDNN TF32" turn it on, per step.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    true_float32()
     dtypes = [getattr(torch, name) for name in args.dtype.split(",")]
     plan = {family: select(family, device, dtypes, args) for family in args.ops.split(",")}
 

@@ -26,8 +26,16 @@ import fastdl
 Step = Callable[[], object]
 
 
+def true_float32() -> None:
+    """float32 means float32 on both sides: torch's cuDNN convolutions and RNNs (and cuBLAS) would
+    otherwise round their operands to TF32. Called by the runner and the pytest-benchmark suites before
+    any case; only the convolution baselines named "cuDNN TF32" turn it back on, inside their step."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def with_cudnn_tf32(step: Step) -> Step:
-    """`step` run with cuDNN's TF32 on (the runner turns it off for everything else), backward included."""
+    """`step` run with cuDNN's TF32 on (true_float32 turns it off for everything else), backward included."""
     def run():
         saved = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = True
