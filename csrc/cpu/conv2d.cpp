@@ -215,21 +215,21 @@ constexpr int64_t kItemsPerThread = 8;
 
 // Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
-// reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, the
-// given taps. Packed in parallel, by passes over 16 blocks: the forward's block is KT runs of the
-// source; the input gradient's reads, per reduction channel k, a run [c][tap] of the source (copied
-// out per chunk of rows when all taps are wanted, read in place for one phase's few taps: copying
-// all nine taps for each of a stride-2 layer's four phases cost a third of its input gradient). KT
+// reduction channels c, taps (r, s). Input gradient: output channels c, reduction channels k, every
+// tap (pack_phase_weights packs tap subsets). Packed in parallel, by passes over 16 blocks: the
+// forward's block is KT runs of the source; the input gradient's reads, per reduction channel k, a
+// run [c][tap] of the source, copied out per chunk of rows. KT
 // is a template parameter for the inner loops: as a run-time value it cost 40 instructions per
 // element (3 ms for ResNet-50's 2048x512 weights, longer than the convolution).
 template <typename T, int KT>
 Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const std::vector<int64_t>& tap_index) {
-  constexpr int64_t kPassBlocks = 16, kPassElements = 4096, kPassRows = 8;
+  constexpr int64_t kPassBlocks = 16, kPassElements = 4096;
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), taps = s.taps();
   const int64_t outs = transposed ? Cg : Kg, reds = transposed ? Kg : Cg, nt = int64_t(tap_index.size());
   const int64_t blocks = div_up(outs, KT), block_size = reds * nt * KT, passes = div_up(blocks, kPassBlocks);
   bool all_taps = nt == taps;
   for (int64_t t = 0; t < nt; ++t) all_taps &= tap_index[t] == t;
+  TORCH_INTERNAL_ASSERT(!transposed || all_taps, "pack_weights takes every tap of a transposed weight");
   Scratch<T> packed(s.groups * blocks * block_size);
   // The forward's block: one pass, the KT source rows side by side, each destination line written
   // once (KT strided passes: 1.8x the packing time, convolution entry 11). Every tap of a full block is
@@ -260,21 +260,6 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
         for (int64_t b = b0; b < b1; ++b) pack_block(g, b);
         continue;
       }
-      if (nt < taps) {  // a phase's few taps (stride > 1): read in place, chunks of rows at a time
-        for (int64_t k0 = 0; k0 < reds; k0 += kPassRows) {
-          for (int64_t b = b0; b < b1; ++b) {
-            const int64_t valid = std::min<int64_t>(KT, outs - b * KT);
-            for (int64_t k = k0; k < std::min(reds, k0 + kPassRows); ++k) {
-              const T* src = w + ((g * Kg + k) * Cg + b * KT) * taps;
-              T* dst = packed.get() + ((g * blocks + b) * reds + k) * nt * KT;
-              for (int64_t t = 0; t < nt; ++t, dst += KT) {
-                for (int j = 0; j < KT; ++j) dst[j] = j < valid ? src[j * taps + tap[t]] : T(0);
-              }
-            }
-          }
-        }
-        continue;
-      }
       // Rows of the source are Cg * taps apart (8 KiB for ResNet-50's 2048x512): read in place they
       // alias to a few cache sets. Each chunk of rows' slice of the pass is copied out first, then
       // written block by block, every write a contiguous run.
@@ -294,6 +279,54 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
             for (int64_t t = 0; t < nt; ++t, dst += KT) {
               const T* from = src + tap[t];
               for (int j = 0; j < KT; ++j) dst[j] = from[j * taps];
+            }
+          }
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+// The input gradient's weights for several tap subsets (the phases of a strided convolution, or the
+// taps that reach a small map), each as pack_weights(w, s, true, taps) would give, in one pass over
+// the source: per reduction channel k and block of KT channels, the run [c][tap] is read once and
+// spread to every subset (a pass per subset read the whole weight four times for stride 2, and
+// reading each subset's taps' slices copied out cost a third of the input gradient).
+template <typename T, int KT>
+std::vector<Scratch<T>> pack_phase_weights(const T* w, const Conv2dShape& s,
+                                           const std::vector<std::vector<int64_t>>& subsets) {
+  const int64_t taps = s.taps();
+  if (subsets.size() == 1 && int64_t(subsets[0].size()) == taps) {
+    bool in_order = true;
+    for (int64_t t = 0; t < taps; ++t) in_order &= subsets[0][t] == t;
+    if (in_order) {
+      std::vector<Scratch<T>> one;
+      one.push_back(pack_weights<T, KT>(w, s, true, subsets[0]));
+      return one;
+    }
+  }
+  constexpr int64_t kPassBlocks = 16, kPassRows = 8;
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), outs = Cg, reds = Kg;
+  const int64_t blocks = div_up(outs, KT), passes = div_up(blocks, kPassBlocks);
+  std::vector<Scratch<T>> packed;
+  packed.reserve(subsets.size());
+  for (const auto& subset : subsets) packed.emplace_back(s.groups * blocks * reds * int64_t(subset.size()) * KT);
+  at::parallel_for(0, s.groups * passes, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t g = p / passes, b0 = p % passes * kPassBlocks, b1 = std::min(blocks, b0 + kPassBlocks);
+      for (int64_t k0 = 0; k0 < reds; k0 += kPassRows) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t valid = std::min<int64_t>(KT, outs - b * KT);
+          for (int64_t k = k0; k < std::min(reds, k0 + kPassRows); ++k) {
+            const T* src = w + ((g * Kg + k) * Cg + b * KT) * taps;
+            for (size_t q = 0; q < subsets.size(); ++q) {
+              const int64_t nt = int64_t(subsets[q].size());
+              const int64_t* tap = subsets[q].data();
+              T* dst = packed[q].get() + ((g * blocks + b) * reds + k) * nt * KT;
+              for (int64_t t = 0; t < nt; ++t, dst += KT) {
+                for (int j = 0; j < KT; ++j) dst[j] = j < valid ? src[j * taps + tap[t]] : T(0);
+              }
             }
           }
         }
@@ -733,58 +766,74 @@ void grad_input_tiles(const Conv2dBackward& b) {
   const auto dy = strided<const T>(b.grad_output);
   const auto dx = strided<T>(b.grad_input);
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Cg, KT), blocks = s.groups * nb;
+  // The phases (a, a_w): grad_input's pixels a + stride*i, a_w + stride*j, and the kernel taps that
+  // reach them. Taps whose grad_output rows or columns all lie in the padding add nothing.
+  struct Phase {
+    int64_t a, a_w, rows_out, cols_out, width;
+    PhaseTaps th, tw;
+    std::vector<int64_t> tap_index, taps;  // tap_index empty: no tap reaches the phase
+  };
+  const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
+  std::vector<Phase> phases;
+  std::vector<std::vector<int64_t>> subsets;
   for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
     for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
-      const int64_t rows_out = div_up(s.in_h - a, s.stride_h), cols_out = div_up(s.in_w - a_w, s.stride_w);
-      const PhaseTaps th = phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
-      const PhaseTaps tw = phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
-      if (th.taps.empty() || tw.taps.empty()) {  // no kernel tap reaches this phase
-        at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t p0, int64_t p1) {
-          for (int64_t p = p0; p < p1; ++p) {
-            for (int64_t i = 0; i < rows_out; ++i) {
-              for (int64_t j = 0; j < cols_out; ++j) {
-                *dx.at(p / s.in_channels, p % s.in_channels, a + s.stride_h * i, a_w + s.stride_w * j) = T(0);
-              }
-            }
+      Phase ph{a, a_w, div_up(s.in_h - a, s.stride_h), div_up(s.in_w - a_w, s.stride_w), 0,
+               phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h),
+               phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w), {}, {}};
+      ph.width = ph.cols_out + ph.tw.max_offset - ph.tw.min_offset;
+      for (size_t r = 0; r < ph.th.taps.size(); ++r) {
+        for (size_t c = 0; c < ph.tw.taps.size(); ++c) {
+          if (!reaches(ph.th.offsets[r], ph.rows_out, s.out_h) || !reaches(ph.tw.offsets[c], ph.cols_out, s.out_w)) {
+            continue;
           }
-        });
-        continue;
-      }
-      const int64_t width = cols_out + tw.max_offset - tw.min_offset;
-      std::vector<int64_t> tap_index, taps;
-      // Taps whose grad_output rows or columns all lie in the padding add nothing (as in the forward).
-      const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
-      for (size_t r = 0; r < th.taps.size(); ++r) {
-        for (size_t c = 0; c < tw.taps.size(); ++c) {
-          if (!reaches(th.offsets[r], rows_out, s.out_h) || !reaches(tw.offsets[c], cols_out, s.out_w)) continue;
-          tap_index.push_back(th.taps[r] * s.kernel_w + tw.taps[c]);
-          taps.push_back((th.offsets[r] - th.min_offset) * width + tw.offsets[c] - tw.min_offset);
+          ph.tap_index.push_back(ph.th.taps[r] * s.kernel_w + ph.tw.taps[c]);
+          ph.taps.push_back((ph.th.offsets[r] - ph.th.min_offset) * ph.width + ph.tw.offsets[c] - ph.tw.min_offset);
         }
       }
-      const Scratch<T> weights = pack_weights<T, KT>(b.weight.const_data_ptr<T>(), s, true, tap_index);
-      const TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()), weights.get(), nullptr, dx.sc, s.stride_w * dx.sw,
-                            channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
-      const int64_t extra = th.max_offset - th.min_offset;
-      const int64_t rows = std::clamp<int64_t>(
-          kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
-      // Units: an image's group of rows of this phase, the groups of near-equal size.
-      const int64_t row_groups = div_up(rows_out, rows), units = s.batch * row_groups;
-      const int64_t kchunks = block_chunks(units, blocks, kItemsPerThread), nvec = div_up(cols_out, V);
-      const auto unit_rows = [&](int64_t unit) { return part_of(rows_out, row_groups, unit % row_groups); };
-      const int64_t cs = unaliased((div_up(rows_out, row_groups) + extra) * width, sizeof(T));
-      UnitWindows<T> windows(units, s.out_channels, cs, kchunks > 1, [&](int64_t unit, int64_t k0, int64_t k1, T* dst) {
-        const Range r = unit_rows(unit);
-        const Window win{r.begin + th.min_offset, r.size() + extra, tw.min_offset, 1, 1, width};
-        pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
-      });
-      run_row_units<T, KT>(tc, windows, cs, taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec, unit_rows,
-                           [&](int64_t unit, int64_t row, int64_t j) {
-                             const int64_t n = unit / row_groups, m = unit_rows(unit).begin + row;
-                             return VectorPos{row * width + j,
-                                              n * dx.sn + (a + s.stride_h * m) * dx.sh + (a_w + s.stride_w * j) * dx.sw,
-                                              std::min(V, cols_out - j)};
-                           });
+      if (!ph.tap_index.empty()) subsets.push_back(ph.tap_index);
+      phases.push_back(std::move(ph));
     }
+  }
+  const std::vector<Scratch<T>> packed = pack_phase_weights<T, KT>(b.weight.const_data_ptr<T>(), s, subsets);
+  size_t next_weights = 0;
+  for (const Phase& ph : phases) {
+    const int64_t a = ph.a, a_w = ph.a_w, rows_out = ph.rows_out, cols_out = ph.cols_out, width = ph.width;
+    if (ph.tap_index.empty()) {  // no kernel tap reaches this phase: its pixels' gradient is zero
+      at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          for (int64_t i = 0; i < rows_out; ++i) {
+            for (int64_t j = 0; j < cols_out; ++j) {
+              *dx.at(p / s.in_channels, p % s.in_channels, a + s.stride_h * i, a_w + s.stride_w * j) = T(0);
+            }
+          }
+        }
+      });
+      continue;
+    }
+    const PhaseTaps &th = ph.th, &tw = ph.tw;
+    const TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()), packed[next_weights++].get(), nullptr, dx.sc,
+                          s.stride_w * dx.sw, channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
+    const int64_t extra = th.max_offset - th.min_offset;
+    const int64_t rows = std::clamp<int64_t>(
+        kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
+    // Units: an image's group of rows of this phase, the groups of near-equal size.
+    const int64_t row_groups = div_up(rows_out, rows), units = s.batch * row_groups;
+    const int64_t kchunks = block_chunks(units, blocks, kItemsPerThread), nvec = div_up(cols_out, V);
+    const auto unit_rows = [&](int64_t unit) { return part_of(rows_out, row_groups, unit % row_groups); };
+    const int64_t cs = unaliased((div_up(rows_out, row_groups) + extra) * width, sizeof(T));
+    UnitWindows<T> windows(units, s.out_channels, cs, kchunks > 1, [&](int64_t unit, int64_t k0, int64_t k1, T* dst) {
+      const Range r = unit_rows(unit);
+      const Window win{r.begin + th.min_offset, r.size() + extra, tw.min_offset, 1, 1, width};
+      pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
+    });
+    run_row_units<T, KT>(tc, windows, cs, ph.taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec,
+                         unit_rows, [&](int64_t unit, int64_t row, int64_t j) {
+                           const int64_t n = unit / row_groups, m = unit_rows(unit).begin + row;
+                           return VectorPos{row * width + j,
+                                            n * dx.sn + (a + s.stride_h * m) * dx.sh + (a_w + s.stride_w * j) * dx.sw,
+                                            std::min(V, cols_out - j)};
+                         });
   }
 }
 
