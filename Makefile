@@ -65,7 +65,8 @@ cpp-test: $(VENV)/.deps
 # passed.
 GPU_OUT := bench/results/cuda
 # pytest-xdist where installed: 8 workers, and a worker that hits a sticky CUDA error ends itself
-# (tests/conftest.py), so one bad kernel fails one test, not every test after it.
+# (tests/conftest.py), so one bad kernel fails one test, not every test after it. The tests that need
+# tens of GiB of free GPU memory skip beside 7 other workers; they run again alone afterwards.
 GPU_XDIST = $(shell $(PYTHON) -c "import xdist" 2>/dev/null && echo "-n 8 --max-worker-restart 50")
 GPU_BENCH := PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --out $(GPU_OUT)
 gpu-check: export MAX_JOBS := $(shell nproc)
@@ -77,6 +78,9 @@ gpu-check:
 	PYTHONPATH=python OMP_NUM_THREADS=2 $(PYTHON) -m pytest tests -q -p no:cacheprovider -rfs $(GPU_XDIST) 2>&1 \
 		| tee $(GPU_OUT)/tests.log || status=1; \
 	wait $$cpp || status=1; tail -4 $(GPU_OUT)/cpp-tests.log; \
+	PYTHONPATH=python $(PYTHON) -m pytest tests/test_conv2d_cuda.py tests/test_winograd_cuda.py tests/test_pool_cuda.py -q \
+		-p no:cacheprovider -rfs -k "64_bit or 2_31 or large" 2>&1 \
+		| tee $(GPU_OUT)/tests-64bit.log || status=1; \
 	$(GPU_BENCH) --ops pool,bn || status=1; \
 	$(GPU_BENCH) --ops conv --quick --batches 1,8,32,128 || status=1; \
 	$(GPU_BENCH) --ops winograd --quick --batches 32,128 || status=1; \
