@@ -84,7 +84,10 @@ def test_resume_continues_exactly(tmp_path, extra_steps):
 
 def write_idx(path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(header + array.astype(np.uint8).tobytes())
+    # Closed explicitly: under Python 3.12 an unclosed GzipFile's buffered writes are not yet in the
+    # file when the next line reads it (0 bytes read back; the GPU machine's run failed this way).
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def standardized(raw: np.ndarray) -> torch.Tensor:
