@@ -81,10 +81,8 @@ class Case:
         return torch.randn(shape, generator=gen).to(self.device, self.dtype)
 
     def reference_step(self, inputs: dict) -> Step:
-        """What `measure.check` compares fastdl's result with: torch's step, in true float32 where the
-        baseline is TF32 (TF32's rounding is not fastdl's error)."""
-        case = dataclasses.replace(self, baseline="cuDNN") if self.baseline == "cuDNN TF32" else self
-        return case.make_step("torch", inputs)
+        """What `measure.check` compares fastdl's result with: torch's step, unless a family says otherwise."""
+        return self.make_step("torch", inputs)
 
     def make_inputs(self) -> dict:
         raise NotImplementedError
@@ -375,9 +373,10 @@ class ConvCase(Case):
         return with_cudnn_tf32(step) if impl == "torch" and self.baseline == "cuDNN TF32" else step
 
     def reference_step(self, inputs: dict) -> Step:
-        """On CUDA in float32: torch in float64, on float64 copies of the inputs. cuDNN's own float32
-        weight gradient of AlexNet's 5x5 layer was 5e-3 of its largest value off the float64 result on an
-        H100 (TF32 off; fastdl's 4e-7), beyond the check's 1e-4 (bench/NOTES.md, GPU 1)."""
+        """On CUDA in float32 (the only place with TF32 baselines): torch in float64, on float64 copies of
+        the inputs. cuDNN's own float32 weight gradient of AlexNet's 5x5 layer was 5e-3 of its largest value
+        off the float64 result on an H100 (TF32 off; fastdl's 4e-7), beyond the check's 1e-4 (bench/NOTES.md,
+        GPU 1); a TF32 result would be further off still."""
         if self.device != "cuda" or self.dtype != torch.float32:
             return super().reference_step(inputs)
         exact = {name: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
