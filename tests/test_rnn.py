@@ -90,11 +90,11 @@ def compare(kind, ref, ours, x, hx, dtype):
     another order) a result outside it passes if its error against a float64 run of torch's module is at
     most REDUCED_PRECISION_FACTOR times torch's own (plus a few float32 roundings of the largest value)."""
     tol = tolerance("rnn", dtype)
-    mine, theirs = results(ours, x, hx), results(ref, x, hx)
     exact = None
-    if dtype == torch.float32 and x.is_cuda:
-        exact = results(copy.deepcopy(ref).double(), x.double(), tuple(t.double() for t in hx)
-                        if isinstance(hx, tuple) else None if hx is None else hx.double())
+    if dtype == torch.float32 and x.is_cuda:  # first, while torch's module holds no gradients to copy
+        hx64 = tuple(t.double() for t in hx) if isinstance(hx, tuple) else None if hx is None else hx.double()
+        exact = results(copy.deepcopy(ref).double(), x.double(), hx64)
+    mine, theirs = results(ours, x, hx), results(ref, x, hx)
     for i, ((name, got), (_, want)) in enumerate(zip(mine, theirs, strict=True)):
         assert got is not None, name
         if exact is None:
