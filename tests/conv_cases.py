@@ -71,6 +71,12 @@ def make_inputs(case, dtype, device, bias=True, input_format=torch.contiguous_fo
     return x, weight, b, (pair(stride), pair(padding), pair(dilation), groups)
 
 
+def cuda_output_format(dtype, input_format):
+    """The layout of a CUDA convolution's output and input gradient: the input's (or channels_last for a
+    channels_last weight), except float64, which stays N,C,H,W as torch's cuDNN path keeps it."""
+    return torch.contiguous_format if dtype == torch.float64 else input_format
+
+
 def torch_reference(x, w, b, args, grad_out):
     """Output and (grad_input, grad_weight, grad_bias) from F.conv2d and autograd; a missing bias is
     a zero bias, whose gradient is still the per-channel sum of grad_out."""

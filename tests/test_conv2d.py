@@ -252,6 +252,24 @@ def test_gradcheck(config, channels_last, device):
     assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
+def test_fake_kernels_give_the_kernels_layout():
+    # torch.compile traces with the fake kernels: their layout must be the kernels' (common/conv2d_args.h):
+    # channels_last in, channels_last out, except float64 on CUDA (N,C,H,W, as torch). Fake CUDA tensors
+    # need no GPU.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for device, dtype, expected in [("cuda", torch.float64, torch.contiguous_format),
+                                        ("cuda", torch.float32, torch.channels_last),
+                                        ("cpu", torch.float64, torch.channels_last)]:
+            x = torch.empty(2, 3, 8, 8, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.empty(4, 3, 3, 3, device=device, dtype=dtype)
+            y = torch.ops.fastdl.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+            gx = torch.ops.fastdl.conv2d_backward(torch.empty_like(y), x, w, [1, 1], [1, 1], [1, 1], 1,
+                                                  [True, False, False])[0]
+            assert y.is_contiguous(memory_format=expected) and gx.is_contiguous(memory_format=expected), (device, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     fd = torch.ops.fastdl

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import conv_cases
 from conftest import REDUCED_PRECISION_FACTOR
-from conv_cases import CASES, GRID, assert_matches, case_id, torch_reference
+from conv_cases import CASES, GRID, assert_matches, case_id, cuda_output_format, torch_reference
 
 pytestmark = pytest.mark.cuda
 
@@ -41,7 +41,7 @@ def test_values_and_gradients_match_torch(case, input_format, bias, dtype):
         assert_matches(got, want, dtype)
     n, c, h, w_, k = case[:5]
     if min(c, k, h * w_, y_ref.shape[2] * y_ref.shape[3]) > 1:  # else both formats have the same strides
-        fmt = torch.contiguous_format if dtype == torch.float64 else input_format  # float64: N,C,H,W, as torch
+        fmt = cuda_output_format(dtype, input_format)
         assert mine[0].stride() == y_ref.stride()
         assert mine[0].is_contiguous(memory_format=fmt) and mine[1].is_contiguous(memory_format=fmt)
 
@@ -56,10 +56,15 @@ def test_channels_last_weight_gives_torchs_output_layout(case, dtype):
     mine = ours(x, w, b, args, grad_out)
     for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
         assert_matches(got, want, dtype)
-    # channels-last, as torch; float64 stays N,C,H,W, as torch's cuDNN path keeps it
-    fmt = torch.contiguous_format if dtype == torch.float64 else torch.channels_last
+    fmt = cuda_output_format(dtype, torch.channels_last)
     assert mine[0].stride() == y_ref.stride()
     assert mine[0].is_contiguous(memory_format=fmt) and mine[1].is_contiguous(memory_format=fmt)
+
+
+def test_opcheck_float64_channels_last():
+    # The fake kernel's layout against the kernel's for the one case where it is not the input's.
+    x, w, b, args = make_inputs(CASES[1], torch.float64, True, torch.channels_last)
+    torch.library.opcheck(torch.ops.fastdl.conv2d.default, (x, w, b, *args))
 
 
 @pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last], ids=["w_nchw", "w_nhwc"])

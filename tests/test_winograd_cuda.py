@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REDUCED_PRECISION_FACTOR, WINOGRAD_FLOAT32_REL_L2, tolerance
+from conv_cases import cuda_output_format
 
 pytestmark = pytest.mark.cuda
 
@@ -90,7 +91,7 @@ def test_values_and_gradients_match_torch(case, padding, memory_format, bias, dt
     assert rel_l2(mine[0], exact[0]) <= bound
     assert rel_l2(mine[1], exact[1]) <= bound
     if min(case[1], case[4]) > 1 and case[2] * case[3] > 1:  # else both formats have the same strides
-        fmt = torch.contiguous_format if dtype == torch.float64 else memory_format  # float64: N,C,H,W, as torch
+        fmt = cuda_output_format(dtype, memory_format)
         assert mine[0].is_contiguous(memory_format=fmt)
         assert mine[1].is_contiguous(memory_format=fmt)
 

@@ -34,7 +34,7 @@ def cuda_enabled() -> bool:
 def build_info() -> dict:
     """How this fastdl was built: CUDA on/off and arch list, CPU vector level, CPU threads."""
     return {
-        "cuda": _C.cuda_enabled(),
+        "cuda": _CUDA_ENABLED,
         "cuda_arch_list": _C.cuda_arch_list(),
         "cpu_capability": _C.cpu_capability(),
         "num_threads": _C.num_threads(),

@@ -222,7 +222,10 @@ def _fastest(input: Tensor, weight: Tensor, bias: Tensor | None, padding: list[i
 
 
 def _memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
-    """The format the kernels write: channels_last when the input or the weight is (batched input)."""
+    """The format the kernels write (common/conv2d_args.h): channels_last when the input or the weight is
+    (batched input), except float64 on CUDA, which stays N,C,H,W as torch's does."""
+    if input.device.type == "cuda" and input.dtype == torch.float64:
+        return torch.contiguous_format
     if input.dim() == 4 and torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight)):
         return torch.channels_last
     return torch.contiguous_format
