@@ -152,3 +152,19 @@ def test_compare_exit_status(smoke, tmp_path):
     paths["new"].write_text(json.dumps(slower(old, 2.0)))
     assert compare.main([str(paths["old"]), str(paths["old"])]) == 0
     assert compare.main([str(paths["old"]), str(paths["new"])]) == 1
+
+
+def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
+    """bench/winograd_weight_grad.py (run by `make gpu-check`) on the CPU: one layer, two batches."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "python"), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(root / "bench" / "winograd_weight_grad.py"), "--device", "cpu",
+                           "--batches", "1,2", "--layers", "ResNet-50/layer1.0.conv2", "--budget", "0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ResNet-50 layer1.0.conv2")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        errors = [float(cell) for cell in cells[-4:]]
+        assert all(0 <= e < 1e-5 for e in errors), row  # every path agrees with float64

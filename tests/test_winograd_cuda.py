@@ -1,8 +1,8 @@
 """CUDA Winograd convolution (torch.ops.fastdl.conv2d_winograd, backward through autograd) against
 torch.nn.functional.conv2d (cuDNN, TF32 off): float32 and float64 values and gradients for both tiles,
 padding 0-3, both memory formats, with and without bias; the issue's float32 error bounds against
-float64; float16/bfloat16 within twice PyTorch's own error against float64; empty batches and the
-current stream."""
+float64; float16/bfloat16 within twice PyTorch's own error against float64; the Winograd weight
+gradient forced on every shape, and the rule that picks it; empty batches and the current stream."""
 
 import pytest
 import torch
@@ -107,11 +107,57 @@ def test_reduced_precision_within_twice_torch_error(case, padding, memory_format
     torch_own = run(theirs(padding), x, w, b, grad_out)
     exact = run(theirs(padding), x.double(), w.double(), b.double(), grad_out.double())
     floor = torch.finfo(dtype).eps
-    # Output and grad_input are Winograd; grad_weight and grad_bias come from the direct kernel.
+    # Output and grad_input are Winograd; grad_weight is Winograd on the 64-channel case (the backend's
+    # rule), else the direct kernel's, as grad_bias.
     for name, got, want, ref in zip(["output", "grad_input", "grad_weight", "grad_bias"], mine, torch_own, exact):
         assert got.dtype == dtype
         err, torch_err = rel_l2(got, ref), rel_l2(want, ref)
         assert err <= REDUCED_PRECISION_FACTOR * max(torch_err, floor), (name, err, torch_err)
+
+
+def weight_grad(x, w, grad_out, padding, tile):
+    return torch.ops.fastdl.conv2d_winograd_backward(grad_out, x, w, [padding, padding], tile, [False, True, False])[1]
+
+
+def torch_weight_grad(x, w, grad_out, padding):
+    return torch.ops.aten.convolution_backward(grad_out, x, w, None, [1, 1], [padding, padding], [1, 1], False,
+                                               [0, 0], 1, [False, True, False])[1]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("padding", [0, 1, 3])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_winograd_weight_gradient_matches_torch(case, padding, memory_format, dtype, tile, monkeypatch):
+    """The Winograd weight gradient forced on every shape: float32 within 4x the issue's bound of float64
+    (sums of few tiles), float64 to 1e-12, float16/bfloat16 within twice torch's own error."""
+    if not usable(case, padding):
+        pytest.skip("the 3x3 kernel does not fit the padded input")
+    monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", "always")
+    x, w, _, grad_out = make_inputs(case, dtype, False, memory_format, padding)
+    got = weight_grad(x, w, grad_out, padding, tile)
+    exact = torch_weight_grad(x.double(), w.double(), grad_out.double(), padding)
+    assert got.dtype == dtype and got.shape == w.shape
+    if dtype == torch.float64:
+        assert rel_l2(got, exact) <= 1e-12
+    elif dtype == torch.float32:
+        assert rel_l2(got, exact) <= 4 * WINOGRAD_FLOAT32_REL_L2[tile]
+    else:
+        torch_err = rel_l2(torch_weight_grad(x, w, grad_out, padding), exact)
+        assert rel_l2(got, exact) <= REDUCED_PRECISION_FACTOR * max(torch_err, torch.finfo(dtype).eps)
+
+
+def test_weight_gradient_rule_takes_winograd_on_a_64_channel_layer(monkeypatch):
+    x, w, _, grad_out = make_inputs(CASES[-1], torch.float32, False, torch.contiguous_format, 1)
+    results = {}
+    for mode in ("", "always", "never"):
+        monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", mode)
+        results[mode] = weight_grad(x, w, grad_out, 1, 4)
+    assert torch.equal(results[""], results["always"])
+    assert not torch.equal(results["always"], results["never"])
+    exact = torch_weight_grad(x.double(), w.double(), grad_out.double(), 1)
+    assert rel_l2(results["always"], exact) <= WINOGRAD_FLOAT32_REL_L2[4]
 
 
 @pytest.mark.parametrize("tile", [2, 4])

@@ -184,15 +184,12 @@ void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& p
   }
 }
 
-// FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the weight gradient's choice of Winograd,
-// FASTDL_WINOGRAD_SCHEDULE=staged or blocked the forward's schedule (the tests use them to reach
-// every path on small shapes); read on every call, since tests change them at run time.
-std::string env_or_empty(const char* name) {
-  const char* mode = std::getenv(name);
+// FASTDL_WINOGRAD_SCHEDULE=staged or blocked overrides the forward's schedule (the tests use it to
+// reach every path on small shapes); read on every call, since tests change it at run time.
+std::string winograd_schedule() {
+  const char* mode = std::getenv("FASTDL_WINOGRAD_SCHEDULE");
   return mode ? mode : "";
 }
-std::string weight_grad_mode() { return env_or_empty("FASTDL_WINOGRAD_WEIGHT_GRAD"); }
-std::string winograd_schedule() { return env_or_empty("FASTDL_WINOGRAD_SCHEDULE"); }
 
 // The products of one xi for output blocks b: m[(kb - b.begin) * KT + j][tile] = sum over c of
 // u[kb][c][j] v[c][tile], for tb tiles (whole vectors; v's channel stride in geo).
@@ -402,7 +399,7 @@ struct CpuWinograd {
     const Conv2dShape& s = b.shape;
     const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
     const bool pays = tile == 4 && tiles >= 384 && std::min(s.in_channels, s.out_channels) >= 128;
-    if (!(pays ? weight_grad_mode() != "never" : weight_grad_mode() == "always")) return false;
+    if (!winograd_weight_grad_wanted(pays)) return false;
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
       const WinogradConv<scalar_t> p{strided<const scalar_t>(b.input), {}, s.batch, s.in_channels, s.in_h, s.in_w,
                                      s.out_channels, s.out_h, s.out_w, s.pad_h, s.pad_w, nullptr};

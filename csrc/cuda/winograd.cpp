@@ -10,6 +10,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/winograd_ops.h"
 #include "cuda/host_utils.h"
 #include "cuda/winograd_kernels.h"
@@ -36,6 +38,28 @@ struct CudaWinograd {
         {cuda::dtype_of(f.input), s.layout, int(tile), sizes, f.input.const_data_ptr(), f.weight.const_data_ptr(),
          false, f.bias.defined() ? f.bias.const_data_ptr() : nullptr, f.output.data_ptr(), nullptr, kExecution},
         f.input);
+  }
+
+  // Predicted, not yet measured on a GPU: the weight gradient's products do 4x (F(4x4,3x3)) or 2.25x
+  // fewer multiplications than the direct kernel's, and its transforms add about two passes over the
+  // input and grad_output (at 2.25x and 4x their size in float); so it should pay where 'auto' picks
+  // Winograd for the forward on CUDA (64+ channels on both sides, maps of 14x14 and up: fastdl/ops/conv.py,
+  // winograd_rule). bench/winograd_weight_grad.py measures both paths in `make gpu-check`.
+  static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
+    const Conv2dShape& s = b.shape;
+    const bool pays = std::min(s.in_channels, s.out_channels) >= 64 && std::min(s.out_h, s.out_w) >= 14;
+    if (!winograd_weight_grad_wanted(pays)) return false;
+    const cuda::WinogradSizes sizes{s.batch, s.in_channels, s.in_h, s.in_w, s.out_channels,
+                                    s.out_h, s.out_w,       s.pad_h, s.pad_w};
+    cuda::WinogradWeightGradArgs args{cuda::dtype_of(b.input), s.layout, int(tile), sizes,
+                                      b.input.const_data_ptr(), b.grad_output.const_data_ptr(),
+                                      b.grad_weight.data_ptr(), nullptr, kExecution};
+    const at::Tensor ws = at::empty({int64_t(cuda::winograd_workspace_bytes(args))},
+                                    b.input.options().dtype(at::kByte));
+    args.workspace = ws.data_ptr();
+    cuda::check_launch("fastdl.conv2d_winograd_backward",
+                       cuda::winograd_weight_grad(args, kDevice ? cuda::current_stream() : nullptr));
+    return true;
   }
 
   // The input gradient as a Winograd convolution of grad_output (K channels, OH x OW) into grad_input

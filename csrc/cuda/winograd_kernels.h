@@ -52,4 +52,25 @@ std::size_t winograd_workspace_bytes(const WinogradArgs& args);
 // return cudaErrorNotSupported) and ignore `stream`.
 cudaError_t winograd_conv(const WinogradArgs& args, cudaStream_t stream);
 
+// The weight gradient of a forward Winograd convolution (not transposed) with these sizes:
+//
+//   dw[k][c][r][s] = sum over n, oh, ow of dy[n][k][oh][ow] * x[n][c][oh - pad_h + r][ow - pad_w + s]
+//
+// x and dy dense in `layout`, dw (outs, channels, 3, 3) contiguous, all of `dtype`; accumulated in float
+// (double for float64) in a fixed order (deterministic). The batch must not be empty.
+struct WinogradWeightGradArgs {
+  DType dtype;
+  Layout layout;
+  int tile;  // m: 2 or 4
+  WinogradSizes sizes;
+  const void* x;
+  const void* dy;
+  void* dw;
+  void* workspace;  // winograd_workspace_bytes(*this) bytes
+  Execution execution = Execution::device;
+};
+
+std::size_t winograd_workspace_bytes(const WinogradWeightGradArgs& args);
+cudaError_t winograd_weight_grad(const WinogradWeightGradArgs& args, cudaStream_t stream);
+
 }  // namespace fastdl::cuda
