@@ -1,7 +1,8 @@
 """CUDA-only LSTM/GRU checks: float16/bfloat16 layers (outputs, final states and gradients at most
 twice PyTorch's error against a float64 reference), batches large enough for many blocks per step,
-and work on the current stream. Float32/float64 CUDA values and gradients are covered by the
-device-parametrized tests in test_rnn.py."""
+work on the current stream, and the two directions of bidirectional layers on two streams (the same
+results as one after the other; ordered after the caller's stream). Float32/float64 CUDA values and
+gradients are covered by the device-parametrized tests in test_rnn.py."""
 
 import pytest
 import torch
@@ -68,3 +69,54 @@ def test_device_mismatch_names_the_argument():
     with pytest.raises(RuntimeError, match="expected h0 on the same device as input"):
         torch.ops.fastdl.gru_layer(x, h0, torch.randn(15, 4, device="cuda"), torch.randn(15, 5, device="cuda"),
                                    None, None, [], False, False)
+
+
+def run_bidirectional(module, x, lengths):
+    """Output, final states and every gradient of a bidirectional layer (packed when lengths given)."""
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    inp = x if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, states = module(inp)
+    data = out if lengths is None else out.data
+    (data.square().sum() + sum(s.sum() for s in flat(states))).backward()
+    return [data.detach(), *(s.detach() for s in flat(states)), x.grad, *(p.grad.clone() for p in module.parameters())]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_bidirectional_directions_on_two_streams_equal_one_stream(kind, packed, monkeypatch):
+    """The two directions run concurrently (fastdl/ops/rnn.py, _on_two_streams), forward and backward;
+    the results are those of running them one after the other."""
+    import fastdl.ops.rnn as rnn_ops
+
+    torch.manual_seed(0)
+    ours = getattr(fastdl.nn, kind)(24, 96, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(40, 6, 24, device="cuda")
+    lengths = torch.tensor([40, 13, 27, 1, 40, 8]) if packed else None
+    rnn_ops._SIDE_STREAMS.clear()
+    concurrent = run_bidirectional(ours, x, lengths)
+    assert torch.cuda.current_device() in rnn_ops._SIDE_STREAMS  # the side stream was used
+    monkeypatch.setattr(rnn_ops, "_concurrent_directions", lambda x: False)
+    serial = run_bidirectional(ours, x, lengths)
+    for a, b in zip(concurrent, serial, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_bidirectional_layer_waits_for_its_input_on_the_callers_stream(kind):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(16, 64, bidirectional=True).cuda()
+    ours = getattr(fastdl.nn, kind)(16, 64, bidirectional=True).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(30, 8, 16, device="cuda")
+    caller = torch.cuda.Stream()
+    caller.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(caller):
+        # The input is made on the caller's stream after a delay: a direction that ran on a stream not
+        # ordered after it would read it before it exists.
+        torch.cuda._sleep(50_000_000)
+        x2 = x * 2
+        out, _ = ours(x2)
+        out = out * 1  # used on the caller's stream right after the layer
+    torch.cuda.current_stream().wait_stream(caller)
+    torch.testing.assert_close(out, ref(x * 2)[0], rtol=1e-4, atol=1e-5)

@@ -80,7 +80,7 @@ def rnn_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False
     for kind in ("LSTM", "GRU"):
         for hidden in RNN_HIDDEN[:1] if quick else RNN_HIDDEN:
             for layers in RNN_LAYERS[:1] if quick else RNN_LAYERS:
-                for bidir in (False,) if quick else (False, True):
+                for bidir in (False, True):  # quick too: CUDA runs the two directions concurrently
                     for T in RNN_SEQ[:1] if quick else RNN_SEQ:
                         for b in batches or ((8, 64) if quick else RNN_BATCHES[device]):
                             for mode in RNN_MODES:

@@ -12,7 +12,8 @@ i,f,g,o; GRU: G = 3, gates r,z,n). Dtypes: float32 and float64 on CPU and CUDA, 
 bfloat16 on CUDA.
 
 Each layer and direction is one op call (torch.ops.fastdl.lstm_layer / gru_layer) whose time loop
-runs in C++; layers, directions and dropout between layers are composed here. A cell is a layer of
+runs in C++; layers, directions and dropout between layers are composed here (on CUDA the two
+directions of a layer run on two streams, _on_two_streams). A cell is a layer of
 one step. The autograd formulas are registered in C++ (csrc/autograd/rnn.cpp); below are the fake
 kernels for torch.compile and export.
 """
@@ -98,20 +99,18 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
     finals = [[] for _ in hx]
     x = input
     for layer in range(num_layers):
-        outs = []
+        calls = []
         for direction in range(directions):
             k = layer * directions + direction
-            w = list(weights[k * per:(k + 1) * per]) + [None, None]
-            states = [state[k] for state in hx]
-            if kind == "lstm":
-                out, h, c, _, _ = ops_for(x).lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes,
-                                                        direction == 1, False)
-                results = (h, c)
-            else:
-                out, h, _ = ops_for(x).gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, direction == 1,
-                                                 False)
-                results = (h,)
-            outs.append(out)
+            calls.append((x, [state[k] for state in hx], list(weights[k * per:(k + 1) * per]) + [None, None],
+                          direction == 1))
+        if directions == 2 and _concurrent_directions(x):
+            in_order, reversed_ = (lambda call=call: _direction(kind, *call, sizes) for call in calls)
+            done = _on_two_streams(in_order, reversed_, x, calls[1][1])
+        else:
+            done = [_direction(kind, *call, sizes) for call in calls]
+        outs = [out for out, _ in done]
+        for _, results in done:
             for final, r in zip(finals, results):
                 final.append(r)
         x = outs[0] if directions == 1 else torch.cat(outs, -1)
@@ -120,6 +119,47 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
     if not packed and batch_first:
         x = x.transpose(0, 1)
     return x, tuple(torch.stack(final) for final in finals)
+
+
+def _direction(kind, x, states, w, reverse, sizes):
+    """One layer and direction: its output and final states."""
+    if kind == "lstm":
+        out, h, c, _, _ = ops_for(x).lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes, reverse, False)
+        return out, (h, c)
+    out, h, _ = ops_for(x).gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, reverse, False)
+    return out, (h,)
+
+
+def _concurrent_directions(x: Tensor) -> bool:
+    """Whether the two directions of a CUDA layer run on two streams: in eager mode, outside CUDA graph
+    capture (torch.compile and graphs see one stream)."""
+    return x.is_cuda and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _on_two_streams(first, second, x: Tensor, second_states: list[Tensor]):
+    """first() on the current stream and second() on a side stream of x's device, at the same time
+    (a direction's per-step products and kernels are too small to fill the GPU alone). The side stream
+    starts after the current one's queued work and the current one waits for it at the end; autograd
+    runs second()'s backward on the side stream too. Tensors crossing streams are recorded on the
+    stream that uses them, so the caching allocator does not hand their memory out early."""
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    main = torch.cuda.current_stream(device)
+    side = _SIDE_STREAMS.get(device)
+    if side is None:
+        side = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        for t in (x, *second_states):  # read on the side stream, forward and backward
+            t.record_stream(side)
+        out, results = second()
+    done = first()
+    main.wait_stream(side)
+    for t in (out, *results):
+        t.record_stream(main)
+    return [done, (out, results)]
 
 
 # ---- fake kernels ---------------------------------------------------------------------------------
