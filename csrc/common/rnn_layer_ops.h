@@ -11,6 +11,8 @@
 //   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
 //   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
 //   using LstmForward = ...;  // an LSTM layer's forward steps: LstmProjectFirst<Backend>, or its own
+//   using GruForward = ...;   // a GRU layer's forward steps: GruProjectFirst<Backend>, or its own
+//   using BackwardSteps = ...;  // backward through time: BackwardThenProduct<Backend>, or its own
 //   template <typename Fn>  // runs fn(first, last) on blocks of batch rows that together cover
 //   static void for_row_blocks(int64_t batch, const Fn& fn);  // [0, batch): SerialRows, or split
 //
@@ -44,6 +46,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -227,6 +230,15 @@ void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
 
 }  // namespace rnn_detail
 
+namespace rnn_detail {
+
+// Every step's input projection at once: x (rows, I) @ w_ih^T (+ bias), dense.
+inline at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
+  return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
+}
+
+}  // namespace rnn_detail
+
 // The forward steps of one LSTM layer call, constructed once and then called per step: one product
 // of every step's input (x: (rows, I)) up front, both biases folded in; per step the recurrent
 // product added into that step's rows (one read stream less for the gate kernel), then the
@@ -237,23 +249,70 @@ struct LstmProjectFirst {
   typename Backend::Product recurrent;
 
   LstmProjectFirst(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, int64_t batch)
-      : gi(project(x, w_ih, rnn_detail::summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), batch) {}
+                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
+      : gi(rnn_detail::project(x, w_ih, rnn_detail::summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), s.batch) {}
 
   // f: this step's kernel arguments, pre still to fill; its rows start at row `off` of x and at batch
-  // row `first`; h_rows: f.h as a tensor.
-  void operator()(rnn::LstmStepForward f, int64_t off, int64_t /*first*/, const at::Tensor& h_rows,
-                  at::ScalarType dt) const {
+  // row `first` of h, the state (batch, H) that f.h points into.
+  void operator()(rnn::LstmStepForward f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
     at::Tensor pre = gi.narrow(0, off, f.rows);
-    recurrent(pre, h_rows, true);
+    recurrent(pre, h.narrow(0, first, f.rows), true);
     f.pre = pre.data_ptr();
     Backend::lstm_forward(f, dt);
   }
+};
 
- private:
-  static at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
-    return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
+// The forward steps of one GRU layer call, the same way: every step's input projection (with b_ih)
+// up front; per step the recurrent product into a (batch, 3H) buffer, then the backend's cell kernel,
+// which adds b_hh (the reset gate scales the hidden part alone).
+template <typename Backend>
+struct GruProjectFirst {
+  at::Tensor gi, gh, b_hh;
+  typename Backend::Product recurrent;
+
+  GruProjectFirst(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                  const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
+      : gi(rnn_detail::project(x, w_ih, b_ih)),
+        gh(at::empty({s.batch, w_hh.size(0)}, x.options())),
+        b_hh(rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor()),
+        recurrent(w_hh.t(), s.batch) {}
+
+  // f: this step's kernel arguments, gi, gh and b_hh still to fill; as LstmProjectFirst's.
+  void operator()(rnn::GruStepForward f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
+    recurrent(gh.narrow(0, first, f.rows), h.narrow(0, first, f.rows), false);
+    f.gi = rnn_detail::row_ptr(gi, off);
+    f.gh = rnn_detail::row_ptr(gh, first);
+    f.b_hh = b_hh.defined() ? b_hh.data_ptr() : nullptr;
+    Backend::gru_forward(f, dt);
   }
+};
+
+// The steps of backward through time of one layer call, constructed once (with W_hh) and called per
+// step in processing order: the backend's cell backward, then the gradient of the previous state,
+// dh = d @ W_hh (LSTM: d = dgates, replacing dh; GRU: d = dgh, added to the direct part the kernel
+// left in dh). finish() after the last step (nothing to do here). A backend may name its own.
+template <typename Backend>
+struct BackwardThenProduct {
+  typename Backend::Product recurrent;
+
+  BackwardThenProduct(const at::Tensor& w_hh, const RnnSteps& s) : recurrent(w_hh, s.batch) {}
+
+  // b: the step's kernel arguments, its rows at row `off` of d and at batch row `first` of dh (batch, H).
+  template <typename Args>
+  void operator()(const Args& b, int64_t off, int64_t first, const at::Tensor& dh, const at::Tensor& d,
+                  at::ScalarType dt) const {
+    constexpr bool kLstm = std::is_same_v<Args, rnn::LstmStepBackward>;
+    if (b.hidden > 0) {
+      if constexpr (kLstm) {
+        Backend::lstm_backward(b, dt);
+      } else {
+        Backend::gru_backward(b, dt);
+      }
+    }
+    recurrent(dh.narrow(0, first, b.rows), d.narrow(0, off, b.rows), !kLstm);
+  }
+
+  void finish(const at::Tensor& /*dh*/, const at::Tensor& /*d*/, at::ScalarType /*dt*/) const {}
 };
 
 template <typename Backend>
@@ -276,7 +335,7 @@ struct RnnLayerOps {
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
-    const typename Backend::LstmForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s.batch);
+    const typename Backend::LstmForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
     Tensor out = new_output({s.rows, H}, opts);
     Tensor h = h0.contiguous().clone();
     Tensor c = c0.to(ct).contiguous().clone();
@@ -286,7 +345,7 @@ struct RnnLayerOps {
       const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), row_ptr(h, first),
                                    row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
-      if (H > 0) step(f, off, first, h.narrow(0, first, bs), input.scalar_type());
+      if (H > 0) step(f, off, first, h, input.scalar_type());
     });
     return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
   }
@@ -318,16 +377,16 @@ struct RnnLayerOps {
     Tensor dc = given(grad_cy) ? grad_or_none(op, "grad_cy", grad_cy, input, {s.batch, H}).to(ct).clone()
                                : at::zeros({s.batch, H}, copts);
     const Tensor c_prev = previous_states(c_all, c0.to(ct), s, reverse);
-    const typename Backend::Product recurrent(w_hh, s.batch);
+    const typename Backend::BackwardSteps steps(w_hh, s);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
     for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
       const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
                                     row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
                                     row_ptr(dgates, off)};
-      if (H > 0) Backend::lstm_backward(b, input.scalar_type());
-      recurrent(dh.narrow(0, first, bs), dgates.narrow(0, off, bs), false);
+      steps(b, off, first, dh, dgates, input.scalar_type());
     });
+    steps.finish(dh, dgates, input.scalar_type());
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
     if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
@@ -355,21 +414,14 @@ struct RnnLayerOps {
     const c10::DeviceGuard guard(input.device());
     const int64_t H = s.hidden;
     const auto opts = input.options();
-    const Tensor x = input.reshape({s.rows, s.input_size});
-    const Tensor wi_t = w_ih.t();
-    const typename Backend::Product recurrent(w_hh.t(), s.batch);
-    const Tensor gi = (given(b_ih) ? b_ih->addmm(x, wi_t) : x.mm(wi_t)).contiguous();
-    const Tensor bias_hh = given(b_hh) ? b_hh->contiguous() : Tensor();
+    const typename Backend::GruForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
     Tensor out = new_output({s.rows, H}, opts);
     Tensor h = h0.contiguous().clone();
-    Tensor gh = at::empty({s.batch, 3 * H}, opts);
     Tensor saved = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      recurrent(gh.narrow(0, first, bs), h.narrow(0, first, bs), false);
-      const rnn::GruStepForward f{bs, H, row_ptr(gi, off), row_ptr(gh, first),
-                                  bias_hh.defined() ? bias_hh.data_ptr() : nullptr, row_ptr(h, first),
-                                  row_ptr(out, off), keep_workspace ? row_ptr(saved, off) : nullptr};
-      if (H > 0) Backend::gru_forward(f, input.scalar_type());
+      const rnn::GruStepForward f{bs,      H, nullptr, nullptr, nullptr, row_ptr(h, first), row_ptr(out, off),
+                                  keep_workspace ? row_ptr(saved, off) : nullptr};
+      if (H > 0) step(f, off, first, h, input.scalar_type());
     });
     return {out.view(output_shape(input, s)), h, saved};
   }
@@ -393,15 +445,15 @@ struct RnnLayerOps {
     Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
                                : at::zeros({s.batch, H}, opts);
     const Tensor h_prev = previous_states(out, h0.contiguous(), s, reverse);
-    const typename Backend::Product recurrent(w_hh, s.batch);
+    const typename Backend::BackwardSteps steps(w_hh, s);
     Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
     for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
       const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off), row_ptr(go_rows, off),
                                    row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
-      if (H > 0) Backend::gru_backward(b, input.scalar_type());
-      recurrent(dh.narrow(0, first, bs), dgh.narrow(0, off, bs), true);
+      steps(b, off, first, dh, dgh, input.scalar_type());
     });
+    steps.finish(dh, dgh, input.scalar_type());
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
     if (mask[0]) gx = dgi.mm(w_ih).view(input.sizes());

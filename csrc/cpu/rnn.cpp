@@ -192,9 +192,10 @@ template <typename Backend>
 class CpuLstmForward {
  public:
   CpuLstmForward(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                 const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, int64_t batch) {
+                 const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s) {
+    const int64_t batch = s.batch;
     if (batch > kSmallBatch || w_ih.numel() * w_ih.element_size() > batch * kStepProjectionRowBytes) {
-      generic_.emplace(x, w_ih, w_hh, b_ih, b_hh, batch);
+      generic_.emplace(x, w_ih, w_hh, b_ih, b_hh, s);
       return;
     }
     const auto bias = rnn_detail::summed_bias(b_ih, b_hh);
@@ -209,9 +210,8 @@ class CpuLstmForward {
     pre_ = at::empty({batch, w_hh.size(0)}, x.options());
   }
 
-  void operator()(rnn::LstmStepForward f, int64_t off, int64_t first, const at::Tensor& h_rows,
-                  at::ScalarType dt) const {
-    if (generic_) return (*generic_)(f, off, first, h_rows, dt);
+  void operator()(rnn::LstmStepForward f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
+    if (generic_) return (*generic_)(f, off, first, h, dt);
     AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm", [&] {
       using T = scalar_t;
       const int64_t I = inputs_, H = f.hidden, W = width_;
@@ -245,6 +245,8 @@ struct CpuRnn {
   static constexpr bool kReducedPrecision = false;
   using Product = CpuRecurrent;
   using LstmForward = CpuLstmForward<CpuRnn>;
+  using GruForward = GruProjectFirst<CpuRnn>;
+  using BackwardSteps = BackwardThenProduct<CpuRnn>;
 
   // Each thread runs the whole time loop of its own rows (blocks of a multiple of the packed
   // product's four rows): no synchronization per step, where otherwise the product and the gate

@@ -1,41 +1,189 @@
 // The CUDA backend of the LSTM and GRU layer ops: common/rnn_layer_ops.h checks the call, sets the
-// device and runs the time loop with cuBLAS products (at::mm on the current stream); each step's
-// element-wise work is a launch of rnn_kernels.cu on the same stream.
+// device and runs the time loop. Up to kSmallBatchRows sequences a step, forward or backward, is one
+// launch of rnn_small_batch.cu (the recurrent product and the cell together); above, a cuBLAS product
+// (at::mm on the current stream) and a launch of rnn_kernels.cu's cell kernel.
+//
+// The same backend with the small-batch kernel's host emulation is registered on CPU tensors as
+// torch.ops.fastdl_cuda_emulation.lstm_layer, .gru_layer and their *_backward (batch up to
+// kSmallBatchRows; schemas inferred, no defaults), so that tests check the kernels' indexing on
+// machines without a GPU; not part of fastdl's API.
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <type_traits>
 
 #include "common/rnn_layer_ops.h"
 #include "cuda/host_utils.h"
 #include "cuda/rnn_kernels.h"
+#include "cuda/rnn_small_batch.h"
 
 namespace fastdl {
 namespace {
 
 using cuda::check_launch;
-using cuda::current_stream;
 using cuda::dtype_of;
 
+// The forward steps of a layer call at small batch (Step: LstmProjectFirst or GruProjectFirst, whose
+// input projection it reuses, and which runs the steps of larger batches). The step kernel reads the
+// previous state and writes the next into the other of two buffers: the layer's state h and a second
+// one, alternating, starting from the one that makes the last step write h (for an odd number of
+// steps the second buffer starts as a copy of h).
+template <typename Backend, typename Step, int kGates>
+class SmallBatchForward {
+ public:
+  SmallBatchForward(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
+      : step_(x, w_ih, w_hh, b_ih, b_hh, s), steps_(s.steps), batch_(s.batch) {
+    TORCH_CHECK(Backend::kDevice || small(s), "fastdl_cuda_emulation: the emulation runs the small-batch step only "
+                "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
+    if (!small(s)) return;
+    w_hh_ = w_hh.contiguous();
+    if constexpr (kGates == 3) b_hh_ = rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor();
+    other_ = at::empty({s.batch, s.hidden}, x.options());
+  }
+
+  template <typename Args>
+  void operator()(Args f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
+    if (!other_.defined()) return step_(f, off, first, h, dt);
+    // One block of rows on CUDA (SerialRows): first is 0 and each step is called once, in order.
+    if (calls_ == 0 && steps_ % 2 == 1) other_.copy_(h);
+    const bool from_h = (calls_ + steps_) % 2 == 0;
+    ++calls_;
+    void* h_prev = from_h ? h.data_ptr() : other_.data_ptr();
+    void* h_next = from_h ? other_.data_ptr() : h.data_ptr();
+    cuda::RecurrentStep args{kGates, f.rows, batch_, f.hidden, w_hh_.const_data_ptr(),
+                             rnn_detail::row_ptr(step_.gi, off), nullptr, h_prev, h_next, nullptr, f.out, nullptr,
+                             nullptr, Backend::kExecution};
+    if constexpr (kGates == 4) {
+      args.c = f.c;
+      args.saved = f.gates;
+      args.cells = f.cells;
+    } else {
+      args.b_hh = b_hh_.defined() ? b_hh_.const_data_ptr() : nullptr;
+      args.saved = f.saved;
+    }
+    check_launch(kGates == 4 ? "fastdl.lstm" : "fastdl.gru",
+                 cuda::recurrent_step(args, dtype_of(dt), Backend::kDevice ? cuda::current_stream() : nullptr));
+  }
+
+ private:
+  static bool small(const RnnSteps& s) { return s.batch <= cuda::kSmallBatchRows && s.hidden > 0; }
+
+  Step step_;
+  int64_t steps_, batch_;
+  at::Tensor w_hh_, b_hh_, other_;
+  mutable int64_t calls_ = 0;
+};
+
+// Backward through time at small batch: one launch per step (rnn_small_batch.h,
+// RecurrentStepBackward), which does the previous processed step's product d @ W_hh and this step's
+// cell backward; finish() adds the last step's product. Larger batches: BackwardThenProduct.
+template <typename Backend>
+class SmallBatchBackward {
+ public:
+  SmallBatchBackward(const at::Tensor& w_hh, const RnnSteps& s)
+      : generic_(w_hh, s), batch_(s.batch), small_(s.batch <= cuda::kSmallBatchRows && s.hidden > 0) {
+    TORCH_CHECK(Backend::kDevice || small_, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
+                "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
+    if (small_) w_hh_ = w_hh.contiguous();
+  }
+
+  template <typename Args>
+  void operator()(const Args& b, int64_t off, int64_t first, const at::Tensor& dh, const at::Tensor& d,
+                  at::ScalarType dt) const {
+    if (!small_) return generic_(b, off, first, dh, d, dt);
+    constexpr bool kLstm = std::is_same_v<Args, rnn::LstmStepBackward>;
+    cuda::RecurrentStepBackward args = step(kLstm ? 4 : 3, b.rows, b.hidden, dh, d);
+    args.grad_out = b.grad_out;
+    args.d = rnn_detail::row_ptr(d, off);
+    if constexpr (kLstm) {
+      args.saved = b.gates;
+      args.cells = b.cells;
+      args.c_prev = b.c_prev;
+      args.dc = b.dc;
+    } else {
+      args.saved = b.saved;
+      args.h_prev = b.h_prev;
+      args.d_input = b.dgi;
+    }
+    launch(args, dt);
+    prev_rows_ = b.rows;
+    prev_off_ = off;
+  }
+
+  void finish(const at::Tensor& dh, const at::Tensor& d, at::ScalarType dt) const {
+    if (!small_ || prev_rows_ == 0) return;
+    launch(step(int(d.size(1) / dh.size(1)), 0, dh.size(1), dh, d), dt);
+  }
+
+ private:
+  // The arguments every launch shares: the previous processed step's product into dh.
+  cuda::RecurrentStepBackward step(int gates, int64_t rows, int64_t hidden, const at::Tensor& dh,
+                                   const at::Tensor& d) const {
+    cuda::RecurrentStepBackward a{};
+    a.gates = gates;
+    a.rows = rows;
+    a.prev_rows = prev_rows_;
+    a.batch = batch_;
+    a.hidden = hidden;
+    a.w_hh = w_hh_.const_data_ptr();
+    a.d_prev = prev_rows_ > 0 ? rnn_detail::row_ptr(d, prev_off_) : nullptr;
+    a.dh = dh.data_ptr();
+    a.execution = Backend::kExecution;
+    return a;
+  }
+
+  static void launch(const cuda::RecurrentStepBackward& a, at::ScalarType dt) {
+    check_launch(a.gates == 4 ? "fastdl.lstm_backward" : "fastdl.gru_backward",
+                 cuda::recurrent_step_backward(a, dtype_of(dt), Backend::kDevice ? cuda::current_stream() : nullptr));
+  }
+
+  BackwardThenProduct<Backend> generic_;
+  int64_t batch_;
+  bool small_;
+  at::Tensor w_hh_;
+  mutable int64_t prev_rows_ = 0, prev_off_ = 0;
+};
+
+template <cuda::Execution kExecution_>
 struct CudaRnn : SerialRows {
-  static constexpr bool kReducedPrecision = true;
+  static constexpr cuda::Execution kExecution = kExecution_;
+  static constexpr bool kDevice = kExecution == cuda::Execution::device;
+  static constexpr bool kReducedPrecision = kDevice;
   using Product = RecurrentMm;
-  using LstmForward = LstmProjectFirst<CudaRnn>;
+  using LstmForward = SmallBatchForward<CudaRnn, LstmProjectFirst<CudaRnn>, 4>;
+  using GruForward = SmallBatchForward<CudaRnn, GruProjectFirst<CudaRnn>, 3>;
+  using BackwardSteps = SmallBatchBackward<CudaRnn>;
 
   static void lstm_forward(const rnn::LstmStepForward& f, at::ScalarType dt) {
-    check_launch("fastdl.lstm", cuda::lstm_step_forward(f, dtype_of(dt), current_stream()));
+    check_launch("fastdl.lstm", cuda::lstm_step_forward(f, dtype_of(dt), cuda::current_stream()));
   }
   static void lstm_backward(const rnn::LstmStepBackward& b, at::ScalarType dt) {
-    check_launch("fastdl.lstm_backward", cuda::lstm_step_backward(b, dtype_of(dt), current_stream()));
+    check_launch("fastdl.lstm_backward", cuda::lstm_step_backward(b, dtype_of(dt), cuda::current_stream()));
   }
   static void gru_forward(const rnn::GruStepForward& f, at::ScalarType dt) {
-    check_launch("fastdl.gru", cuda::gru_step_forward(f, dtype_of(dt), current_stream()));
+    check_launch("fastdl.gru", cuda::gru_step_forward(f, dtype_of(dt), cuda::current_stream()));
   }
   static void gru_backward(const rnn::GruStepBackward& b, at::ScalarType dt) {
-    check_launch("fastdl.gru_backward", cuda::gru_step_backward(b, dtype_of(dt), current_stream()));
+    check_launch("fastdl.gru_backward", cuda::gru_step_backward(b, dtype_of(dt), cuda::current_stream()));
   }
 };
 
+using Emulated = RnnLayerOps<CudaRnn<cuda::Execution::host>>;
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) { RnnLayerOps<CudaRnn>::define_kernels(m); }
+TORCH_LIBRARY_IMPL(fastdl, CUDA, m) { RnnLayerOps<CudaRnn<cuda::Execution::device>>::define_kernels(m); }
+
+// The library itself is defined in cuda/conv2d.cpp.
+TORCH_LIBRARY_FRAGMENT(fastdl_cuda_emulation, m) {
+  m.def("lstm_layer", TORCH_FN(Emulated::lstm_layer));
+  m.def("lstm_layer_backward", TORCH_FN(Emulated::lstm_layer_backward));
+  m.def("gru_layer", TORCH_FN(Emulated::gru_layer));
+  m.def("gru_layer_backward", TORCH_FN(Emulated::gru_layer_backward));
+}
 
 }  // namespace fastdl

@@ -1,0 +1,248 @@
+// CUDA kernel of one small-batch LSTM or GRU step (rnn_small_batch.h). A block owns kUnits hidden
+// units (every gate of each) and runs two phases with a barrier between:
+//
+//   1. products: thread t computes a partial dot product of one gate row of W_hh (gate g, unit u)
+//      with one row b of h_prev, over k = ks, ks + S, ks + 2S, ... The S threads of one (g, u, b) are
+//      consecutive, so a warp reads runs of consecutive k (coalesced), and threads of the same gate
+//      row read the same weights (one transaction). S is the largest power of two, at most 32, with
+//      gates * kUnits * rows * S <= 256 threads: the fewer the rows, the more each product is split.
+//   2. cells: thread (u, b) sums its gates' S partials, adds the input projection (and the GRU's
+//      b_hh), runs the cell of common/rnn_gates.h and writes the new state, this step's output and
+//      what backward keeps; the threads of rows that do not run at this step copy their state.
+//
+// Backward through time has the same two phases (StepBackwardBlock): the previous processed step's
+// product d @ W_hh for the block's units, then this step's cell backward (rnn_small_batch.h).
+//
+// W_hh (gates * H * H values) stays in L2 from one step to the next at the hidden sizes of the
+// benchmarks (1-4 MB), so a step is one launch and one pass over W_hh from L2. Both phases are
+// __host__ __device__, so that the host emulation runs the same code on the CPU (float and double).
+
+#include "cuda/rnn_small_batch.h"
+
+#include <type_traits>
+#include <vector>
+
+#include "common/rnn_gates.h"
+#include "cuda/device_utils.cuh"
+
+namespace fastdl::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnits = 4;  // hidden units per block
+constexpr int kMaxSplits = 32;
+static_assert(4 * kUnits * kSmallBatchRows <= kThreads, "one thread per (gate row, batch row) at least");
+
+template <typename T>
+FASTDL_HOST_DEVICE const T* typed(const void* p) { return static_cast<const T*>(p); }
+template <typename T>
+FASTDL_HOST_DEVICE T* typed(void* p) { return static_cast<T*>(p); }
+
+// One block's work on a step; S (splits) threads per gate-row product.
+template <typename T>
+struct StepBlock {
+  using A = Acc<T>;  // arithmetic, and the LSTM cell state
+  using Act = rnn::ScalarAct<A>;
+  RecurrentStep s;
+  int splits;
+
+  FASTDL_HOST_DEVICE int products() const { return s.gates * kUnits * int(s.rows) * splits; }
+
+  FASTDL_HOST_DEVICE void multiply(int64_t block, int t, A* partial) const {
+    if (t >= products()) return;
+    const int rows = int(s.rows), ks = t % splits, rest = t / splits, b = rest % rows, q = rest / rows;
+    const int g = q / kUnits, u = q - g * kUnits;
+    const int64_t H = s.hidden, j = block * kUnits + u;
+    A sum = A(0);
+    if (j < H) {
+      const T* w = typed<T>(s.w_hh) + (g * H + j) * H;
+      const T* h = typed<T>(s.h_prev) + b * H;
+#pragma unroll 4
+      for (int64_t k = ks; k < H; k += splits) sum += read(w, k) * read(h, k);
+    }
+    partial[t] = sum;
+  }
+
+  // The sum of gate g's partial products for unit u and row b.
+  FASTDL_HOST_DEVICE A product(const A* partial, int g, int u, int b) const {
+    const A* p = partial + ((g * kUnits + u) * int(s.rows) + b) * splits;
+    A sum = A(0);
+    for (int ks = 0; ks < splits; ++ks) sum += p[ks];
+    return sum;
+  }
+
+  FASTDL_HOST_DEVICE void finish(int64_t block, int t, const A* partial) const {
+    const int batch = int(s.batch);
+    if (t >= kUnits * batch) return;
+    const int u = t / batch, b = t - u * batch;
+    const int64_t H = s.hidden, j = block * kUnits + u, at = b * H + j;
+    if (j >= H) return;
+    if (b >= s.rows) {  // not running at this step: the state carries over
+      write(typed<T>(s.h_next), at, read(typed<T>(s.h_prev), at));
+      return;
+    }
+    const int64_t G = s.gates, row = b * G * H + j;
+    const T* gi = typed<T>(s.gi) + row;
+    if (G == 4) {
+      A* c = typed<A>(s.c) + at;
+      const auto a = [&](int g) { return read(gi, g * H) + product(partial, g, u, b); };
+      const auto r = rnn::lstm_forward<Act>(a(0), a(1), a(2), a(3), *c);
+      *c = r.c;
+      write(typed<T>(s.h_next), at, r.h);
+      write(typed<T>(s.out), at, r.h);
+      if (s.saved != nullptr) {
+        T* saved = typed<T>(s.saved) + b * 4 * H + j;
+        write(saved, int64_t(0), r.gates.i);
+        write(saved, H, r.gates.f);
+        write(saved, 2 * H, r.gates.g);
+        write(saved, 3 * H, r.gates.o);
+      }
+      if (s.cells != nullptr) typed<A>(s.cells)[at] = r.c;
+    } else {
+      const T* bias = s.b_hh != nullptr ? typed<T>(s.b_hh) + j : nullptr;
+      const auto hid = [&](int g) { return product(partial, g, u, b) + (bias != nullptr ? read(bias, g * H) : A(0)); };
+      const auto r = rnn::gru_forward<Act>(read(gi, int64_t(0)), read(gi, H), read(gi, 2 * H), hid(0), hid(1), hid(2),
+                                           read(typed<T>(s.h_prev), at));
+      write(typed<T>(s.h_next), at, r.h);
+      write(typed<T>(s.out), at, r.h);
+      if (s.saved != nullptr) {
+        T* saved = typed<T>(s.saved) + b * 4 * H + j;
+        write(saved, int64_t(0), r.gates.r);
+        write(saved, H, r.gates.z);
+        write(saved, 2 * H, r.gates.n);
+        write(saved, 3 * H, r.gates.hn);
+      }
+    }
+  }
+};
+
+// One block's work on a step of backward through time (rnn_small_batch.h, RecurrentStepBackward).
+// Products: thread t = (ks * prev_rows + r) * kUnits + u sums d_prev[r][q] W_hh[q][j] over q = ks,
+// ks + S, ...: the kUnits threads of a row read neighbouring weights W_hh[q][j..] (one transaction).
+template <typename T>
+struct StepBackwardBlock {
+  using A = Acc<T>;
+  using Act = rnn::ScalarAct<A>;
+  RecurrentStepBackward s;
+  int splits;
+
+  FASTDL_HOST_DEVICE int products() const { return kUnits * int(s.prev_rows) * splits; }
+
+  FASTDL_HOST_DEVICE void multiply(int64_t block, int t, A* partial) const {
+    if (t >= products()) return;
+    const int prev = int(s.prev_rows), u = t % kUnits, rest = t / kUnits, r = rest % prev, ks = rest / prev;
+    const int64_t H = s.hidden, depth = s.gates * H, j = block * kUnits + u;
+    A sum = A(0);
+    if (j < H) {
+      const T* d = typed<T>(s.d_prev) + r * depth;
+      const T* w = typed<T>(s.w_hh) + j;
+#pragma unroll 4
+      for (int64_t q = ks; q < depth; q += splits) sum += read(d, q) * read(w, q * H);
+    }
+    partial[t] = sum;
+  }
+
+  FASTDL_HOST_DEVICE void finish(int64_t block, int t, const A* partial) const {
+    const int batch = int(s.batch), prev = int(s.prev_rows);
+    if (t >= kUnits * batch) return;
+    const int u = t / batch, r = t - u * batch;
+    const int64_t H = s.hidden, j = block * kUnits + u, at = r * H + j;
+    if (j >= H) return;
+    T* dh = typed<T>(s.dh) + at;
+    A grad = read(dh, int64_t(0));
+    if (r < prev) {
+      for (int ks = 0; ks < splits; ++ks) grad += partial[(ks * prev + r) * kUnits + u];
+    }
+    if (r >= s.rows) {  // not running at this step: its gradient is final
+      write(dh, int64_t(0), grad);
+      return;
+    }
+    if (s.grad_out != nullptr) grad += read(typed<T>(s.grad_out), at);
+    const T* saved = typed<T>(s.saved) + r * 4 * H + j;
+    if (s.gates == 4) {
+      const rnn::LstmGates<A> gates{read(saved, int64_t(0)), read(saved, H), read(saved, 2 * H), read(saved, 3 * H)};
+      A* dc = typed<A>(s.dc) + at;
+      const auto b = rnn::lstm_backward<Act>(gates, typed<A>(s.cells)[at], typed<A>(s.c_prev)[at], grad, *dc);
+      T* d = typed<T>(s.d) + r * 4 * H + j;
+      write(d, int64_t(0), b.d.i);
+      write(d, H, b.d.f);
+      write(d, 2 * H, b.d.g);
+      write(d, 3 * H, b.d.o);
+      *dc = b.dc_prev;
+      write(dh, int64_t(0), A(0));
+    } else {
+      const rnn::GruGates<A> gates{read(saved, int64_t(0)), read(saved, H), read(saved, 2 * H), read(saved, 3 * H)};
+      const auto b = rnn::gru_backward(gates, read(typed<T>(s.h_prev), at), grad);
+      T* di = typed<T>(s.d_input) + r * 3 * H + j;
+      T* d = typed<T>(s.d) + r * 3 * H + j;
+      write(di, int64_t(0), b.dx_r);
+      write(di, H, b.dx_z);
+      write(di, 2 * H, b.dx_n);
+      write(d, int64_t(0), b.dx_r);
+      write(d, H, b.dx_z);
+      write(d, 2 * H, b.dh_n);
+      write(dh, int64_t(0), b.dh_prev);
+    }
+  }
+};
+
+template <typename Block>
+__global__ void __launch_bounds__(kThreads) step_kernel(const Block work) {
+  __shared__ typename Block::A partial[kThreads];
+  work.multiply(blockIdx.x, int(threadIdx.x), partial);
+  __syncthreads();
+  work.finish(blockIdx.x, int(threadIdx.x), partial);
+}
+
+// The largest power of two, at most kMaxSplits, with products * splits <= kThreads.
+int splits_for(int64_t products) {
+  int splits = 1;
+  while (splits < kMaxSplits && products * splits * 2 <= kThreads) splits *= 2;
+  return splits;
+}
+
+// Runs Block<T>{args, splits} over ceil(H / kUnits) blocks: launched, or emulated on the host.
+template <template <typename> class Block, typename Args>
+cudaError_t run(const Args& s, int splits, DType dtype, cudaStream_t stream) {
+  const int64_t blocks = (s.hidden + kUnits - 1) / kUnits;
+  return dispatch_dtype(dtype, [&](auto type_tag) {
+    using T = typename decltype(type_tag)::type;
+    const Block<T> work{s, splits};
+    if (s.execution == Execution::device) {
+      step_kernel<Block<T>><<<unsigned(blocks), kThreads, 0, stream>>>(work);
+      return cudaGetLastError();
+    }
+    if constexpr (!std::is_floating_point_v<T>) {
+      return cudaErrorNotSupported;
+    } else {
+      std::vector<Acc<T>> partial(kThreads);
+      for (int64_t block = 0; block < blocks; ++block) {
+        for (int t = 0; t < kThreads; ++t) work.multiply(block, t, partial.data());
+        for (int t = 0; t < kThreads; ++t) work.finish(block, t, partial.data());
+      }
+      return cudaSuccess;
+    }
+  });
+}
+
+bool valid_rows(int gates, int64_t rows, int64_t batch) {
+  return (gates == 3 || gates == 4) && rows >= 0 && rows <= batch && batch <= kSmallBatchRows;
+}
+
+}  // namespace
+
+cudaError_t recurrent_step(const RecurrentStep& s, DType dtype, cudaStream_t stream) {
+  if (s.hidden == 0 || s.batch == 0) return cudaSuccess;
+  if (!valid_rows(s.gates, s.rows, s.batch) || s.rows < 1) return cudaErrorInvalidValue;
+  return run<StepBlock>(s, splits_for(s.gates * kUnits * s.rows), dtype, stream);
+}
+
+cudaError_t recurrent_step_backward(const RecurrentStepBackward& s, DType dtype, cudaStream_t stream) {
+  if (s.hidden == 0 || s.batch == 0) return cudaSuccess;
+  if (!valid_rows(s.gates, s.rows, s.batch) || !valid_rows(s.gates, s.prev_rows, s.batch)) {
+    return cudaErrorInvalidValue;
+  }
+  return run<StepBackwardBlock>(s, splits_for(kUnits * s.prev_rows), dtype, stream);
+}
+
+}  // namespace fastdl::cuda
