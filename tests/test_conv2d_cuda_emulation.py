@@ -1,6 +1,7 @@
 """The CUDA convolution kernels' host emulation (csrc/cuda/conv2d_kernels.h) against
 torch.nn.functional.conv2d on the CPU: the tile kernel's operand loaders, tile bounds, double buffering,
-split-K grad_weight plan and split sums, run on the host with the plan of an H100. It proves the
+split-K grad_weight plan and split sums, the forward's and grad_input's split reductions, run on the
+host with the plan of an H100. It proves the
 kernels' indexing on machines without a GPU; tests/test_conv2d_cuda.py runs the kernels themselves."""
 
 import pytest
@@ -55,6 +56,30 @@ def test_emulated_channels_last_weight_and_unbatched_input():
     grad_out = torch.randn_like(F.conv2d(x, w, b, *args))
     for got, want in zip(emulated(x, w, b, args, grad_out), torch_reference(x, w, b, args, grad_out)):
         assert_matches(got, want, torch.float64)
+
+
+# Few tiles and deep reductions: the forward's and grad_input's GEMMs split over their depth
+# (SplitDepth; 2-4 splits on the emulated H100): a wide layer on a small map, two groups, a 1x1
+# convolution, a strided one, and a reduction that does not divide evenly.
+SPLIT = [
+    (1, 64, 7, 7, 70, (3, 3), 1, 1, 1, 1),
+    (2, 64, 5, 5, 64, (3, 3), 1, 1, 1, 2),
+    (1, 300, 4, 4, 20, (1, 1), 1, 0, 1, 1),
+    (1, 40, 9, 9, 40, (3, 3), 2, 1, 1, 1),
+    (1, 29, 6, 5, 33, (3, 3), 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", SPLIT, ids=case_id)
+def test_emulated_split_reductions_match_torch(case, input_format, dtype):
+    x, w, b, args = make_inputs(case, dtype, "cpu", True, input_format)
+    y_ref = F.conv2d(x, w, b, *args)
+    grad_out = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    grad_out = grad_out.contiguous(memory_format=input_format)
+    for got, want in zip(emulated(x, w, b, args, grad_out), torch_reference(x, w, b, args, grad_out)):
+        assert_matches(got, want, dtype)
 
 
 @pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])

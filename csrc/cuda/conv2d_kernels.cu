@@ -20,6 +20,8 @@
 // for N,H,W,C ones, so that consecutive k read consecutive channels there. The weight is reordered to
 // (K, R, S, Cg) for N,H,W,C so that its rows stay contiguous along k.
 //
+// Forward and grad_input GEMMs with few tiles split their reduction (SplitDepth), like grad_weight.
+//
 // The tile kernel: 256 threads compute a 128 x 64 tile of C, each an 8 x 4 register tile (rows in
 // two runs of 4, 64 apart, so that shared-memory reads are conflict-free 16-byte vectors). Slices of
 // BK = 16 reduction steps (8 for double or int64 indices) of A and B are staged in shared memory as
@@ -148,6 +150,13 @@ struct TapMajor {
 template <typename I>
 FASTDL_HOST_DEVICE bool inside(I v, I size) {
   return v >= 0 && v < size;
+}
+
+// Range `split` of `splits` near-equal ranges of [0, count).
+template <typename I>
+FASTDL_HOST_DEVICE IndexRange<I> split_range(I count, I splits, I split) {
+  const I chunk = (count + splits - 1) / splits;
+  return {min_of<I>(count, split * chunk), min_of<I>(count, (split + 1) * chunk)};
 }
 
 // ---- the three GEMMs -------------------------------------------------------------------------------
@@ -341,6 +350,55 @@ struct GradWeightGemm {
   FASTDL_HOST_DEVICE I row_offset(I m, I) const { return m; }
   FASTDL_HOST_DEVICE I col_offset(I n, I z) const { return (z * d.Kg + n) * rows(); }
   FASTDL_HOST_DEVICE Acc<T> bias_of(I, I) const { return 0; }
+};
+
+// A forward or grad_input GEMM P with its reduction split into `splits` ranges, for problems with too
+// few tiles to fill the device (small batches of wide layers: ResNet-50's 512-channel 3x3 layer at
+// batch 1 is 8 tiles deep 4608). Part z = g + groups * split writes its partial GEMM, row-major, to
+// out[z][m][n]; sum() adds the splits in a fixed order, with the bias, into P's output
+// (sum_split_gemm_kernel).
+template <typename P>
+struct SplitDepth {
+  using T = typename P::T;
+  using I = typename P::I;
+  using Out = Acc<T>;
+  static constexpr bool kAAlongK = P::kAAlongK, kBAlongK = P::kBAlongK;
+  using AFix = typename P::AFix;
+  using BFix = typename P::BFix;
+  P p;
+  const T* a;   // P's operands, read by the tile kernel
+  const T* b;
+  Acc<T>* out;  // the partial GEMMs, [parts()][rows()][cols()]
+  I splits;
+
+  SplitDepth(const P& problem, Acc<T>* partials, I split_count)
+      : p(problem), a(problem.a), b(problem.b), out(partials), splits(split_count) {}
+
+  FASTDL_HOST_DEVICE I rows() const { return p.rows(); }
+  FASTDL_HOST_DEVICE I cols() const { return p.cols(); }
+  FASTDL_HOST_DEVICE I parts() const { return p.parts() * splits; }
+  FASTDL_HOST_DEVICE IndexRange<I> depth(I z) const {
+    const IndexRange<I> all = p.depth(z % p.parts());
+    const IndexRange<I> r = split_range<I>(all.end - all.begin, splits, z / p.parts());
+    return {all.begin + r.begin, all.begin + r.end};
+  }
+  FASTDL_HOST_DEVICE AFix a_fix(I m, I z, bool ok) const { return p.a_fix(m, z % p.parts(), ok); }
+  FASTDL_HOST_DEVICE I a_offset(const AFix& f, I k) const { return p.a_offset(f, k); }
+  FASTDL_HOST_DEVICE BFix b_fix(I n, I z, bool ok) const { return p.b_fix(n, z % p.parts(), ok); }
+  FASTDL_HOST_DEVICE I b_offset(const BFix& f, I k) const { return p.b_offset(f, k); }
+  FASTDL_HOST_DEVICE I row_offset(I m, I z) const { return (z * p.rows() + m) * p.cols(); }
+  FASTDL_HOST_DEVICE I col_offset(I n, I) const { return n; }
+  FASTDL_HOST_DEVICE Acc<T> bias_of(I, I) const { return 0; }
+
+  // Output element e of the whole problem as (part g, row m, column n), in the order that makes
+  // consecutive e write consecutive addresses: rows (pixels) fastest for N,C,H,W, columns for N,H,W,C.
+  FASTDL_HOST_DEVICE void sum(I e, bool rows_fastest) const {
+    const I R = p.rows(), C = p.cols(), per_part = R * C, g = e / per_part, mn = e - g * per_part;
+    const I m = rows_fastest ? mn % R : mn / C, n = rows_fastest ? mn / R : mn % C;
+    Acc<T> total = p.bias_of(n, g);
+    for (I split = 0; split < splits; ++split) total += out[((split * p.parts() + g) * R + m) * C + n];
+    write(p.out, p.row_offset(m, g) + p.col_offset(n, g), total);
+  }
 };
 
 // ---- the tile kernel -------------------------------------------------------------------------------
@@ -542,12 +600,6 @@ void launch_gemm(const P& p, cudaStream_t stream) {
 
 // ---- sums over splits, grad_bias, weight reordering ------------------------------------------------
 
-template <typename I>
-FASTDL_HOST_DEVICE IndexRange<I> split_range(I count, I splits, I split) {
-  const I chunk = (count + splits - 1) / splits;
-  return {split * chunk, min_of<I>(count, (split + 1) * chunk)};
-}
-
 // out[e] = sum over splits s, in order, of part[s * count + (kTapMajor ? order(e) : e)].
 template <typename T, typename I, bool kTapMajor>
 __global__ void __launch_bounds__(kThreads)
@@ -558,6 +610,13 @@ __global__ void __launch_bounds__(kThreads)
     for (I s = 0; s < splits; ++s) sum += part[s * count + src];
     write(out, e, sum);
   }
+}
+
+// A split GEMM's outputs: element e of every part's rows x cols (SplitDepth::sum).
+template <typename S>
+__global__ void __launch_bounds__(kThreads) sum_split_gemm_kernel(const S split, typename S::I count, bool rows_fastest) {
+  using I = typename S::I;
+  for (I e = global_thread<I>(); e < count; e += grid_threads<I>()) split.sum(e, rows_fastest);
 }
 
 template <typename T, typename I>
@@ -616,12 +675,28 @@ __global__ void __launch_bounds__(kThreads)
 // ---- planning --------------------------------------------------------------------------------------
 
 // What a call needs besides its outputs, as byte offsets into the workspace: the reordered weight
-// (N,H,W,C forward and grad_input) and the per-split partials of grad_weight and grad_bias.
+// (N,H,W,C forward and grad_input), the partial GEMMs of a split forward or grad_input, and the
+// per-split partials of grad_weight and grad_bias.
 struct Plan {
-  int64_t weight_chunk = 0, weight_splits = 0, bias_splits = 0;
-  std::size_t reordered = 0, weight_part = 0, bias_part = 0, bytes = 0;
+  int64_t gemm_splits = 1, weight_chunk = 0, weight_splits = 0, bias_splits = 0;
+  std::size_t reordered = 0, gemm_part = 0, weight_part = 0, bias_part = 0, bytes = 0;
   bool narrow = true;  // int32 indices
 };
+
+// Which of the tile kernel's GEMMs besides grad_weight a call runs.
+enum class Pass { none, forward, grad_input };
+
+// Splits of a forward or grad_input GEMM's reduction (SplitDepth): only when its tiles fill less
+// than one wave of blocks; then enough for about two waves, none shorter than kMinDepth steps.
+template <typename A>
+int64_t depth_splits(int64_t rows, int64_t cols, int64_t depth, int64_t groups, int sms) {
+  using Cfg = TileConfig<A, int32_t>;
+  constexpr int64_t kMinDepth = 128, kMaxSplits = 64;
+  const int64_t tiles = ((rows + Cfg::BM - 1) / Cfg::BM) * ((cols + Cfg::BN - 1) / Cfg::BN) * groups;
+  if (tiles >= int64_t(sms) * Cfg::kMinBlocks) return 1;
+  const int64_t wanted = (2 * int64_t(sms) * Cfg::kMinBlocks + tiles - 1) / tiles;
+  return max_of<int64_t>(1, min_of<int64_t>(min_of(wanted, depth / kMinDepth), kMaxSplits));
+}
 
 template <typename A>
 int64_t grad_weight_chunk(const Conv2dShape& s, int sms) {
@@ -646,7 +721,8 @@ int64_t grad_bias_splits(const Conv2dShape& s, int sms) {
   return max_of<int64_t>(1, min_of<int64_t>(min_of<int64_t>(wanted, useful), 1024));
 }
 
-Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, bool grad_weight, bool grad_bias) {
+Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, Pass pass, bool grad_weight,
+          bool grad_bias) {
   // The multiprocessors the splits spread over: the current device's, or the emulated one's.
   const int sms = execution == Execution::device ? sm_count() : kEmulatedMultiprocessors;
   const std::size_t element = dtype == DType::f64 ? 8 : dtype == DType::f32 ? 4 : 2;
@@ -659,6 +735,20 @@ Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, 
   largest = max_of(largest, s.stride_h * s.out_h + s.dilation_h * s.kernel_h + s.pad_h + s.in_h);
   largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
   if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
+  if (pass != Pass::none) {
+    const bool forward = pass == Pass::forward;
+    const int64_t rows = forward ? s.batch * s.out_h * s.out_w : s.batch * s.in_h * s.in_w;
+    const int64_t cols = forward ? s.out_per_group() : s.in_per_group();
+    const int64_t depth = (forward ? s.in_per_group() : s.out_per_group()) * s.taps();
+    p.gemm_splits = dtype == DType::f64 ? depth_splits<double>(rows, cols, depth, s.groups, sms)
+                                        : depth_splits<float>(rows, cols, depth, s.groups, sms);
+    if (p.gemm_splits > 1) {
+      const int64_t values = p.gemm_splits * s.groups * rows * cols;
+      p.gemm_part = p.bytes;
+      p.bytes += aligned(acc * std::size_t(values));
+      largest = max_of(largest, values);
+    }
+  }
   if (grad_weight) {
     p.weight_chunk = dtype == DType::f64 ? grad_weight_chunk<double>(s, sms) : grad_weight_chunk<float>(s, sms);
     p.weight_splits = (s.batch * s.out_h * s.out_w + p.weight_chunk - 1) / p.weight_chunk;
@@ -677,12 +767,13 @@ Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, 
 }
 
 Plan plan(const Conv2dForwardArgs& a) {
-  return plan(a.shape, a.dtype, a.execution, a.shape.layout == Layout::nhwc, false, false);
+  return plan(a.shape, a.dtype, a.execution, a.shape.layout == Layout::nhwc, Pass::forward, false, false);
 }
 
 Plan plan(const Conv2dBackwardArgs& a) {
-  return plan(a.shape, a.dtype, a.execution, a.grad_input != nullptr && a.shape.layout == Layout::nhwc,
-              a.grad_weight != nullptr, a.grad_bias != nullptr);
+  const bool grad_input = a.grad_input != nullptr;
+  return plan(a.shape, a.dtype, a.execution, grad_input && a.shape.layout == Layout::nhwc,
+              grad_input ? Pass::grad_input : Pass::none, a.grad_weight != nullptr, a.grad_bias != nullptr);
 }
 
 template <typename I>
@@ -699,6 +790,11 @@ struct Launcher {
   template <typename P>
   void gemm(const P& p) const {
     launch_gemm(p, stream);
+  }
+  template <typename S>
+  void sum_split_gemm(const S& split, bool rows_fastest) const {
+    const typename S::I count = split.p.parts() * split.p.rows() * split.p.cols();
+    sum_split_gemm_kernel<S><<<grid_blocks(count, kThreads), kThreads, 0, stream>>>(split, count, rows_fastest);
   }
   template <typename T, typename I>
   void reorder_weight(const T* w, T* reordered, I count, TapMajor<I> order) const {
@@ -759,6 +855,11 @@ struct Emulator {
       for (auto& thread : threads) thread.finish(p, tile);
     }
   }
+  template <typename S>
+  void sum_split_gemm(const S& split, bool rows_fastest) const {
+    const typename S::I count = split.p.parts() * split.p.rows() * split.p.cols();
+    for (typename S::I e = 0; e < count; ++e) split.sum(e, rows_fastest);
+  }
   template <typename T, typename I>
   void reorder_weight(const T* w, T* reordered, I count, TapMajor<I> order) const {
     for (I e = 0; e < count; ++e) reordered[order(e)] = w[e];
@@ -805,6 +906,18 @@ cudaError_t dispatch(DType dtype, bool narrow, Layout layout, Body&& body) {
   });
 }
 
+// Runs the forward or grad_input GEMM p (output in layout L), split over its reduction when the plan
+// says so.
+template <Layout L, typename Exec, typename P>
+void run_gemm(const Exec& exec, const P& p, const Plan& plan, void* workspace) {
+  if (plan.gemm_splits <= 1) return exec.gemm(p);
+  using I = typename P::I;
+  auto* part = reinterpret_cast<Acc<typename P::T>*>(static_cast<char*>(workspace) + plan.gemm_part);
+  const SplitDepth<P> split{p, part, I(plan.gemm_splits)};
+  exec.gemm(split);
+  exec.sum_split_gemm(split, L == Layout::nchw);  // N,C,H,W: the rows (pixels) are contiguous in the output
+}
+
 // The weight as the GEMMs of layout L read it: reordered to (K, R, S, Cg) in the workspace for N,H,W,C.
 template <typename T, typename I, Layout L, typename Exec>
 const T* gemm_weight(const Exec& exec, const Conv2dShape& s, const void* weight, void* workspace, const Plan& plan) {
@@ -825,8 +938,9 @@ cudaError_t run_forward(const Conv2dForwardArgs& a, const Exec& exec) {
     using I = typename decltype(i)::type;
     constexpr Layout L = decltype(l)::value;
     const T* w = gemm_weight<T, I, L>(exec, s, a.weight, a.workspace, pl);
-    exec.gemm(ForwardGemm<T, I, L>{dims_of<I>(s), static_cast<const T*>(a.input), w, static_cast<const T*>(a.bias),
-                                   static_cast<T*>(a.output)});
+    run_gemm<L>(exec, ForwardGemm<T, I, L>{dims_of<I>(s), static_cast<const T*>(a.input), w,
+                                        static_cast<const T*>(a.bias), static_cast<T*>(a.output)},
+             pl, a.workspace);
     return exec.status();
   });
 }
@@ -847,7 +961,7 @@ cudaError_t run_backward(const Conv2dBackwardArgs& a, const Exec& exec) {
     char* ws = static_cast<char*>(a.workspace);
     if (a.grad_input != nullptr) {
       const T* w = gemm_weight<T, I, L>(exec, s, a.weight, a.workspace, pl);
-      exec.gemm(GradInputGemm<T, I, L>{d, dy, w, static_cast<T*>(a.grad_input)});
+      run_gemm<L>(exec, GradInputGemm<T, I, L>{d, dy, w, static_cast<T*>(a.grad_input)}, pl, a.workspace);
     }
     if (a.grad_weight != nullptr) {
       A* part = reinterpret_cast<A*>(ws + pl.weight_part);
