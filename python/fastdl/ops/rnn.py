@@ -106,7 +106,7 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
                           direction == 1))
         if directions == 2 and _concurrent_directions(x):
             in_order, reversed_ = (lambda call=call: _direction(kind, *call, sizes) for call in calls)
-            done = _on_two_streams(in_order, reversed_, x, calls[1][1])
+            done = _on_two_streams(in_order, reversed_, [x, *calls[1][1], *calls[1][2]])
         else:
             done = [_direction(kind, *call, sizes) for call in calls]
         outs = [out for out, _ in done]
@@ -139,12 +139,14 @@ def _concurrent_directions(x: Tensor) -> bool:
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
-def _on_two_streams(first, second, x: Tensor, second_states: list[Tensor]):
-    """first() on the current stream and second() on a side stream of x's device, at the same time
-    (a direction's per-step products and kernels are too small to fill the GPU alone). The side stream
+def _on_two_streams(first, second, second_reads: list[Tensor | None]):
+    """first() on the current stream and second() on a side stream, at the same time (a direction's
+    per-step products and kernels are too small to fill the GPU alone); second_reads: the tensors
+    second() reads, its input first (whose device the streams belong to). The side stream
     starts after the current one's queued work and the current one waits for it at the end; autograd
     runs second()'s backward on the side stream too. Tensors crossing streams are recorded on the
     stream that uses them, so the caching allocator does not hand their memory out early."""
+    x = second_reads[0]
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     main = torch.cuda.current_stream(device)
     side = _SIDE_STREAMS.get(device)
@@ -152,8 +154,9 @@ def _on_two_streams(first, second, x: Tensor, second_states: list[Tensor]):
         side = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
-        for t in (x, *second_states):  # read on the side stream, forward and backward
-            t.record_stream(side)
+        for t in second_reads:  # input, states and weights: read on the side stream, forward and backward
+            if t is not None:
+                t.record_stream(side)
         out, results = second()
     done = first()
     main.wait_stream(side)
