@@ -60,7 +60,8 @@ cpp-test: $(VENV)/.deps
 # CPU threads per worker, as on the dev machine) while the CMake CUDA build compiles and runs its C++
 # tests; then the GPU benchmarks (float32: pool and bn in full, conv on its quick layers at batch 1 to
 # 128, winograd on its quick layers at batch 32 and 128, the Winograd weight gradient alone against the
-# direct one at batch 32, rnn and models quick; a quick bfloat16 subset),
+# direct one at batch 32, both sides of the rules written without a GPU (bench/ab_rules.py), rnn and
+# models quick; a quick bfloat16 subset),
 # then ResNet-18 trained on the digits with --amp on both backends. Each step runs even when an earlier
 # one failed, so that one call (under 10 minutes) records everything; the exit status says whether all
 # passed.
@@ -87,6 +88,7 @@ gpu-check:
 	$(GPU_BENCH) --ops winograd --quick --batches 32,128 || status=1; \
 	PYTHONPATH=python $(PYTHON) bench/winograd_weight_grad.py --device cuda --batches 32 --budget 0.3 \
 		| tee $(GPU_OUT)/winograd-weight-grad.md || status=1; \
+	PYTHONPATH=python $(PYTHON) bench/ab_rules.py --device cuda | tee $(GPU_OUT)/ab-rules.md || status=1; \
 	$(GPU_BENCH) --ops rnn,models --quick || status=1; \
 	$(GPU_BENCH) --quick --dtype bfloat16 || status=1; \
 	for backend in fastdl torch; do \

@@ -8,13 +8,12 @@ as bench/results/cuda/winograd-weight-grad.md.
 """
 
 import argparse
-import os
 import sys
 
 import torch
 
 from fastdl.bench.cases import conv_layers, true_float32
-from fastdl.bench.timing import time_pair
+from fastdl.bench.timing import time_pair, with_env
 
 MASK = [False, True, False]
 
@@ -27,13 +26,8 @@ def layers(names=None):
 
 def weight_grad_step(mode, tile, g, x, w, padding):
     """fastdl's weight gradient through the Winograd op, its path forced by the backends' override."""
-    def step():
-        os.environ["FASTDL_WINOGRAD_WEIGHT_GRAD"] = mode
-        try:
-            return torch.ops.fastdl.conv2d_winograd_backward(g, x, w, padding, tile, MASK)[1]
-        finally:
-            del os.environ["FASTDL_WINOGRAD_WEIGHT_GRAD"]
-    return step
+    return with_env(lambda: torch.ops.fastdl.conv2d_winograd_backward(g, x, w, padding, tile, MASK)[1],
+                    "FASTDL_WINOGRAD_WEIGHT_GRAD", mode)
 
 
 def torch_step(g, x, w, padding):

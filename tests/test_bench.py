@@ -168,3 +168,18 @@ def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         errors = [float(cell) for cell in cells[-4:]]
         assert all(0 <= e < 1e-5 for e in errors), row  # every path agrees with float64
+
+
+def test_ab_rules_script_prints_both_sides_of_every_rule():
+    """bench/ab_rules.py (run by `make gpu-check`) on the CPU, where neither rule exists."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "python"), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(root / "bench" / "ab_rules.py"), "--device", "cpu", "--budget", "0",
+                           "--conv-batches", "1", "--rnn-batches", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| conv ", "| rnn "))]
+    assert len(rows) == 3 * 2 + 2 * 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert all(float(cell) > 0 for cell in cells[1:4]), row

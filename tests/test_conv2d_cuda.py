@@ -152,6 +152,36 @@ def test_large_resnet_layer(input_format):
         assert_matches(got, want, torch.float32)
 
 
+# Few tiles, deep reductions: the forward and grad_input split their reductions (SplitDepth in
+# csrc/cuda/conv2d_kernels.cu): ResNet-50's layer4 3x3 and layer3 1x1 and AlexNet's 5x5 at batch 1,
+# a grouped layer, in half precision too.
+SPLIT_CASES = [
+    (1, 512, 7, 7, 512, (3, 3), 1, 1, 1, 1),
+    (1, 1024, 14, 14, 256, (1, 1), 1, 0, 1, 1),
+    (1, 64, 27, 27, 192, (5, 5), 1, 2, 1, 1),
+    (2, 128, 9, 9, 128, (3, 3), 2, 1, 1, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=case_id)
+def test_split_reductions_match_torch_and_the_unsplit_kernel(case, input_format, dtype, monkeypatch):
+    x, w, b, args = make_inputs(case, dtype, True, input_format)
+    grad_out = torch.randn_like(F.conv2d(x, w, b, *args))
+    split = ours(x, w, b, args, grad_out)
+    monkeypatch.setenv("FASTDL_CONV_SPLIT", "never")
+    whole = ours(x, w, b, args, grad_out)
+    exact = torch_reference(*(t.double() if t is not None else None for t in (x, w, b)), args, grad_out.double())
+    for got, unsplit, want in zip(split, whole, exact):
+        scale = want.abs().max()
+        # The same sums in another order, both close to float64: float32/float64 sums of up to 4608
+        # products; bfloat16 outputs rounded once from float sums.
+        bound = (2 if dtype == torch.bfloat16 else 256) * torch.finfo(dtype).eps
+        assert ((got.double() - unsplit.double()).abs().max() / scale).item() <= bound
+        assert ((got.double() - want).abs().max() / scale).item() <= bound
+
+
 def test_input_past_2_31_elements_uses_64_bit_indexing():
     if torch.cuda.mem_get_info()[0] < 48 * 2**30:
         pytest.skip("needs 48 GiB of free GPU memory")

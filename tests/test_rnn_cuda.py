@@ -71,8 +71,8 @@ def test_device_mismatch_names_the_argument():
                                    None, None, [], False, False)
 
 
-def run_bidirectional(module, x, lengths):
-    """Output, final states and every gradient of a bidirectional layer (packed when lengths given)."""
+def run_layers(module, x, lengths):
+    """Output, final states and every gradient of an LSTM/GRU module (packed when lengths given)."""
     module.zero_grad()
     x = x.detach().clone().requires_grad_()
     inp = x if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
@@ -94,10 +94,10 @@ def test_bidirectional_directions_on_two_streams_equal_one_stream(kind, packed, 
     x = torch.randn(40, 6, 24, device="cuda")
     lengths = torch.tensor([40, 13, 27, 1, 40, 8]) if packed else None
     rnn_ops._SIDE_STREAMS.clear()
-    concurrent = run_bidirectional(ours, x, lengths)
+    concurrent = run_layers(ours, x, lengths)
     assert torch.cuda.current_device() in rnn_ops._SIDE_STREAMS  # the side stream was used
     monkeypatch.setattr(rnn_ops, "_concurrent_directions", lambda x: False)
-    serial = run_bidirectional(ours, x, lengths)
+    serial = run_layers(ours, x, lengths)
     for a, b in zip(concurrent, serial, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -120,3 +120,22 @@ def test_bidirectional_layer_waits_for_its_input_on_the_callers_stream(kind):
         out = out * 1  # used on the caller's stream right after the layer
     torch.cuda.current_stream().wait_stream(caller)
     torch.testing.assert_close(out, ref(x * 2)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("batch", [1, 8, 16])
+def test_small_batch_steps_equal_the_cublas_path(kind, batch, monkeypatch):
+    """Batch <= 16 runs each step in one launch (csrc/cuda/rnn_small_batch.cu); FASTDL_RNN_SMALL_BATCH=never
+    takes the cuBLAS product and the cell kernel instead: the same outputs and gradients, packed too."""
+    torch.manual_seed(0)
+    ours = getattr(fastdl.nn, kind)(24, 40, num_layers=2).cuda()
+    x = torch.randn(9, batch, 24, device="cuda")
+    lengths = torch.randint(1, 10, (batch,))
+    lengths[0] = 9
+    for packed in (None, lengths):
+        results = {}
+        for mode in ("", "never"):
+            monkeypatch.setenv("FASTDL_RNN_SMALL_BATCH", mode)
+            results[mode] = run_layers(ours, x, packed)
+        for a, b in zip(results[""], results["never"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

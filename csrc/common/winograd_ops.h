@@ -17,25 +17,18 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
 
 #include "common/conv2d_ops.h"
+#include "common/overrides.h"
 
 namespace fastdl {
 
 // Whether a backend's winograd_grad_weight takes the Winograd path, given whether its own rule says the
-// path pays for the shape: FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides the rule (the tests use
-// it to reach both paths on any shape). Read on every call, since tests change it at run time.
-inline bool winograd_weight_grad_wanted(bool pays) {
-  const char* mode = std::getenv("FASTDL_WINOGRAD_WEIGHT_GRAD");
-  if (mode != nullptr && std::strcmp(mode, "always") == 0) return true;
-  if (mode != nullptr && std::strcmp(mode, "never") == 0) return false;
-  return pays;
-}
+// path pays for the shape (FASTDL_WINOGRAD_WEIGHT_GRAD=always or never overrides: common/overrides.h).
+inline bool winograd_weight_grad_wanted(bool pays) { return override_or("FASTDL_WINOGRAD_WEIGHT_GRAD", pays); }
 
 template <typename Backend, typename = void>
 struct HasWinogradWeightGrad : std::false_type {};

@@ -41,6 +41,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/overrides.h"
 #include "cuda/device_utils.cuh"
 
 namespace fastdl::cuda {
@@ -693,7 +694,7 @@ int64_t depth_splits(int64_t rows, int64_t cols, int64_t depth, int64_t groups, 
   using Cfg = TileConfig<A, int32_t>;
   constexpr int64_t kMinDepth = 128, kMaxSplits = 64;
   const int64_t tiles = ((rows + Cfg::BM - 1) / Cfg::BM) * ((cols + Cfg::BN - 1) / Cfg::BN) * groups;
-  if (tiles >= int64_t(sms) * Cfg::kMinBlocks) return 1;
+  if (tiles >= int64_t(sms) * Cfg::kMinBlocks || !override_or("FASTDL_CONV_SPLIT", true)) return 1;
   const int64_t wanted = (2 * int64_t(sms) * Cfg::kMinBlocks + tiles - 1) / tiles;
   return max_of<int64_t>(1, min_of<int64_t>(min_of(wanted, depth / kMinDepth), kMaxSplits));
 }

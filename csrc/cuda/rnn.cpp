@@ -15,6 +15,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "common/overrides.h"
 #include "common/rnn_layer_ops.h"
 #include "cuda/host_utils.h"
 #include "cuda/rnn_kernels.h"
@@ -25,6 +26,12 @@ namespace {
 
 using cuda::check_launch;
 using cuda::dtype_of;
+
+// Whether a layer call runs its steps in one launch each: up to kSmallBatchRows sequences (the
+// emulation always; FASTDL_RNN_SMALL_BATCH=never turns it off on the device, for A/B runs).
+inline bool small_batch_steps(const RnnSteps& s) {
+  return s.batch <= cuda::kSmallBatchRows && s.hidden > 0 && override_or("FASTDL_RNN_SMALL_BATCH", true);
+}
 
 // The forward steps of a layer call at small batch (Step: LstmProjectFirst or GruProjectFirst, whose
 // input projection it reuses, and which runs the steps of larger batches). The step kernel reads the
@@ -70,7 +77,7 @@ class SmallBatchForward {
   }
 
  private:
-  static bool small(const RnnSteps& s) { return s.batch <= cuda::kSmallBatchRows && s.hidden > 0; }
+  static bool small(const RnnSteps& s) { return small_batch_steps(s); }
 
   Step step_;
   int64_t steps_, batch_;
@@ -85,7 +92,7 @@ template <typename Backend>
 class SmallBatchBackward {
  public:
   SmallBatchBackward(const at::Tensor& w_hh, const RnnSteps& s)
-      : generic_(w_hh, s), batch_(s.batch), small_(s.batch <= cuda::kSmallBatchRows && s.hidden > 0) {
+      : generic_(w_hh, s), batch_(s.batch), small_(small_batch_steps(s)) {
     TORCH_CHECK(Backend::kDevice || small_, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
     if (small_) w_hh_ = w_hh.contiguous();

@@ -95,3 +95,21 @@ def cupy_crosscheck(step: Callable[[], object], repeats: int = 200) -> dict:
     theirs = benchmark(step, n_repeat=repeats, n_warmup=10, max_duration=2.0)
     return {"events_ms": ours.median_ms, "cupy_gpu_ms": float(statistics.median(theirs.gpu_times[0])) * 1e3,
             "cupy_cpu_ms": float(statistics.median(theirs.cpu_times)) * 1e3}
+
+
+def with_env(step: Callable[[], object], name: str, value: str) -> Callable[[], object]:
+    """step() with environment variable `name` set to `value` during the call (fastdl's kernel-path
+    overrides, csrc/common/overrides.h, are read on every call), for A/B runs of two paths."""
+    import os
+
+    def run():
+        saved = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return step()
+        finally:
+            if saved is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = saved
+    return run

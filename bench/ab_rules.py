@@ -1,0 +1,114 @@
+"""Both sides of fastdl's automatic CUDA path choices that were written without a GPU, side by side in
+one run, to set or confirm their rules (bench/NOTES.md):
+
+- conv: forward and grad_input reductions split when tiles are few (FASTDL_CONV_SPLIT=never turns it
+  off), on the wide layers of small batches: ResNet-50's layer4 3x3 and layer3 1x1, AlexNet's 5x5;
+- rnn: LSTM/GRU steps in one launch at batch <= 16 (FASTDL_RNN_SMALL_BATCH=never: cuBLAS and the cell
+  kernel), hidden 256, 50 steps, batch 1 to 16.
+
+Each row: fastdl with the rule, fastdl without it, torch (cuDNN, TF32 off), in ms (medians of
+interleaved samples), and the ratios. Prints Markdown; `make gpu-check` records it as
+bench/results/cuda/ab-rules.md. Runs on the CPU too (where neither rule exists: both sides equal).
+
+    PYTHONPATH=python python bench/ab_rules.py --device cuda
+"""
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import fastdl
+from fastdl.bench.cases import conv_layers, true_float32
+from fastdl.bench.timing import time_pair, with_env
+
+CONV_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv1", "AlexNet/features.3"]
+
+
+def conv_steps(layer, batch, device, backward):
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, layer.in_channels, *layer.size, device=device, generator=gen)
+    w = torch.randn(layer.out_channels, layer.in_channels // layer.groups, *layer.kernel, device=device,
+                    generator=gen)
+    b = torch.randn(layer.out_channels, device=device, generator=gen)
+    if backward:
+        x.requires_grad_()
+        w.requires_grad_()
+        b.requires_grad_()
+    y = F.conv2d(x, w, b, **layer.kwargs)
+    g = torch.randn_like(y)
+
+    def run(fn):
+        def step():
+            out = fn(x, w, b, **layer.kwargs)
+            if backward:
+                torch.autograd.grad(out, (x, w, b), g)
+            return out
+        return step
+    ours = run(lambda *a, **k: fastdl.ops.conv2d(*a, **k, algorithm="direct"))
+    return ours, run(F.conv2d)
+
+
+def rnn_steps(kind, batch, device, training):
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind)(256, 256).to(device)
+    ours = getattr(fastdl.nn, kind)(256, 256).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(50, batch, 256, device=device, requires_grad=training)
+    for m in (ours, theirs):
+        m.train(training)
+
+    def run(module):
+        def step():
+            if not training:
+                with torch.no_grad():
+                    return module(x)[0]
+            out = module(x)[0]
+            torch.autograd.grad(out.sum(), [x, *module.parameters()])
+            return out
+        return step
+    return run(ours), run(theirs)
+
+
+def row(name, ours, theirs, variable, device, budget):
+    with_rule, without = time_pair(ours, with_env(ours, variable, "never"), device, budget_s=budget)
+    _, torch_time = time_pair(ours, theirs, device, budget_s=budget)
+    a, b, t = with_rule.median_ms, without.median_ms, torch_time.median_ms
+    print(f"| {name} | {a:.3f} | {b:.3f} | {t:.3f} | {b / a:.2f}x | {t / a:.2f}x | {t / b:.2f}x |")
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--budget", type=float, default=0.3, help="seconds of sampling per pair of steps")
+    parser.add_argument("--conv-batches", default="1,8")
+    parser.add_argument("--rnn-batches", default="1,4,8,16")
+    args = parser.parse_args(argv)
+    true_float32()
+    print(f"fastdl's CUDA path rules, float32, {args.device} "
+          f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}, torch {torch.__version__}); "
+          "ms (medians); 'rule' = fastdl as shipped, 'off' = the rule's override set to never.\n")
+    print("| case | rule ms | off ms | torch ms | off / rule | torch / rule | torch / off |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    layers = {f"{layer.network}/{layer.layer}": layer for layer in conv_layers()}
+    for name in CONV_LAYERS:
+        layer = layers[name]
+        for batch in (int(b) for b in args.conv_batches.split(",")):
+            for backward in (False, True):
+                ours, theirs = conv_steps(layer, batch, args.device, backward)
+                mode = "forward+backward" if backward else "forward"
+                row(f"conv {name} {layer.describe()} b{batch} {mode}", ours, theirs, "FASTDL_CONV_SPLIT",
+                    args.device, args.budget)
+    for kind in ("LSTM", "GRU"):
+        for batch in (int(b) for b in args.rnn_batches.split(",")):
+            for training in (False, True):
+                ours, theirs = rnn_steps(kind, batch, args.device, training)
+                mode = "training" if training else "inference"
+                row(f"rnn {kind} h256 T50 b{batch} {mode}", ours, theirs, "FASTDL_RNN_SMALL_BATCH", args.device,
+                    args.budget)
+
+
+if __name__ == "__main__":
+    main()

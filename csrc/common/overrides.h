@@ -1,0 +1,24 @@
+#pragma once
+// Environment overrides of the kernels' automatic choices between two paths that compute the same
+// function, for tests (to reach both paths on any shape) and for A/B measurements
+// (bench/ab_rules.py, bench/winograd_weight_grad.py). Read on every call, since tests change them at
+// run time. No torch headers (the .cu files include this).
+//
+//   FASTDL_WINOGRAD_WEIGHT_GRAD  always | never   the Winograd weight gradient (CPU and CUDA)
+//   FASTDL_RNN_SMALL_BATCH       never            CUDA LSTM/GRU steps in one launch at batch <= 16
+//   FASTDL_CONV_SPLIT            never            CUDA forward/grad_input split reductions
+
+#include <cstdlib>
+#include <cstring>
+
+namespace fastdl {
+
+// The path taken, given whether the automatic rule (`pays`) takes it: "always" and "never" override.
+inline bool override_or(const char* variable, bool pays) {
+  const char* mode = std::getenv(variable);
+  if (mode != nullptr && std::strcmp(mode, "always") == 0) return true;
+  if (mode != nullptr && std::strcmp(mode, "never") == 0) return false;
+  return pays;
+}
+
+}  // namespace fastdl
