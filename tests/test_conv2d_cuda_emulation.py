@@ -93,3 +93,18 @@ def test_emulated_kernels_with_64_bit_indices(case, input_format):
     mine = (y, *ops.conv2d_backward_int64(grad_out, x, w, *args, ALL))
     for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
         assert_matches(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", GRID + SPLIT, ids=case_id)
+def test_emulated_tensor_core_tile(case, input_format):
+    """The float16/bfloat16 tensor-core tile's logic on float data: 16-bit staging rows, every lane's
+    fragment loads multiplied by PTX's m16n8k16 layout, the results' positions (forward, both gradients,
+    split reductions)."""
+    x, w, b, args = make_inputs(case, torch.float32, "cpu", True, input_format)
+    ops = torch.ops.fastdl_cuda_emulation
+    y = ops.conv2d_mma(x, w, b, *args)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).contiguous(memory_format=input_format)
+    mine = (y, *ops.conv2d_backward_mma(grad_out, x, w, *args, ALL))
+    for got, want in zip(mine, torch_reference(x, w, b, args, grad_out)):
+        assert_matches(got, want, torch.float32)

@@ -1,10 +1,10 @@
 // The CUDA backend of the 2-D convolution ops (common/conv2d_ops.h does the checks and allocation):
 // a workspace for the reordered weight and the split sums, then the launches of conv2d_kernels.cu.
-// float16 and bfloat16 are accepted, with float arithmetic inside the kernels.
+// float16 and bfloat16 are accepted: tensor cores on sm_80 and up, float accumulation.
 //
 // The same backend with the kernels' host emulation (conv2d_kernels.h) is registered on CPU tensors as
-// torch.ops.fastdl_cuda_emulation.conv2d and .conv2d_backward (and *_int64, with 64-bit indices;
-// schemas inferred, no defaults), so that tests check the CUDA kernels' indexing on machines without a
+// torch.ops.fastdl_cuda_emulation.conv2d and .conv2d_backward (and *_int64, with 64-bit indices, and
+// *_mma, the float16/bfloat16 tensor-core tile's logic on float data; schemas inferred, no defaults), so that tests check the CUDA kernels' indexing on machines without a
 // GPU. It is not part of fastdl's API.
 
 #include <ATen/ops/empty.h>
@@ -54,6 +54,7 @@ struct CudaConv2d {
 
 using Emulated = Conv2dOps<CudaConv2d<cuda::Execution::host>>;
 using EmulatedInt64 = Conv2dOps<CudaConv2d<cuda::Execution::host_int64>>;
+using EmulatedMma = Conv2dOps<CudaConv2d<cuda::Execution::host_mma>>;
 
 }  // namespace
 
@@ -64,6 +65,8 @@ TORCH_LIBRARY(fastdl_cuda_emulation, m) {
   m.def("conv2d_backward", TORCH_FN(Emulated::conv2d_backward));
   m.def("conv2d_int64", TORCH_FN(EmulatedInt64::conv2d));
   m.def("conv2d_backward_int64", TORCH_FN(EmulatedInt64::conv2d_backward));
+  m.def("conv2d_mma", TORCH_FN(EmulatedMma::conv2d));
+  m.def("conv2d_backward_mma", TORCH_FN(EmulatedMma::conv2d_backward));
 }
 
 }  // namespace fastdl

@@ -460,6 +460,7 @@ template <typename Cfg, typename P>
 struct GemmThread {
   using I = typename P::I;
   using A = Acc<typename P::T>;
+  using StagedSlices = Staged<Cfg, A>;
   static constexpr int kLoadsA = Cfg::BM * Cfg::BK / kThreads, kLoadsB = Cfg::BN * Cfg::BK / kThreads;
 
   int t;
@@ -559,15 +560,223 @@ struct GemmThread {
   }
 };
 
+// ---- the tensor-core tile (float16 and bfloat16) ---------------------------------------------------
+//
+// The same block tile, operand loads and slices of BK = 16 as the FFMA tile, with the slices staged as
+// 16-bit values, rows along k (A as [m][k], B as [n][k]; rows padded to 24 values, 12 words, so that
+// the fragment loads below hit 32 distinct banks), and the products on tensor cores: each warp
+// computes a 32 x 32 part of the tile (warps 4 along m x 2 along n) as 2 x 4 mma.sync.m16n8k16 per
+// slice, accumulating in float. Operands stay exact (the inputs' own 16-bit values), as in the FFMA
+// tile; the sums' order differs.
+//
+// Fragments, in PTX's layout for m16n8k16 (g = lane / 4, q = lane % 4; pairs of consecutive k in one
+// 32-bit register, the lower k in the lower half): A (16 x 16, row) registers 0-3 hold rows g, g + 8,
+// g, g + 8 at k = 2q, 2q + 1 (+ 8 for registers 2 and 3); B (16 x 8, col) registers 0-1 hold column g
+// at k = 2q, 2q + 1 (+ 8 for register 1); C (16 x 8) values 0-3 are rows g, g, g + 8, g + 8 at columns
+// 2q, 2q + 1, 2q, 2q + 1. The host emulation runs the same fragment loads for every lane of the warp
+// and multiplies the fragments by that table (mma_emulated), so that the loads are checked on the host.
+
+FASTDL_HOST_DEVICE void store_as(float& dst, float v) { dst = v; }
+FASTDL_HOST_DEVICE void store_as(__half& dst, float v) { dst = __float2half_rn(v); }
+FASTDL_HOST_DEVICE void store_as(__nv_bfloat16& dst, float v) { dst = __float2bfloat16_rn(v); }
+template <typename E>
+float as_float(E v) {
+  if constexpr (std::is_same_v<E, __half>) {
+    return __half2float(v);
+  } else if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+    return __bfloat162float(v);
+  } else {
+    return v;
+  }
+}
+
+template <typename E>
+struct Fragments {  // one lane's operands of one k16 step: A's 4 registers and B's 2, as value pairs
+  E a[2][4][2];     // [m16 tile][register][lower, upper]
+  E b[4][2][2];     // [n8 tile][register][lower, upper]
+};
+
+template <typename Cfg, typename E>
+struct Staged16 {  // two buffers of one slice of A ([m][k]) and B ([n][k]), 16-bit (float when emulated)
+  static constexpr int kRow = Cfg::BK + 8;
+  alignas(16) E a[2][Cfg::BM][kRow];
+  alignas(16) E b[2][Cfg::BN][kRow];
+};
+
+// Lane `lane` of warp (wm, wn)'s fragments of slice `buf`.
+template <typename Cfg, typename E>
+FASTDL_HOST_DEVICE void load_fragments(const Staged16<Cfg, E>& s, int buf, int wm, int wn, int lane,
+                                       Fragments<E>& f) {
+  const int g = lane / 4, k = (lane % 4) * 2;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const int r = wm * 32 + mt * 16 + g;
+#pragma unroll
+    for (int reg = 0; reg < 4; ++reg) {
+      const E* at = &s.a[buf][r + (reg % 2) * 8][k + (reg / 2) * 8];
+      f.a[mt][reg][0] = at[0];
+      f.a[mt][reg][1] = at[1];
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int n = wn * 32 + nt * 8 + g;
+#pragma unroll
+    for (int reg = 0; reg < 2; ++reg) {
+      const E* at = &s.b[buf][n][k + reg * 8];
+      f.b[nt][reg][0] = at[0];
+      f.b[nt][reg][1] = at[1];
+    }
+  }
+}
+
+// The warp's mma.sync of m16 tile mt and n8 tile nt on the host: A and B rebuilt from every lane's
+// fragments by PTX's table, then lane `lane`'s four results added to d.
+template <typename E>
+void mma_emulated(const Fragments<E> (&warp)[kWarp], int mt, int nt, int lane, float (&d)[4]) {
+  float a[16][16], b[16][8];
+  for (int l = 0; l < kWarp; ++l) {
+    const int g = l / 4, k = (l % 4) * 2;
+    for (int reg = 0; reg < 4; ++reg) {
+      for (int half = 0; half < 2; ++half) {
+        a[g + (reg % 2) * 8][k + (reg / 2) * 8 + half] = as_float(warp[l].a[mt][reg][half]);
+      }
+    }
+    for (int reg = 0; reg < 2; ++reg) {
+      for (int half = 0; half < 2; ++half) b[k + reg * 8 + half][g] = as_float(warp[l].b[nt][reg][half]);
+    }
+  }
+  const int g = lane / 4, c = (lane % 4) * 2;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i / 2) * 8, col = c + i % 2;
+    for (int k = 0; k < 16; ++k) d[i] += a[row][k] * b[k][col];
+  }
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <typename E>
+__device__ __forceinline__ uint32_t pair_bits(const E (&pair)[2]) {
+  return uint32_t(*reinterpret_cast<const uint16_t*>(&pair[0])) |
+         (uint32_t(*reinterpret_cast<const uint16_t*>(&pair[1])) << 16);
+}
+
+__device__ __forceinline__ void mma(float (&d)[4], const __half (&a)[4][2], const __half (&b)[2][2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(pair_bits(a[0])), "r"(pair_bits(a[1])), "r"(pair_bits(a[2])), "r"(pair_bits(a[3])),
+        "r"(pair_bits(b[0])), "r"(pair_bits(b[1])));
+}
+
+__device__ __forceinline__ void mma(float (&d)[4], const __nv_bfloat16 (&a)[4][2], const __nv_bfloat16 (&b)[2][2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(pair_bits(a[0])), "r"(pair_bits(a[1])), "r"(pair_bits(a[2])), "r"(pair_bits(a[3])),
+        "r"(pair_bits(b[0])), "r"(pair_bits(b[1])));
+}
+#endif
+
+// One thread of the tensor-core tile: GemmThread's operand loads, then its own staging, products and
+// results. E: the staged type (T on the device; float in the host emulation).
+template <typename Cfg, typename P, typename E>
+struct MmaThread : GemmThread<Cfg, P> {
+  using Base = GemmThread<Cfg, P>;
+  using I = typename Base::I;
+  using A = typename Base::A;
+  using StagedSlices = Staged16<Cfg, E>;
+  static_assert(Cfg::BM == 128 && Cfg::BN == 64 && Cfg::BK == 16 && Cfg::TM * Cfg::TN == 32,
+                "8 warps of 32 x 32, one k16 step per slice, 2 x 4 m16n8 tiles of 4 values per thread");
+
+  FASTDL_HOST_DEVICE int lane() const { return this->t % kWarp; }
+  FASTDL_HOST_DEVICE int wm() const { return (this->t / kWarp) % 4; }
+  FASTDL_HOST_DEVICE int wn() const { return (this->t / kWarp) / 4; }
+
+  FASTDL_HOST_DEVICE void stage(StagedSlices& s, int buf) const {
+    for (int j = 0; j < Base::kLoadsA; ++j) {
+      const Slot e = slot<Cfg::BM, Cfg::BK, P::kAAlongK>(this->t, j);
+      store_as(s.a[buf][e.d][e.k], this->a_next[j]);
+    }
+    for (int j = 0; j < Base::kLoadsB; ++j) {
+      const Slot e = slot<Cfg::BN, Cfg::BK, P::kBAlongK>(this->t, j);
+      store_as(s.b[buf][e.d][e.k], this->b_next[j]);
+    }
+  }
+
+  // Accumulator (mt, nt, i) lives in acc[mt * 4 + nt][i].
+#if defined(__CUDA_ARCH__)
+  __device__ void multiply(const StagedSlices& s, int buf) {
+#if __CUDA_ARCH__ >= 800
+    if constexpr (std::is_same_v<E, __half> || std::is_same_v<E, __nv_bfloat16>) {
+      Fragments<E> f;
+      load_fragments(s, buf, wm(), wn(), lane(), f);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma(this->acc[mt * 4 + nt], f.a[mt], f.b[nt]);
+      }
+    }
+#else
+    __trap();  // launch_gemm takes this tile only on devices with mma.sync m16n8k16 (sm_80 and up)
+#endif
+  }
+#else
+  // Host emulation: the whole warp's fragments (every lane's loads), multiplied by PTX's table.
+  void multiply(const StagedSlices& s, int buf) {
+    Fragments<E> warp[kWarp];
+    for (int l = 0; l < kWarp; ++l) load_fragments(s, buf, wm(), wn(), l, warp[l]);
+    for (int mt = 0; mt < 2; ++mt) {
+      for (int nt = 0; nt < 4; ++nt) mma_emulated(warp, mt, nt, lane(), this->acc[mt * 4 + nt]);
+    }
+  }
+#endif
+
+  FASTDL_HOST_DEVICE void finish(const P& p, const Tile<I>& tile) const {
+    const int g = lane() / 4, c = (lane() % 4) * 2;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const I n = tile.n0 + wn() * 32 + nt * 8 + c + half;
+        if (n >= p.cols()) continue;
+        const I col = p.col_offset(n, tile.z);
+        const A bias = p.bias_of(n, tile.z);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int upper = 0; upper < 2; ++upper) {
+            const I m = tile.m0 + wm() * 32 + mt * 16 + g + upper * 8;
+            if (m < p.rows()) write(p.out, p.row_offset(m, tile.z) + col, this->acc[mt * 4 + nt][upper * 2 + half] + bias);
+          }
+        }
+      }
+    }
+  }
+};
+
+// Which tile a GEMM of element type T runs: tensor cores for float16 and bfloat16 where the slices
+// are 16 deep (int32 indices) and the device has them, else the FFMA tile.
+template <typename T>
+constexpr bool kTensorCoreType = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+
+// Whether the current device has mma.sync m16n8k16 for float16 and bfloat16 (sm_80 and up).
+inline bool device_has_mma() {
+  int device = 0, major = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  return major >= 8;
+}
+
 // Tiles are numbered with m fastest, so that neighbouring blocks share their B tile; the grid is
 // capped and blocks loop over tiles.
-template <typename Cfg, typename P>
+template <typename Cfg, typename Thread, typename P>
 __global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks)
     implicit_gemm_kernel(const P p, int64_t m_tiles, int64_t n_tiles, int64_t tiles) {
-  using A = Acc<typename P::T>;
   using I = typename P::I;
-  __shared__ Staged<Cfg, A> staged;
-  GemmThread<Cfg, P> thread;
+  __shared__ typename Thread::StagedSlices staged;
+  Thread thread;
   thread.t = int(threadIdx.x);
   for (int64_t index = blockIdx.x; index < tiles; index += gridDim.x) {
     const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
@@ -596,7 +805,15 @@ void launch_gemm(const P& p, cudaStream_t stream) {
   const int64_t tiles = m_tiles * n_tiles * int64_t(p.parts());
   if (tiles == 0) return;
   const int64_t cap = int64_t(sm_count()) * Cfg::kMinBlocks * 16;
-  implicit_gemm_kernel<Cfg><<<unsigned(min_of(tiles, cap)), kThreads, 0, stream>>>(p, m_tiles, n_tiles, tiles);
+  const unsigned blocks = unsigned(min_of(tiles, cap));
+  if constexpr (kTensorCoreType<typename P::T> && Cfg::BK == 16) {
+    if (device_has_mma()) {
+      implicit_gemm_kernel<Cfg, MmaThread<Cfg, P, typename P::T>><<<blocks, kThreads, 0, stream>>>(p, m_tiles, n_tiles,
+                                                                                                   tiles);
+      return;
+    }
+  }
+  implicit_gemm_kernel<Cfg, GemmThread<Cfg, P>><<<blocks, kThreads, 0, stream>>>(p, m_tiles, n_tiles, tiles);
 }
 
 // ---- sums over splits, grad_bias, weight reordering ------------------------------------------------
@@ -827,14 +1044,23 @@ struct Launcher {
 // shared-memory races are not detected, but every index, bound and buffer swap is exercised), and the
 // small kernels as plain loops in their summation order. float and double only.
 struct Emulator {
+  bool tensor_cores = false;  // the tensor-core tile's logic (on float data) where the slices allow it
+
   template <typename P>
   void gemm(const P& p) const {
     using Cfg = TileConfig<Acc<typename P::T>, typename P::I>;
+    if constexpr (Cfg::BK == 16 && std::is_same_v<typename P::T, float>) {
+      if (tensor_cores) return run_tiles<Cfg, MmaThread<Cfg, P, float>>(p);
+    }
+    run_tiles<Cfg, GemmThread<Cfg, P>>(p);
+  }
+  template <typename Cfg, typename Thread, typename P>
+  void run_tiles(const P& p) const {
     using I = typename P::I;
     const int64_t m_tiles = (int64_t(p.rows()) + Cfg::BM - 1) / Cfg::BM;
     const int64_t n_tiles = (int64_t(p.cols()) + Cfg::BN - 1) / Cfg::BN;
-    const auto staged = std::make_unique<Staged<Cfg, Acc<typename P::T>>>();
-    std::vector<GemmThread<Cfg, P>> threads(kThreads);
+    const auto staged = std::make_unique<typename Thread::StagedSlices>();
+    std::vector<Thread> threads(kThreads);
     for (int t = 0; t < kThreads; ++t) threads[t].t = t;
     for (int64_t index = 0; index < m_tiles * n_tiles * int64_t(p.parts()); ++index) {
       const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
@@ -986,12 +1212,13 @@ std::size_t conv2d_workspace_bytes(const Conv2dForwardArgs& args) { return plan(
 std::size_t conv2d_workspace_bytes(const Conv2dBackwardArgs& args) { return plan(args).bytes; }
 
 cudaError_t conv2d_forward(const Conv2dForwardArgs& args, cudaStream_t stream) {
-  return args.execution == Execution::device ? run_forward(args, Launcher{stream}) : run_forward(args, Emulator{});
+  return args.execution == Execution::device ? run_forward(args, Launcher{stream})
+                                             : run_forward(args, Emulator{args.execution == Execution::host_mma});
 }
 
 cudaError_t conv2d_backward(const Conv2dBackwardArgs& args, cudaStream_t stream) {
   return args.execution == Execution::device ? run_backward(args, Launcher{stream})
-                                             : run_backward(args, Emulator{});
+                                             : run_backward(args, Emulator{args.execution == Execution::host_mma});
 }
 
 }  // namespace fastdl::cuda

@@ -19,8 +19,10 @@ namespace fastdl::cuda {
 // return cudaErrorNotSupported; `stream` is ignored) and runs the same plan, for a device of
 // kEmulatedMultiprocessors (an H100), and the same tile logic, the threads of a block one after another
 // between the kernel's barriers; host_int64 uses 64-bit indices where the sizes would allow 32-bit
-// ones. The tests use it to check the kernels' indexing on machines without a GPU.
-enum class Execution { device, host, host_int64 };
+// ones; host_mma runs float data through the float16/bfloat16 tensor-core tile's logic (its staging,
+// fragment loads, PTX's mma layout and result mapping). The tests use it to check the kernels'
+// indexing on machines without a GPU.
+enum class Execution { device, host, host_int64, host_mma };
 constexpr int kEmulatedMultiprocessors = 132;
 
 struct Conv2dForwardArgs {
