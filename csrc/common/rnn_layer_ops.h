@@ -228,10 +228,6 @@ void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
   });
 }
 
-}  // namespace rnn_detail
-
-namespace rnn_detail {
-
 // Every step's input projection at once: x (rows, I) @ w_ih^T (+ bias), dense.
 inline at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
   return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();

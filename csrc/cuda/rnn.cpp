@@ -44,9 +44,10 @@ class SmallBatchForward {
   SmallBatchForward(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
       : step_(x, w_ih, w_hh, b_ih, b_hh, s), steps_(s.steps), batch_(s.batch) {
-    TORCH_CHECK(Backend::kDevice || small(s), "fastdl_cuda_emulation: the emulation runs the small-batch step only "
+    const bool small = small_batch_steps(s);
+    TORCH_CHECK(Backend::kDevice || small, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
-    if (!small(s)) return;
+    if (!small) return;
     w_hh_ = w_hh.contiguous();
     if constexpr (kGates == 3) b_hh_ = rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor();
     other_ = at::empty({s.batch, s.hidden}, x.options());
@@ -77,8 +78,6 @@ class SmallBatchForward {
   }
 
  private:
-  static bool small(const RnnSteps& s) { return small_batch_steps(s); }
-
   Step step_;
   int64_t steps_, batch_;
   at::Tensor w_hh_, b_hh_, other_;
