@@ -8,6 +8,7 @@
 #   make gpu-check   on a GPU machine: its own python3 and torch, no venv; build with CUDA, run
 #                    the whole test suite (CUDA tests included), the CMake CUDA build's ctest and
 #                    the GPU benchmarks; logs and results go to bench/results/cuda/
+#   make gpu-sanitize   on a GPU machine: every CUDA kernel path once under compute-sanitizer
 #   make clean
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEV_PACKAGES := pybind11 ninja pytest pytest-benchmark hypothesis numpy scikit-learn matplotlib
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: test bench cpp-test gpu-check gpu-cpp-test build clean
+.PHONY: test bench cpp-test gpu-check gpu-cpp-test gpu-sanitize build clean
 
 test: build
 	$(PY) -m pytest tests -q
@@ -99,6 +100,18 @@ gpu-check:
 
 gpu-cpp-test:
 	$(call cmake-build,build/cmake-cuda,$(PYTHON),ON)
+
+# On the GPU machine (Firecracker runtime, where compute-sanitizer works): one small call of every
+# CUDA kernel path (tests/cuda_kernel_calls.py) under memcheck (bad or misaligned accesses) and
+# racecheck (shared-memory races); a few minutes; logs to bench/results/cuda/sanitize-*.log.
+gpu-sanitize: export MAX_JOBS := $(shell nproc)
+gpu-sanitize:
+	FASTDL_CUDA=1 $(PYTHON) setup.py -q build_ext --inplace
+	mkdir -p $(GPU_OUT)
+	status=0; for tool in memcheck racecheck; do \
+		PYTHONPATH=python compute-sanitizer --tool $$tool --error-exitcode 1 $(PYTHON) tests/cuda_kernel_calls.py \
+			> $(GPU_OUT)/sanitize-$$tool.log 2>&1 || status=1; tail -3 $(GPU_OUT)/sanitize-$$tool.log; \
+	done; exit $$status
 
 clean:
 	rm -rf build python/fastdl/*.so
