@@ -1,11 +1,12 @@
 // The CUDA backend of the 2-D convolution ops (common/conv2d_ops.h does the checks and allocation):
-// a workspace for the reordered weight and the split sums, then the launches of conv2d_kernels.cu.
+// a workspace for the reordered weight and the split sums, then the launches of conv2d_kernels.h.
 // float16 and bfloat16 are accepted: tensor cores on sm_80 and up, float accumulation.
 //
 // The same backend with the kernels' host emulation (conv2d_kernels.h) is registered on CPU tensors as
 // torch.ops.fastdl_cuda_emulation.conv2d and .conv2d_backward (and *_int64, with 64-bit indices, and
-// *_mma, the float16/bfloat16 tensor-core tile's logic on float data; schemas inferred, no defaults), so that tests check the CUDA kernels' indexing on machines without a
-// GPU. It is not part of fastdl's API.
+// *_mma, the float16/bfloat16 tensor-core tile's logic on float data; schemas inferred, no defaults),
+// so that tests check the CUDA kernels' indexing on machines without a GPU. It is not part of fastdl's
+// API.
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>

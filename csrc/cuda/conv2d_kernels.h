@@ -1,7 +1,7 @@
 #pragma once
-// Launchers of the CUDA 2-D convolution kernels (conv2d_kernels.cu), on raw device pointers. The host
-// side (conv2d.cpp) checks arguments, sets the device, allocates outputs and the workspace, and skips
-// empty batches; everything here is asynchronous on `stream`.
+// Launchers of the CUDA 2-D convolution kernels (conv2d_kernels_impl.cuh, built as conv2d_kernels*.cu),
+// on raw device pointers. The host side (conv2d.cpp) checks arguments, sets the device, allocates
+// outputs and the workspace, and skips empty batches; everything here is asynchronous on `stream`.
 //
 // Tensors: input, output and their gradients N,C,H,W dense in shape.layout (N,C,H,W or N,H,W,C);
 // weight and grad_weight contiguous (K, C/groups, R, S); bias and grad_bias K values; all of `dtype`.

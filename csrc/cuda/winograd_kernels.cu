@@ -325,7 +325,8 @@ FASTDL_HOST_DEVICE GemmTile<typename P::I> gemm_tile(const P& p, int64_t index, 
   const I split = I(zs / p.batches), z = I(zs - int64_t(split) * p.batches);
   const I k_begin = split * p.split_depth;
   const I k_end = k_begin < p.depth ? min_of<I>(p.depth, k_begin + p.split_depth) : k_begin;
-  return {I((mn - nt * m_tiles) * Cfg::BM), I(nt * Cfg::BN), z, k_begin, k_end, (split * p.batches + z) * p.rows * p.cols};
+  const I c_at = (split * p.batches + z) * p.rows * p.cols;
+  return {I((mn - nt * m_tiles) * Cfg::BM), I(nt * Cfg::BN), z, k_begin, k_end, c_at};
 }
 
 // One thread's state and the phases of its work on a tile; the kernel puts barriers between them.
