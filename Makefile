@@ -65,7 +65,7 @@ cpp-test: $(VENV)/.deps
 # models quick; conv, winograd, rnn and models quick in bfloat16),
 # then ResNet-18 trained on the digits with --amp on both backends. Each step runs even when an earlier
 # one failed, so that one call (under 10 minutes; estimated 9 after the seventh session's additions,
-# so run it as `timeout 570 make gpu-check; tar ...` to keep the tar) records everything; the exit
+# so run it as `timeout -k 10 570 make gpu-check; tar ...` to keep the tar) records everything; the exit
 # status says whether all passed.
 GPU_OUT := bench/results/cuda
 # pytest-xdist where installed: 8 workers, and a worker that hits a sticky CUDA error ends itself
