@@ -214,6 +214,40 @@ inline Tensor previous_states(const Tensor& states, const Tensor& init, const Rn
   return at::cat(pieces);
 }
 
+// The states before every step, for backward: for unpacked input no copy (each step's rows are the
+// step before's rows of `states`, or `init` for the first), for packed input previous_states.
+class PreviousStates {
+ public:
+  PreviousStates(const Tensor& states, const Tensor& init, const RnnSteps& s, bool reverse)
+      : states_(states), init_(init), steps_(s), reverse_(reverse) {
+    if (s.packed) all_ = previous_states(states, init, s, reverse);
+  }
+
+  // The previous states of the step whose rows start at row `off` of the data and batch row `first`.
+  void* rows(int64_t off, int64_t first) const {
+    if (steps_.packed) return row_ptr(all_, off);
+    const int64_t N = steps_.batch, t = off / N, before = reverse_ ? t + 1 : t - 1;
+    return before >= 0 && before < steps_.steps ? row_ptr(states_, before * N + first) : row_ptr(init_, first);
+  }
+
+  // sum over steps of d[step rows]^T @ previous[step rows]: the recurrent weight's gradient for d, the
+  // gradient of the hidden pre-activations (rows, G*H), as one product or (unpacked) two.
+  Tensor weight_grad(const Tensor& d) const {
+    if (steps_.packed) return d.t().mm(all_);
+    const int64_t N = steps_.batch, later = steps_.rows - N;
+    const Tensor first_steps = reverse_ ? d.narrow(0, later, N) : d.narrow(0, 0, N);  // start from init
+    const Tensor grad = first_steps.t().mm(init_);
+    if (later == 0) return grad;
+    const Tensor rest = reverse_ ? d.narrow(0, 0, later) : d.narrow(0, N, later);
+    return grad.addmm_(rest.t(), reverse_ ? states_.narrow(0, N, later) : states_.narrow(0, 0, later));
+  }
+
+ private:
+  Tensor states_, init_, all_;
+  const RnnSteps& steps_;
+  bool reverse_;
+};
+
 // step(first, rows, offset) for every time step of every block of batch rows (Backend::for_row_blocks),
 // the last step first when `last_first`: the block's sequences still running at that step are `rows`
 // rows from batch row `first`, at row `offset` of the step-major data.
@@ -372,12 +406,12 @@ struct RnnLayerOps {
                                      : at::zeros({s.batch, H}, opts);
     Tensor dc = given(grad_cy) ? grad_or_none(op, "grad_cy", grad_cy, input, {s.batch, H}).to(ct).clone()
                                : at::zeros({s.batch, H}, copts);
-    const Tensor c_prev = previous_states(c_all, c0.to(ct), s, reverse);
+    const PreviousStates c_prev(c_all, c0.to(ct).contiguous(), s, reverse);
     const typename Backend::BackwardSteps steps(w_hh, s);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
     for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), row_ptr(c_prev, off),
+      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), c_prev.rows(off, first),
                                     row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
                                     row_ptr(dgates, off)};
       steps(b, off, first, dh, dgates, input.scalar_type());
@@ -388,7 +422,7 @@ struct RnnLayerOps {
     if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
     if (mask[1]) {
       gw_ih = dgates.t().mm(x);
-      gw_hh = dgates.t().mm(previous_states(out, h0.contiguous(), s, reverse));
+      gw_hh = PreviousStates(out, h0.contiguous(), s, reverse).weight_grad(dgates);
     }
     if (mask[2]) gb = dgates.sum(0);
     // b_ih and b_hh enter the same sums: equal gradients (two tensors, as outputs must not alias).
@@ -440,12 +474,12 @@ struct RnnLayerOps {
     const Tensor go = grad_or_none(op, "grad_output", grad_output, input, output_shape(input, s, H));
     Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
                                : at::zeros({s.batch, H}, opts);
-    const Tensor h_prev = previous_states(out, h0.contiguous(), s, reverse);
+    const PreviousStates h_prev(out, h0.contiguous(), s, reverse);
     const typename Backend::BackwardSteps steps(w_hh, s);
     Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
     for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), row_ptr(h_prev, off), row_ptr(go_rows, off),
+      const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), h_prev.rows(off, first), row_ptr(go_rows, off),
                                    row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
       steps(b, off, first, dh, dgh, input.scalar_type());
     });
@@ -455,7 +489,7 @@ struct RnnLayerOps {
     if (mask[0]) gx = dgi.mm(w_ih).view(input.sizes());
     if (mask[1]) {
       gw_ih = dgi.t().mm(x);
-      gw_hh = dgh.t().mm(h_prev);
+      gw_hh = h_prev.weight_grad(dgh);
     }
     if (mask[2]) {
       gb_ih = dgi.sum(0);
