@@ -476,23 +476,26 @@ struct RnnLayerOps {
                                : at::zeros({s.batch, H}, opts);
     const PreviousStates h_prev(out, h0.contiguous(), s, reverse);
     const typename Backend::BackwardSteps steps(w_hh, s);
-    Tensor dgi = new_output({s.rows, 3 * H}, opts), dgh = new_output({s.rows, 3 * H}, opts);
+    // dgh: the gradient of W_hh h + b_hh; dxn: of the n part of W_ih x + b_ih, whose r and z parts are
+    // dgh's (one (rows, 2H) buffer less than the whole gradient of W_ih x + b_ih).
+    Tensor dgh = new_output({s.rows, 3 * H}, opts), dxn = new_output({s.rows, H}, opts);
     const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
     for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
       const rnn::GruStepBackward b{bs, H, row_ptr(ws, off), h_prev.rows(off, first), row_ptr(go_rows, off),
-                                   row_ptr(dh, first), row_ptr(dgi, off), row_ptr(dgh, off)};
+                                   row_ptr(dh, first), row_ptr(dxn, off), row_ptr(dgh, off)};
       steps(b, off, first, dh, dgh, input.scalar_type());
     });
     steps.finish(dh, dgh, input.scalar_type());
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
-    if (mask[0]) gx = dgi.mm(w_ih).view(input.sizes());
+    const Tensor drz = dgh.narrow(1, 0, 2 * H);  // the r and z parts of both gradients
+    if (mask[0]) gx = dxn.mm(w_ih.narrow(0, 2 * H, H)).addmm_(drz, w_ih.narrow(0, 0, 2 * H)).view(input.sizes());
     if (mask[1]) {
-      gw_ih = dgi.t().mm(x);
+      gw_ih = at::cat({drz.t().mm(x), dxn.t().mm(x)});
       gw_hh = h_prev.weight_grad(dgh);
     }
     if (mask[2]) {
-      gb_ih = dgi.sum(0);
+      gb_ih = at::cat({drz.sum(0), dxn.sum(0)});
       gb_hh = dgh.sum(0);
     }
     return {or_empty(mask[0], gx, input), dh, or_empty(mask[1], gw_ih, input), or_empty(mask[1], gw_hh, input),

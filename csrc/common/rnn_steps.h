@@ -48,7 +48,8 @@ struct GruStepBackward {
   const void* grad_out;  // T [rows, H] or null
   void* dh;              // T [rows, H]: gradient of h from later steps; overwritten with the direct
                          // part of h_prev's (the recurrent product is added by the caller)
-  void* dgi;             // T [rows, 3H]: gradient of W_ih x + b_ih
+  void* dxn;             // T [rows, H]: gradient of the n part of W_ih x + b_ih (its r and z parts
+                         // are dgh's)
   void* dgh;             // T [rows, 3H]: gradient of W_hh h + b_hh
 };
 

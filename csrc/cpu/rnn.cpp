@@ -145,11 +145,8 @@ void gru_backward(const rnn::GruStepBackward& b) {
     Vec<T> dh = load(dh_row, n);
     if (b.grad_out != nullptr) dh = dh + load(typed<T>(b.grad_out) + r * H + j, n);
     const auto d = rnn::gru_backward(gates, load(typed<T>(b.h_prev) + r * H + j, n), dh);
-    T* dgi = typed<T>(b.dgi) + r * 3 * H + j;
     T* dgh = typed<T>(b.dgh) + r * 3 * H + j;
-    store(d.dx_r, dgi, n);
-    store(d.dx_z, dgi + H, n);
-    store(d.dx_n, dgi + 2 * H, n);
+    store(d.dx_n, typed<T>(b.dxn) + r * H + j, n);
     store(d.dx_r, dgh, n);
     store(d.dx_z, dgh + H, n);
     store(d.dh_n, dgh + 2 * H, n);

@@ -113,7 +113,7 @@ class SmallBatchBackward {
     } else {
       args.saved = b.saved;
       args.h_prev = b.h_prev;
-      args.d_input = b.dgi;
+      args.d_xn = b.dxn;
     }
     launch(args, dt);
     prev_rows_ = b.rows;

@@ -100,11 +100,8 @@ __global__ void gru_backward_kernel(rnn::GruStepBackward b, I rows, I hidden) {
     A dh = to_acc(*dh_at);
     if (b.grad_out != nullptr) dh += to_acc(typed<T>(b.grad_out)[idx]);
     const auto d = rnn::gru_backward(gates, to_acc(typed<T>(b.h_prev)[idx]), dh);
-    T* dgi = typed<T>(b.dgi) + g0;
     T* dgh = typed<T>(b.dgh) + g0;
-    dgi[0] = from_acc<T>(d.dx_r);
-    dgi[hidden] = from_acc<T>(d.dx_z);
-    dgi[2 * hidden] = from_acc<T>(d.dx_n);
+    typed<T>(b.dxn)[idx] = from_acc<T>(d.dx_n);
     dgh[0] = from_acc<T>(d.dx_r);
     dgh[hidden] = from_acc<T>(d.dx_z);
     dgh[2 * hidden] = from_acc<T>(d.dh_n);

@@ -173,11 +173,8 @@ struct StepBackwardBlock {
     } else {
       const rnn::GruGates<A> gates{read(saved, int64_t(0)), read(saved, H), read(saved, 2 * H), read(saved, 3 * H)};
       const auto b = rnn::gru_backward(gates, read(typed<T>(s.h_prev), at), grad);
-      T* di = typed<T>(s.d_input) + r * 3 * H + j;
       T* d = typed<T>(s.d) + r * 3 * H + j;
-      write(di, int64_t(0), b.dx_r);
-      write(di, H, b.dx_z);
-      write(di, 2 * H, b.dx_n);
+      write(typed<T>(s.d_xn), at, b.dx_n);
       write(d, int64_t(0), b.dx_r);
       write(d, H, b.dx_z);
       write(d, 2 * H, b.dh_n);

@@ -70,7 +70,7 @@ struct RecurrentStepBackward {
   const void* grad_out; // T [rows, H] or null: the gradient of the step's output
   void* dc;             // LSTM: C [batch, H], the gradient of c, overwritten with that of c_prev on [0, rows)
   void* d;              // T [rows, gates * H]: this step's d (LSTM: of the pre-activations; GRU: of W_hh h + b_hh)
-  void* d_input;        // GRU: T [rows, 3H], the gradient of W_ih x + b_ih
+  void* d_xn;           // GRU: T [rows, H], the gradient of the n part of W_ih x + b_ih (r, z: d's)
   Execution execution = Execution::device;
 };
 
