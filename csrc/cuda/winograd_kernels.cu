@@ -610,6 +610,13 @@ cudaError_t dispatch(const Args& a, bool narrow, Body&& body) {
   });
 }
 
+// A call's sizes in the kernels' index type.
+template <typename I>
+Geometry<I> geometry(const WinogradSizes& s, const Plan& pl) {
+  return {I(s.batch), I(s.channels), I(s.in_h),  I(s.in_w),       I(s.outs),      I(s.out_h),
+          I(s.out_w), I(s.pad_h),    I(s.pad_w), I(pl.tiles_h),   I(pl.tiles_w)};
+}
+
 template <typename Exec>
 cudaError_t run(const WinogradArgs& a, const Exec& exec) {
   const WinogradSizes& s = a.sizes;
@@ -627,8 +634,7 @@ cudaError_t run(const WinogradArgs& a, const Exec& exec) {
     Ac* u = reinterpret_cast<Ac*>(ws);
     Ac* v = reinterpret_cast<Ac*>(ws + pl.v_at);
     Ac* sums = reinterpret_cast<Ac*>(ws + pl.m_at);
-    const Geometry<I> g{I(s.batch), I(s.channels), I(s.in_h),    I(s.in_w),    I(s.outs),     I(s.out_h),
-                        I(s.out_w), I(s.pad_h),    I(s.pad_w),   I(pl.tiles_h), I(pl.tiles_w)};
+    const Geometry<I> g = geometry<I>(s, pl);
     exec.elementwise(FilterTransform<T, I, M>{static_cast<const T*>(a.weight), u, g.outs, g.channels, a.transposed});
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
       const I count = I(min_of(pl.chunk, pl.tiles - first));
@@ -658,8 +664,7 @@ cudaError_t run_weight_grad(const WinogradWeightGradArgs& a, const Exec& exec) {
     Ac* partials = reinterpret_cast<Ac*>(ws);
     Ac* v = reinterpret_cast<Ac*>(ws + pl.v_at);
     Ac* w = reinterpret_cast<Ac*>(ws + pl.m_at);
-    const Geometry<I> g{I(s.batch), I(s.channels), I(s.in_h),    I(s.in_w),    I(s.outs),     I(s.out_h),
-                        I(s.out_w), I(s.pad_h),    I(s.pad_w),   I(pl.tiles_h), I(pl.tiles_w)};
+    const Geometry<I> g = geometry<I>(s, pl);
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
       const I count = I(min_of(pl.chunk, pl.tiles - first));
       exec.elementwise(InputTransform<T, I, L, M>{static_cast<const T*>(a.x), v, g, I(first), count});
