@@ -15,14 +15,11 @@
 
 namespace fastdl::cuda {
 
-// Where a call runs. The host emulation takes host pointers (float and double only; other dtypes
-// return cudaErrorNotSupported; `stream` is ignored) and runs the same plan, for a device of
+// The host emulation (Execution, cuda/dtype.h) takes host pointers (float and double only; other
+// dtypes return cudaErrorNotSupported; `stream` is ignored) and runs the same plan, for a device of
 // kEmulatedMultiprocessors (an H100), and the same tile logic, the threads of a block one after another
-// between the kernel's barriers; host_int64 uses 64-bit indices where the sizes would allow 32-bit
-// ones; host_mma runs float data through the float16/bfloat16 tensor-core tile's logic (its staging,
-// fragment loads, PTX's mma layout and result mapping). The tests use it to check the kernels'
-// indexing on machines without a GPU.
-enum class Execution { device, host, host_int64, host_mma };
+// between the kernel's barriers; host_mma runs float data through the float16/bfloat16 tensor-core
+// tile's logic (its staging, fragment loads, PTX's mma layout and result mapping).
 constexpr int kEmulatedMultiprocessors = 132;
 
 struct Conv2dForwardArgs {

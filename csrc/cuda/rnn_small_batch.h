@@ -13,7 +13,6 @@
 
 #include <cstdint>
 
-#include "cuda/conv2d_kernels.h"  // Execution
 #include "cuda/dtype.h"
 
 namespace fastdl::cuda {

@@ -18,7 +18,6 @@
 #include <cstdint>
 
 #include "common/host_device.h"
-#include "cuda/conv2d_kernels.h"  // Execution
 #include "cuda/dtype.h"
 
 namespace fastdl::cuda {
