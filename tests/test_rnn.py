@@ -447,3 +447,47 @@ def test_modules_keep_torchs_interface_and_convert_maps_them():
     fastdl.revert(model)
     assert type(model["lstm"]) is torch.nn.LSTM
     torch.testing.assert_close(model["lstm"](x)[0], out, **tolerance("rnn", torch.float32))
+
+
+class _FakeStream:
+    """Stands in for torch.cuda.Stream on the CPU: records what _on_two_streams asks of it."""
+
+    def __init__(self, *args, **kwargs):
+        self.waited_for = []
+
+    def wait_stream(self, other):
+        self.waited_for.append(other)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_two_stream_plumbing_keeps_directions_and_layers_in_order(kind, monkeypatch):
+    """fastdl/ops/rnn.py's _on_two_streams (CUDA only) with the stream calls faked on the CPU: outputs and
+    final states in torch's order, the side stream ordered after the caller's and back, every tensor that
+    crosses recorded on the stream that uses it. tests/test_rnn_cuda.py runs it on streams."""
+    import contextlib
+
+    import fastdl.ops.rnn as rnn_ops
+
+    main, entered, recorded = _FakeStream(), [], []
+    monkeypatch.setattr(rnn_ops, "_concurrent_directions", lambda x: True)
+    monkeypatch.setattr(rnn_ops, "_SIDE_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: entered.append(s) or contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: recorded.append((t.data_ptr(), s)), raising=False)
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(6, 10, num_layers=2, bidirectional=True)
+    ours = getattr(fastdl.nn, kind)(6, 10, num_layers=2, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, 6)
+    got, want = ours(x), ref(x)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1] if kind == "LSTM" else (got[1],), want[1] if kind == "LSTM" else (want[1],)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    side = rnn_ops._SIDE_STREAMS[0]
+    assert entered == [side, side]  # one side-stream section per layer
+    assert side.waited_for == [main, main] and main.waited_for == [side, side]
+    states = 2 if kind == "LSTM" else 1
+    assert sum(s is side for _, s in recorded) == 2 * (1 + states + 4)  # per layer: input, states, weights
+    assert sum(s is main for _, s in recorded) == 2 * (1 + states)  # per layer: output, final states
