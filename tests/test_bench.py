@@ -154,32 +154,31 @@ def test_compare_exit_status(smoke, tmp_path):
     assert compare.main([str(paths["old"]), str(paths["new"])]) == 1
 
 
-def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
-    """bench/winograd_weight_grad.py (run by `make gpu-check`) on the CPU: one layer, two batches."""
+def run_bench_script(name, *args):
+    """A script of bench/ (run by `make gpu-check`) on the CPU, one thread: the cells of its table rows."""
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root / "python"), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(root / "bench" / "winograd_weight_grad.py"), "--device", "cpu",
-                           "--batches", "1,2", "--layers", "ResNet-50/layer1.0.conv2", "--budget", "0"],
+    done = subprocess.run([sys.executable, str(root / "bench" / name), "--device", "cpu", "--budget", "0", *args],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ResNet-50 layer1.0.conv2")]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
+    """bench/winograd_weight_grad.py: one layer, two batches."""
+    rows = run_bench_script("winograd_weight_grad.py", "--batches", "1,2", "--layers", "ResNet-50/layer1.0.conv2")
+    rows = [row for row in rows if row[0].startswith("ResNet-50 layer1.0.conv2")]
     assert len(rows) == 2
     for row in rows:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        errors = [float(cell) for cell in cells[-4:]]
+        errors = [float(cell) for cell in row[-4:]]
         assert all(0 <= e < 1e-5 for e in errors), row  # every path agrees with float64
 
 
 def test_ab_rules_script_prints_both_sides_of_every_rule():
-    """bench/ab_rules.py (run by `make gpu-check`) on the CPU, where neither rule exists."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root / "python"), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(root / "bench" / "ab_rules.py"), "--device", "cpu", "--budget", "0",
-                           "--conv-batches", "1", "--rnn-batches", "1"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith(("| conv ", "| rnn "))]
+    """bench/ab_rules.py, where neither rule exists."""
+    rows = run_bench_script("ab_rules.py", "--conv-batches", "1", "--rnn-batches", "1")
+    rows = [row for row in rows if row[0].startswith(("conv ", "rnn "))]
     assert len(rows) == 3 * 2 + 2 * 2
     for row in rows:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert all(float(cell) > 0 for cell in cells[1:4]), row
+        assert all(float(cell) > 0 for cell in row[1:4]), row

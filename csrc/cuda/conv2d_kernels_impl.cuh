@@ -963,7 +963,9 @@ Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, 
   largest = max_of(largest, s.stride_h * s.out_h + s.dilation_h * s.kernel_h + s.pad_h + s.in_h);
   largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
   if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
-  if (pass != Pass::none) {
+  // Split reductions only where every index fits int32 (a problem that needs 64-bit indices has tiles
+  // enough; run_gemm compiles no split for them).
+  if (pass != Pass::none && fits_int32(largest) && execution != Execution::host_int64) {
     const bool forward = pass == Pass::forward;
     const int64_t rows = forward ? s.batch * s.out_h * s.out_w : s.batch * s.in_h * s.in_w;
     const int64_t cols = forward ? s.out_per_group() : s.in_per_group();
@@ -1158,9 +1160,8 @@ cudaError_t dispatch(DType dtype, bool narrow, Layout layout, Body&& body) {
 template <Layout L, typename Exec, typename P>
 void run_gemm(const Exec& exec, const P& p, const Plan& plan, void* workspace) {
   using I = typename P::I;
-  // Problems that need 64-bit indices have tiles enough without splitting (and compile once less).
   if constexpr (std::is_same_v<I, int64_t>) {
-    return exec.gemm(p);
+    return exec.gemm(p);  // the plan splits 32-bit problems only
   }
   if (plan.gemm_splits <= 1) return exec.gemm(p);
   auto* part = reinterpret_cast<Acc<typename P::T>*>(static_cast<char*>(workspace) + plan.gemm_part);

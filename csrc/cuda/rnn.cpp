@@ -11,7 +11,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <array>
 #include <optional>
 #include <type_traits>
 

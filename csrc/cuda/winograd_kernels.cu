@@ -610,6 +610,18 @@ cudaError_t dispatch(const Args& a, bool narrow, Body&& body) {
   });
 }
 
+// The workspace's three regions (Plan): U (the weight gradient: the partial sums P), V, M (W).
+template <typename Ac>
+struct Buffers {
+  Ac *u, *v, *m;
+};
+
+template <typename Ac>
+Buffers<Ac> buffers(void* workspace, const Plan& pl) {
+  char* ws = static_cast<char*>(workspace);
+  return {reinterpret_cast<Ac*>(ws), reinterpret_cast<Ac*>(ws + pl.v_at), reinterpret_cast<Ac*>(ws + pl.m_at)};
+}
+
 // A call's sizes in the kernels' index type.
 template <typename I>
 Geometry<I> geometry(const WinogradSizes& s, const Plan& pl) {
@@ -630,10 +642,7 @@ cudaError_t run(const WinogradArgs& a, const Exec& exec) {
     constexpr Layout L = decltype(l)::value;
     constexpr int M = decltype(m)::value;
     constexpr I kAlpha2 = (M + 2) * (M + 2);
-    char* ws = static_cast<char*>(a.workspace);
-    Ac* u = reinterpret_cast<Ac*>(ws);
-    Ac* v = reinterpret_cast<Ac*>(ws + pl.v_at);
-    Ac* sums = reinterpret_cast<Ac*>(ws + pl.m_at);
+    const auto [u, v, sums] = buffers<Ac>(a.workspace, pl);
     const Geometry<I> g = geometry<I>(s, pl);
     exec.elementwise(FilterTransform<T, I, M>{static_cast<const T*>(a.weight), u, g.outs, g.channels, a.transposed});
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
@@ -660,10 +669,7 @@ cudaError_t run_weight_grad(const WinogradWeightGradArgs& a, const Exec& exec) {
     constexpr Layout L = decltype(l)::value;
     constexpr int M = decltype(m)::value;
     constexpr I kAlpha2 = (M + 2) * (M + 2);
-    char* ws = static_cast<char*>(a.workspace);
-    Ac* partials = reinterpret_cast<Ac*>(ws);
-    Ac* v = reinterpret_cast<Ac*>(ws + pl.v_at);
-    Ac* w = reinterpret_cast<Ac*>(ws + pl.m_at);
+    const auto [partials, v, w] = buffers<Ac>(a.workspace, pl);
     const Geometry<I> g = geometry<I>(s, pl);
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
       const I count = I(min_of(pl.chunk, pl.tiles - first));

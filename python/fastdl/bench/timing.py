@@ -4,6 +4,7 @@ is timed with CUDA events around enough back-to-back calls to last well past lau
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -100,8 +101,6 @@ def cupy_crosscheck(step: Callable[[], object], repeats: int = 200) -> dict:
 def with_env(step: Callable[[], object], name: str, value: str) -> Callable[[], object]:
     """step() with environment variable `name` set to `value` during the call (fastdl's kernel-path
     overrides, csrc/common/overrides.h, are read on every call), for A/B runs of two paths."""
-    import os
-
     def run():
         saved = os.environ.get(name)
         os.environ[name] = value
