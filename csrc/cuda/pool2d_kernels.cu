@@ -180,8 +180,8 @@ cudaError_t avg_forward(DType dtype, Layout layout, const void* input, void* out
                         const Pool2dShape& shape, const AvgWindows<Axis>& windows,
                         cudaStream_t stream) {
   const int64_t total = shape.planes() * shape.out_plane();
-  const int64_t first_area = windows.h.window(0).size() * windows.w.window(0).size();
-  const bool per_warp = layout == Layout::nchw && first_area >= kWarp;
+  const bool per_warp = layout == Layout::nchw && total > 0 &&
+                        windows.h.window(0).size() * windows.w.window(0).size() >= kWarp;
   return dispatch(dtype, layout, shape, [&](auto t, auto i, auto l) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
@@ -205,9 +205,12 @@ cudaError_t avg_backward(DType dtype, Layout layout, const void* grad_output, vo
                          const Pool2dShape& shape, const AvgWindows<Axis>& windows,
                          cudaStream_t stream) {
   const int64_t total = shape.planes() * shape.in_plane();
-  const IndexRange<int64_t> wh = windows.h.window(int64_t(0)), ww = windows.w.window(int64_t(0));
-  const bool global = shape.out_h == 1 && shape.out_w == 1 && wh.begin == 0 && wh.end == shape.in_h &&
-                      ww.begin == 0 && ww.end == shape.in_w;
+  // Window 0 is asked for only when it exists: an adaptive window of an empty output divides by 0.
+  const auto covers_plane = [&] {
+    const IndexRange<int64_t> wh = windows.h.window(int64_t(0)), ww = windows.w.window(int64_t(0));
+    return wh.begin == 0 && wh.end == shape.in_h && ww.begin == 0 && ww.end == shape.in_w;
+  };
+  const bool global = shape.out_h == 1 && shape.out_w == 1 && covers_plane();
   return dispatch(dtype, layout, shape, [&](auto t, auto i, auto l) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
