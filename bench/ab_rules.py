@@ -3,8 +3,12 @@ one run, to set or confirm their rules (bench/NOTES.md):
 
 - conv: forward and grad_input reductions split when tiles are few (FASTDL_CONV_SPLIT=never turns it
   off), on the wide layers of small batches: ResNet-50's layer4 3x3 and layer3 1x1, AlexNet's 5x5;
-- rnn: LSTM/GRU steps in one launch at batch <= 16 (FASTDL_RNN_SMALL_BATCH=never: cuBLAS and the cell
-  kernel), hidden 256, 50 steps, batch 1 to 16.
+- rnn: LSTM/GRU steps in the small-batch kernel, all steps of a layer in one persistent launch, at
+  batch <= 16 (FASTDL_RNN_SMALL_BATCH=never: cuBLAS and the cell kernel per step), hidden 256, 50
+  steps, batch 1 to 16;
+- winograd: on CUDA 'auto' takes Winograd for maps under 14x14 (ResNet-50's 7x7) from batch 8 only
+  (fastdl/ops/conv.py, winograd_rule): each algorithm's time on ResNet-50's 7x7 and 14x14 3x3 layers,
+  a second table.
 
 Each row: fastdl with the rule, fastdl without it, torch (cuDNN, TF32 off), in ms (medians of
 interleaved samples), and the ratios. Prints Markdown; `make gpu-check` records it as
@@ -24,9 +28,10 @@ from fastdl.bench.cases import conv_layers, true_float32
 from fastdl.bench.timing import time_pair, with_env
 
 CONV_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv1", "AlexNet/features.3"]
+WINOGRAD_MAP_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv2"]
 
 
-def conv_steps(layer, batch, device, backward):
+def conv_steps(layer, batch, device, backward, algorithm="direct"):
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, layer.in_channels, *layer.size, device=device, generator=gen)
     w = torch.randn(layer.out_channels, layer.in_channels // layer.groups, *layer.kernel, device=device,
@@ -46,7 +51,7 @@ def conv_steps(layer, batch, device, backward):
                 torch.autograd.grad(out, (x, w, b), g)
             return out
         return step
-    ours = run(lambda *a, **k: fastdl.ops.conv2d(*a, **k, algorithm="direct"))
+    ours = run(lambda *a, **k: fastdl.ops.conv2d(*a, **k, algorithm=algorithm))
     return ours, run(F.conv2d)
 
 
@@ -85,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of sampling per pair of steps")
     parser.add_argument("--conv-batches", default="1,8")
     parser.add_argument("--rnn-batches", default="1,4,8,16")
+    parser.add_argument("--winograd-batches", default="8,32,128")
     args = parser.parse_args(argv)
     true_float32()
     print(f"fastdl's CUDA path rules, float32, {args.device} "
@@ -95,19 +101,45 @@ def main(argv=None):
     layers = {f"{layer.network}/{layer.layer}": layer for layer in conv_layers()}
     for name in CONV_LAYERS:
         layer = layers[name]
-        for batch in (int(b) for b in args.conv_batches.split(",")):
+        for batch in (int(b) for b in args.conv_batches.split(",") if b):
             for backward in (False, True):
                 ours, theirs = conv_steps(layer, batch, args.device, backward)
                 mode = "forward+backward" if backward else "forward"
                 row(f"conv {name} {layer.describe()} b{batch} {mode}", ours, theirs, "FASTDL_CONV_SPLIT",
                     args.device, args.budget)
     for kind in ("LSTM", "GRU"):
-        for batch in (int(b) for b in args.rnn_batches.split(",")):
+        for batch in (int(b) for b in args.rnn_batches.split(",") if b):
             for training in (False, True):
                 ours, theirs = rnn_steps(kind, batch, args.device, training)
                 mode = "training" if training else "inference"
                 row(f"rnn {kind} h256 T50 b{batch} {mode}", ours, theirs, "FASTDL_RNN_SMALL_BATCH", args.device,
                     args.budget)
+    winograd_maps(args.device, args.budget, [int(b) for b in args.winograd_batches.split(",") if b])
+
+
+def winograd_maps(device, budget, batches):
+    """Each algorithm on ResNet-50's 3x3 layers with 7x7 and 14x14 maps (one table)."""
+    print("\n| case | direct ms | winograd2 ms | winograd4 ms | torch ms | auto picks | torch / best |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    layers = {f"{layer.network}/{layer.layer}": layer for layer in conv_layers()}
+    for name in WINOGRAD_MAP_LAYERS:
+        layer = layers[name]
+        for batch in batches:
+            for backward in (False, True):
+                times = {}
+                for algorithm in ("direct", "winograd2", "winograd4"):
+                    ours, theirs = conv_steps(layer, batch, device, backward, algorithm)
+                    mine, ref = time_pair(ours, theirs, device, budget_s=budget)
+                    times[algorithm], times["torch"] = mine.median_ms, ref.median_ms
+                out_size = [(n + 2 * p - k) // st + 1 for n, p, k, st in zip(layer.size, layer.padding, layer.kernel,
+                                                                               layer.stride)]
+                pick = fastdl.ops.conv.winograd_rule(device, batch, min(layer.in_channels, layer.out_channels),
+                                                     *out_size)
+                best = min(times[a] for a in ("direct", "winograd2", "winograd4"))
+                mode = "forward+backward" if backward else "forward"
+                print(f"| {name} {layer.describe()} b{batch} {mode} | {times['direct']:.3f} | {times['winograd2']:.3f} | "
+                      f"{times['winograd4']:.3f} | {times['torch']:.3f} | {pick} | {times['torch'] / best:.2f}x |")
+                sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -177,8 +177,26 @@ def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
 
 def test_ab_rules_script_prints_both_sides_of_every_rule():
     """bench/ab_rules.py, where neither rule exists."""
-    rows = run_bench_script("ab_rules.py", "--conv-batches", "1", "--rnn-batches", "1")
-    rows = [row for row in rows if row[0].startswith(("conv ", "rnn "))]
-    assert len(rows) == 3 * 2 + 2 * 2
-    for row in rows:
+    rows = run_bench_script("ab_rules.py", "--conv-batches", "1", "--rnn-batches", "1", "--winograd-batches", "1")
+    rules = [row for row in rows if row[0].startswith(("conv ", "rnn "))]
+    assert len(rules) == 3 * 2 + 2 * 2
+    for row in rules:
         assert all(float(cell) > 0 for cell in row[1:4]), row
+    maps = [row for row in rows if row[0].startswith("ResNet-50/")]
+    assert [row[0].split()[0] for row in maps] == ["ResNet-50/layer4.1.conv2"] * 2 + ["ResNet-50/layer3.1.conv2"] * 2
+    for row in maps:
+        assert all(float(cell) > 0 for cell in row[1:5]) and row[5] in ("direct", "winograd2", "winograd4"), row
+
+
+@pytest.mark.cuda
+def test_rnn_memory_trace_accounts_for_the_peak():
+    """bench/rnn_memory_trace.py: the blocks it lists at the peak add up to the peak it reports."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "python"))
+    done = subprocess.run([sys.executable, str(root / "bench" / "rnn_memory_trace.py"), "--batch", "16", "--seq", "20",
+                           "--hidden", "256"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    peak = float(done.stdout.split("held at the trace's peak (allocations made inside the step): ")[1].split()[0])
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines()
+            if line.startswith("| ") and line[2:3].isdigit()]
+    assert peak > 0 and abs(sum(float(row[0]) for row in rows) - peak) <= 0.01 * len(rows) + 0.05

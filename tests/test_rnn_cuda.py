@@ -122,20 +122,35 @@ def test_bidirectional_layer_waits_for_its_input_on_the_callers_stream(kind):
     torch.testing.assert_close(out, ref(x * 2)[0], rtol=1e-4, atol=1e-5)
 
 
+def assert_small_batch_kernel_equals_cublas_path(module, x, lengths, monkeypatch, **tolerance):
+    """run_layers with the small-batch kernel (FASTDL_RNN_SMALL_BATCH=always) and without (=never)."""
+    results = {}
+    for mode in ("always", "never"):
+        monkeypatch.setenv("FASTDL_RNN_SMALL_BATCH", mode)
+        results[mode] = run_layers(module, x, lengths)
+    for a, b in zip(results["always"], results["never"], strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("batch", [1, 8, 16])
 def test_small_batch_steps_equal_the_cublas_path(kind, batch, monkeypatch):
-    """Batch <= 16 runs each step in one launch (csrc/cuda/rnn_small_batch.cu); FASTDL_RNN_SMALL_BATCH=never
-    takes the cuBLAS product and the cell kernel instead: the same outputs and gradients, packed too."""
+    """Batch <= 16 runs every step of a layer in one persistent launch (csrc/cuda/rnn_small_batch.cu);
+    FASTDL_RNN_SMALL_BATCH=never takes the cuBLAS product and the cell kernel per step instead: the same
+    outputs and gradients, packed too."""
     torch.manual_seed(0)
     ours = getattr(fastdl.nn, kind)(24, 40, num_layers=2).cuda()
     x = torch.randn(9, batch, 24, device="cuda")
     lengths = torch.randint(1, 10, (batch,))
     lengths[0] = 9
     for packed in (None, lengths):
-        results = {}
-        for mode in ("", "never"):
-            monkeypatch.setenv("FASTDL_RNN_SMALL_BATCH", mode)
-            results[mode] = run_layers(ours, x, packed)
-        for a, b in zip(results[""], results["never"], strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert_small_batch_kernel_equals_cublas_path(ours, x, packed, monkeypatch, rtol=1e-5, atol=1e-6)
+
+
+def test_small_batch_steps_too_wide_for_one_resident_grid(monkeypatch):
+    """Hidden 4608 needs 1152 blocks of 256 threads even at 4 units per block, more than an H100 holds
+    at once (132 SMs x 8): the small-batch kernel then launches per step, with the same results."""
+    torch.manual_seed(0)
+    ours = fastdl.nn.LSTM(16, 4608).cuda()
+    x = torch.randn(3, 2, 16, device="cuda")
+    assert_small_batch_kernel_equals_cublas_path(ours, x, None, monkeypatch, rtol=1e-4, atol=1e-4)

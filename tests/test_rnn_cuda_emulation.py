@@ -14,7 +14,9 @@ import fastdl
 pytestmark = pytest.mark.skipif(not fastdl.cuda_enabled(), reason="CUDA kernels not built")
 
 # (batch, hidden, steps, batch_sizes or None): batch 1 to 16 (the kernel's limit), hidden sizes that
-# are not multiples of the 4 units a block owns, odd and even step counts, packed batches.
+# give each number of units a block owns (the emulation's device holds 16 blocks: 1 unit up to hidden
+# 16, 2 up to 32, 4 up to 64, then 1 again, as a launch per step), also where they do not divide the
+# hidden size, odd and even step counts, packed batches.
 CASES = [
     (1, 1, 1, None),
     (1, 5, 2, None),
@@ -23,6 +25,8 @@ CASES = [
     (5, 13, 6, [5, 5, 3, 3, 2, 1]),
     (16, 20, 3, [16, 9, 2]),
     (4, 64, 5, None),
+    (2, 31, 3, None),
+    (2, 70, 2, None),
 ]
 INPUT = 6
 

@@ -258,7 +258,11 @@ def test_auto_heuristic_on_cuda():
     assert rule("cuda", 1, 512, 14, 14) == "winograd2"
     assert rule("cuda", 32, 512, 14, 14) == "winograd4"
     assert rule("cuda", 128, 256, 56, 56) == "winograd4"
-    assert rule("cuda", 32, 512, 7, 7) == "direct"  # 7x7 maps: not measured
+    assert rule("cuda", 8, 512, 7, 7) == "winograd2"  # 7x7 maps from batch 8 (ab-rules.md): 32 4x4 tiles
+    assert rule("cuda", 128, 512, 7, 7) == "winograd4"  # 512 tiles
+    assert rule("cuda", 4, 512, 7, 7) == "direct"  # 7x7 maps below batch 8: not measured
+    assert rule("cuda", 4, 512, 13, 13) == "direct"
+    assert rule("cuda", 128, 512, 6, 6) == "direct"  # maps under 7x7: not measured
     assert rule("cuda", 32, 32, 56, 56) == "direct"  # 32 channels: not measured
     assert rule("meta", 32, 256, 56, 56) == "direct"
 

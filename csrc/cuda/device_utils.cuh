@@ -43,6 +43,17 @@ FASTDL_HOST_DEVICE Acc<T> read(const T* p, I offset) {
 #endif
 }
 
+// A read of memory that other blocks of the same kernel wrote before a grid-wide barrier (persistent
+// kernels): a plain load, since __ldg's read-only cache is not kept coherent within a kernel.
+template <typename T, typename I>
+FASTDL_HOST_DEVICE Acc<T> read_fresh(const T* p, I offset) {
+#ifdef __CUDA_ARCH__
+  return to_acc(p[offset]);
+#else
+  return p[offset];
+#endif
+}
+
 template <typename T, typename I>
 FASTDL_HOST_DEVICE void write(T* p, I offset, Acc<T> v) {
 #ifdef __CUDA_ARCH__

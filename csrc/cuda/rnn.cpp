@@ -1,7 +1,8 @@
 // The CUDA backend of the LSTM and GRU layer ops: common/rnn_layer_ops.h checks the call, sets the
-// device and runs the time loop. Up to kSmallBatchRows sequences a step, forward or backward, is one
-// launch of rnn_small_batch.cu (the recurrent product and the cell together); above, a cuBLAS product
-// (at::mm on the current stream) and a launch of rnn_kernels.cu's cell kernel.
+// device and runs the time loop. Up to kSmallBatchRows sequences, the steps of a layer call,
+// forward or backward, are recorded and then run in one persistent launch of rnn_small_batch.cu (the
+// recurrent product and the cell of each step together); above, each step is a cuBLAS product (at::mm
+// on the current stream) and a launch of rnn_kernels.cu's cell kernel.
 //
 // The same backend with the small-batch kernel's host emulation is registered on CPU tensors as
 // torch.ops.fastdl_cuda_emulation.lstm_layer, .gru_layer and their *_backward (batch up to
@@ -11,8 +12,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "common/overrides.h"
 #include "common/rnn_layer_ops.h"
@@ -26,23 +29,43 @@ namespace {
 using cuda::check_launch;
 using cuda::dtype_of;
 
-// Whether a layer call runs its steps in one launch each: up to kSmallBatchRows sequences (the
-// emulation always; FASTDL_RNN_SMALL_BATCH=never turns it off on the device, for A/B runs).
+// Whether a layer call runs its steps in the small-batch kernel: up to kSmallBatchRows sequences (on
+// an H100 1.5-3.1x faster than the per-step cuBLAS path at batch 1-16, bench/results/cuda/ab-rules.md);
+// the emulation always; FASTDL_RNN_SMALL_BATCH=never turns it off on the device, for A/B runs.
 inline bool small_batch_steps(const RnnSteps& s) {
   return s.batch <= cuda::kSmallBatchRows && s.hidden > 0 && override_or("FASTDL_RNN_SMALL_BATCH", true);
 }
 
+// Runs the recorded steps of a layer call (rnn_small_batch.h): the kernel reads a copy of them in
+// device memory, made from pinned memory on the current stream (the caching host allocator keeps the
+// pinned block until the copy is done).
+template <typename Backend, typename Args, typename Run>
+void run_recorded(const char* op, const std::vector<Args>& steps, const at::Device& device, at::ScalarType dt,
+                  Run run) {
+  if (steps.empty()) return;
+  at::Tensor on_device;
+  if constexpr (Backend::kDevice) {
+    const int64_t bytes = int64_t(steps.size() * sizeof(Args));
+    const at::Tensor pinned = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(pinned.data_ptr(), steps.data(), size_t(bytes));
+    on_device = pinned.to(device, /*non_blocking=*/true);
+  }
+  const auto* device_steps = on_device.defined() ? static_cast<const Args*>(on_device.const_data_ptr()) : nullptr;
+  check_launch(op, run(steps.data(), device_steps, int64_t(steps.size()), dtype_of(dt),
+                       Backend::kDevice ? cuda::current_stream() : nullptr));
+}
+
 // The forward steps of a layer call at small batch (Step: LstmProjectFirst or GruProjectFirst, whose
-// input projection it reuses, and which runs the steps of larger batches). The step kernel reads the
-// previous state and writes the next into the other of two buffers: the layer's state h and a second
-// one, alternating, starting from the one that makes the last step write h (for an odd number of
-// steps the second buffer starts as a copy of h).
+// input projection it reuses, and which runs the steps of larger batches). Each call records its step;
+// the last one runs them all. The kernel reads the previous state and writes the next into the other
+// of two buffers: the layer's state h and a second one, alternating, starting from the one that makes
+// the last step write h (for an odd number of steps the second buffer starts as a copy of h).
 template <typename Backend, typename Step, int kGates>
 class SmallBatchForward {
  public:
   SmallBatchForward(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
-      : step_(x, w_ih, w_hh, b_ih, b_hh, s), steps_(s.steps), batch_(s.batch) {
+      : step_(x, w_ih, w_hh, b_ih, b_hh, s), steps_(s.steps), batch_(s.batch), device_(x.device()) {
     const bool small = small_batch_steps(s);
     TORCH_CHECK(Backend::kDevice || small, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
@@ -50,15 +73,16 @@ class SmallBatchForward {
     w_hh_ = w_hh.contiguous();
     if constexpr (kGates == 3) b_hh_ = rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor();
     other_ = at::empty({s.batch, s.hidden}, x.options());
+    recorded_.reserve(size_t(s.steps));
   }
 
   template <typename Args>
   void operator()(Args f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
     if (!other_.defined()) return step_(f, off, first, h, dt);
     // One block of rows on CUDA (SerialRows): first is 0 and each step is called once, in order.
-    if (calls_ == 0 && steps_ % 2 == 1) other_.copy_(h);
-    const bool from_h = (calls_ + steps_) % 2 == 0;
-    ++calls_;
+    const int64_t calls = int64_t(recorded_.size());
+    if (calls == 0 && steps_ % 2 == 1) other_.copy_(h);
+    const bool from_h = (calls + steps_) % 2 == 0;
     void* h_prev = from_h ? h.data_ptr() : other_.data_ptr();
     void* h_next = from_h ? other_.data_ptr() : h.data_ptr();
     cuda::RecurrentStep args{kGates, f.rows, batch_, f.hidden, w_hh_.const_data_ptr(),
@@ -72,28 +96,34 @@ class SmallBatchForward {
       args.b_hh = b_hh_.defined() ? b_hh_.const_data_ptr() : nullptr;
       args.saved = f.saved;
     }
-    check_launch(kGates == 4 ? "fastdl.lstm" : "fastdl.gru",
-                 cuda::recurrent_step(args, dtype_of(dt), Backend::kDevice ? cuda::current_stream() : nullptr));
+    recorded_.push_back(args);
+    if (int64_t(recorded_.size()) == steps_) {
+      run_recorded<Backend>(kGates == 4 ? "fastdl.lstm" : "fastdl.gru", recorded_, device_, dt, cuda::recurrent_steps);
+    }
   }
 
  private:
   Step step_;
   int64_t steps_, batch_;
+  at::Device device_;
   at::Tensor w_hh_, b_hh_, other_;
-  mutable int64_t calls_ = 0;
+  mutable std::vector<cuda::RecurrentStep> recorded_;
 };
 
-// Backward through time at small batch: one launch per step (rnn_small_batch.h,
-// RecurrentStepBackward), which does the previous processed step's product d @ W_hh and this step's
-// cell backward; finish() adds the last step's product. Larger batches: BackwardThenProduct.
+// Backward through time at small batch: each call records its step (rnn_small_batch.h,
+// RecurrentStepBackward: the previous processed step's product d @ W_hh and this step's cell
+// backward); finish() records the last step's product and runs them all. Larger batches:
+// BackwardThenProduct.
 template <typename Backend>
 class SmallBatchBackward {
  public:
   SmallBatchBackward(const at::Tensor& w_hh, const RnnSteps& s)
-      : generic_(w_hh, s), batch_(s.batch), small_(small_batch_steps(s)) {
+      : generic_(w_hh, s), batch_(s.batch), small_(small_batch_steps(s)), device_(w_hh.device()) {
     TORCH_CHECK(Backend::kDevice || small_, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
-    if (small_) w_hh_ = w_hh.contiguous();
+    if (!small_) return;
+    w_hh_ = w_hh.contiguous();
+    recorded_.reserve(size_t(s.steps + 1));
   }
 
   template <typename Args>
@@ -114,18 +144,21 @@ class SmallBatchBackward {
       args.h_prev = b.h_prev;
       args.d_xn = b.dxn;
     }
-    launch(args, dt);
+    recorded_.push_back(args);
     prev_rows_ = b.rows;
     prev_off_ = off;
   }
 
   void finish(const at::Tensor& dh, const at::Tensor& d, at::ScalarType dt) const {
     if (!small_ || prev_rows_ == 0) return;
-    launch(step(int(d.size(1) / dh.size(1)), 0, dh.size(1), dh, d), dt);
+    const int gates = int(d.size(1) / dh.size(1));
+    recorded_.push_back(step(gates, 0, dh.size(1), dh, d));
+    run_recorded<Backend>(gates == 4 ? "fastdl.lstm_backward" : "fastdl.gru_backward", recorded_, device_, dt,
+                          cuda::recurrent_steps_backward);
   }
 
  private:
-  // The arguments every launch shares: the previous processed step's product into dh.
+  // The arguments every step shares: the previous processed step's product into dh.
   cuda::RecurrentStepBackward step(int gates, int64_t rows, int64_t hidden, const at::Tensor& dh,
                                    const at::Tensor& d) const {
     cuda::RecurrentStepBackward a{};
@@ -141,15 +174,12 @@ class SmallBatchBackward {
     return a;
   }
 
-  static void launch(const cuda::RecurrentStepBackward& a, at::ScalarType dt) {
-    check_launch(a.gates == 4 ? "fastdl.lstm_backward" : "fastdl.gru_backward",
-                 cuda::recurrent_step_backward(a, dtype_of(dt), Backend::kDevice ? cuda::current_stream() : nullptr));
-  }
-
   BackwardThenProduct<Backend> generic_;
   int64_t batch_;
   bool small_;
+  at::Device device_;
   at::Tensor w_hh_;
+  mutable std::vector<cuda::RecurrentStepBackward> recorded_;
   mutable int64_t prev_rows_ = 0, prev_off_ = 0;
 };
 

@@ -1,8 +1,9 @@
 #pragma once
-// One LSTM or GRU time step for a small batch in one launch (rnn_small_batch.cu): the recurrent
-// product W_hh h and the cell together. At batch 1-16 a step's product is a few hundred thousand
-// multiply-adds, so the cuBLAS call plus the gate kernel of the general path (rnn_kernels.cu) cost
-// mostly their host-side launch overhead; here a step is one launch on raw pointers.
+// The LSTM or GRU time steps of a small batch (rnn_small_batch.cu): the recurrent product W_hh h and
+// the cell of a step together, every step of a layer call in one persistent launch. At batch 1-16 a
+// step's product is a few hundred thousand multiply-adds, so the cuBLAS call plus the gate kernel of
+// the general path (rnn_kernels.cu) cost mostly their host-side launch overhead (17-32 us a step on an
+// H100; a launch per step of this kernel still took 11-29 us: bench/NOTES.md, LSTM/GRU CUDA 3-5).
 //
 // Every matrix is dense row-major; T is `dtype`, C the LSTM cell state's type (float for float16 and
 // bfloat16, else T). The kernel reads the whole previous state of every row, so it cannot update the
@@ -73,9 +74,16 @@ struct RecurrentStepBackward {
   Execution execution = Execution::device;
 };
 
-// Emulated calls (execution host) run the same blocks and threads one after another on host memory,
-// float and double only (others return cudaErrorNotSupported), and ignore `stream`.
-cudaError_t recurrent_step(const RecurrentStep& step, DType dtype, cudaStream_t stream);
-cudaError_t recurrent_step_backward(const RecurrentStepBackward& step, DType dtype, cudaStream_t stream);
+// Every step of a layer call, steps[0, count) in order (forward: time order, or reverse; backward:
+// processing order, then the call with rows = 0), in one launch of a persistent kernel: the blocks
+// stay resident (cooperative launch) and wait for each other between steps. device_steps is a copy of
+// steps[0, count) in device memory, which the kernel reads. Where the blocks cannot all be resident
+// at once, or device_steps is null, each step is a launch of its own. Emulated calls (execution host
+// in steps[0]) run the same blocks and threads one after another on host memory, step by step, float
+// and double only (others return cudaErrorNotSupported), and ignore `stream`.
+cudaError_t recurrent_steps(const RecurrentStep* steps, const RecurrentStep* device_steps, int64_t count,
+                            DType dtype, cudaStream_t stream);
+cudaError_t recurrent_steps_backward(const RecurrentStepBackward* steps, const RecurrentStepBackward* device_steps,
+                                     int64_t count, DType dtype, cudaStream_t stream);
 
 }  // namespace fastdl::cuda

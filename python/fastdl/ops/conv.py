@@ -135,10 +135,15 @@ _WINOGRAD4_MOST_WASTE = 1.6  # computed / wanted outputs (13x13 maps: 1.51; 9x9:
 # channels, maps of 14x14 to 56x56, batch 1 to 128 (forward 2.0-13.9x, forward+backward 1.17-6.9x over
 # direct; against cuDNN up to 2.34x forward). F(4x4,3x3) leads from 196 4x4 tiles (56x56 at batch 1: 2.03x cuDNN,
 # F(2x2,3x3) 1.61x; 14x14 at batch 32: 1.56x vs 1.19x), F(2x2,3x3) below (28x28 and 14x14 at batch 1:
-# 1.91-1.92x, F(4x4,3x3) 0.97-1.50x). Fewer channels and smaller maps (ResNet's 7x7) are not measured
-# yet and stay direct.
+# 1.91-1.92x, F(4x4,3x3) 0.97-1.50x). Maps under 14x14 take it from batch 8 (ResNet-50's 512x7x7, entry
+# 4, bench/results/cuda/ab-rules.md: F(2x2,3x3) at batch 8 2.4x the direct kernel, 1.80x cuDNN forward,
+# 1.32x forward+backward; F(4x4,3x3) at 128 3.3x direct, 2.79x / 2.01x cuDNN); below batch 8 they stay
+# direct (not measured; the direct kernel's split reduction gives 2.36x cuDNN at batch 1), as do maps
+# under 7x7 and fewer channels.
 _CUDA_MIN_WINOGRAD_CHANNELS = 64
-_CUDA_MIN_WINOGRAD_MAP = 14
+_CUDA_MIN_WINOGRAD_MAP = 7
+_CUDA_SMALL_MAP = 14  # maps under this take Winograd from _CUDA_SMALL_MAP_MIN_BATCH
+_CUDA_SMALL_MAP_MIN_BATCH = 8
 _CUDA_MIN_WINOGRAD4_TILES = 196
 
 
@@ -169,6 +174,8 @@ def winograd_rule(device: str, batch: int, channels: int, oh: int, ow: int) -> s
     tiles4 = batch * -(-oh // 4) * -(-ow // 4)
     if device == "cuda":
         if channels < _CUDA_MIN_WINOGRAD_CHANNELS or min(oh, ow) < _CUDA_MIN_WINOGRAD_MAP:
+            return "direct"
+        if min(oh, ow) < _CUDA_SMALL_MAP and batch < _CUDA_SMALL_MAP_MIN_BATCH:
             return "direct"
         return "winograd4" if tiles4 >= _CUDA_MIN_WINOGRAD4_TILES else "winograd2"
     if device != "cpu" or channels < _MIN_WINOGRAD_CHANNELS:
