@@ -28,9 +28,12 @@ def make_step(args):
 def site(frames) -> str:
     own = [f for f in frames if f["filename"].endswith(".py") and "torch/cuda/memory" not in f["filename"]
            and "rnn_memory_trace" not in f["filename"]]
-    ours = [f["name"].split("(")[0] for f in frames if "fastdl" in f["name"]][:2]  # C++ frames (stacks="all")
+    names = [f["name"].split("(")[0] for f in frames]  # C++ frames too (stacks="all"), innermost first
+    first_ours = next((i for i, n in enumerate(names) if "fastdl" in n), None)
+    callee = [names[first_ours - 1]] if first_ours else []  # what fastdl's code called (at::mm, ...)
+    ours = [n for n in names if "fastdl" in n][:2]
     python = [f"{f['filename'].split('/')[-1]}:{f['line']} {f['name']}" for f in own[:STACK_DEPTH]]
-    return " <- ".join(ours + python) or "(no Python or fastdl frame)"
+    return " <- ".join(callee + ours + python) or "(no Python or fastdl frame)"
 
 
 def live_at_peak(trace):
@@ -76,14 +79,14 @@ def main():
     print(f"- max_memory_allocated - before: {(torch.cuda.max_memory_allocated() - before) / mib:.1f} MiB")
     print(f"- held at the trace's peak (allocations made inside the step): {peak / mib:.1f} MiB "
           f"in {len(blocks)} blocks\n")
-    sites = defaultdict(lambda: [0, 0])
+    sites = defaultdict(list)
     for block in blocks.values():
-        entry = sites[site(block.get("frames", []))]
-        entry[0] += block["size"]
-        entry[1] += 1
-    print("| MiB | blocks | allocated at (innermost Python frames) |\n| --- | --- | --- |")
-    for where, (size, count) in sorted(sites.items(), key=lambda kv: -kv[1][0]):
-        print(f"| {size / mib:.2f} | {count} | {where} |")
+        sites[site(block.get("frames", []))].append(block["size"])
+    print("| MiB | blocks (MiB each) | allocated by (what fastdl called, fastdl frames, innermost Python frames) |\n"
+          "| --- | --- | --- |")
+    for where, sizes in sorted(sites.items(), key=lambda kv: -sum(kv[1])):
+        each = ", ".join(f"{size / mib:.2f}" for size in sorted(sizes, reverse=True))
+        print(f"| {sum(sizes) / mib:.2f} | {len(sizes)} ({each}) | {where} |")
 
 
 if __name__ == "__main__":

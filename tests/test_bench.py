@@ -3,6 +3,7 @@ every family, minimal timing) writes complete, well-formed JSON, Markdown and PN
 `compare` flags an injected regression but not an identical run. No timing is asserted."""
 
 import copy
+import importlib.util
 import io
 import json
 import math
@@ -200,3 +201,22 @@ def test_rnn_memory_trace_accounts_for_the_peak():
     rows = [line.strip("|").split("|") for line in done.stdout.splitlines()
             if line.startswith("| ") and line[2:3].isdigit()]
     assert peak > 0 and abs(sum(float(row[0]) for row in rows) - peak) <= 0.01 * len(rows) + 0.05
+
+
+def test_rnn_memory_trace_finds_the_blocks_alive_at_the_peak_and_who_allocated_them():
+    """bench/rnn_memory_trace.py's replay of an allocator trace and its allocation sites, on a made-up trace."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "rnn_memory_trace.py"
+    spec = importlib.util.spec_from_file_location("rnn_memory_trace", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    trace = [{"action": "alloc", "addr": 1, "size": 10}, {"action": "alloc", "addr": 2, "size": 5},
+             {"action": "free_requested", "addr": 1, "size": 10}, {"action": "free_completed", "addr": 1, "size": 10},
+             {"action": "alloc", "addr": 3, "size": 3}, {"action": "alloc", "addr": 4, "size": 8}]
+    peak, blocks = script.live_at_peak(trace)
+    assert peak == 16 and sorted(blocks) == [2, 3, 4]
+    frames = [{"name": "c10::cuda::malloc(unsigned long)", "filename": "??", "line": 0},
+              {"name": "at::mm(at::Tensor const&, at::Tensor const&)", "filename": "??", "line": 0},
+              {"name": "fastdl::RnnLayerOps<B>::lstm_layer_backward(int)", "filename": "??", "line": 0},
+              {"name": "backward", "filename": "/x/fastdl/ops/rnn.py", "line": 12}]
+    assert script.site(frames) == "at::mm <- fastdl::RnnLayerOps<B>::lstm_layer_backward <- rnn.py:12 backward"
+    assert script.site([]) == "(no Python or fastdl frame)"

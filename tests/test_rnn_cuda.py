@@ -4,6 +4,8 @@ work on the current stream, and the two directions of bidirectional layers on tw
 results as one after the other; ordered after the caller's stream). Float32/float64 CUDA values and
 gradients are covered by the device-parametrized tests in test_rnn.py."""
 
+import copy
+
 import pytest
 import torch
 
@@ -154,3 +156,36 @@ def test_small_batch_steps_too_wide_for_one_resident_grid(monkeypatch):
     ours = fastdl.nn.LSTM(16, 4608).cuda()
     x = torch.randn(3, 2, 16, device="cuda")
     assert_small_batch_kernel_equals_cublas_path(ours, x, None, monkeypatch, rtol=1e-4, atol=1e-4)
+
+
+class FirstOutput(torch.nn.Module):
+    """An RNN module's output alone (make_graphed_callables takes tensors out)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_small_batch_steps_in_a_cuda_graph(kind):
+    """Captured in a CUDA graph (forward and backward, torch.cuda.make_graphed_callables), the small-batch
+    kernel launches per step with its arguments by value (cuda/rnn.cpp, run_recorded): replays with new
+    inputs equal eager calls."""
+    torch.manual_seed(0)
+    eager = FirstOutput(getattr(fastdl.nn, kind)(24, 40).cuda())
+    module = copy.deepcopy(eager)
+    x = torch.randn(9, 4, 24, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(module, (x,))
+    for scale in (2.0, -0.5):
+        results = []
+        for m, net in ((graphed, module), (eager, eager)):
+            net.zero_grad()
+            xs = (x.detach() * scale).requires_grad_()
+            out = m(xs)
+            out.square().sum().backward()
+            results.append([out.detach(), xs.grad, *(p.grad for p in net.parameters())])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

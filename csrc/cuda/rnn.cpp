@@ -36,15 +36,27 @@ inline bool small_batch_steps(const RnnSteps& s) {
   return s.batch <= cuda::kSmallBatchRows && s.hidden > 0 && override_or("FASTDL_RNN_SMALL_BATCH", true);
 }
 
+// Whether the current stream is being captured into a CUDA graph.
+inline bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(cuda::current_stream(), &status) == cudaSuccess &&
+         status != cudaStreamCaptureStatusNone;
+}
+
 // Runs the recorded steps of a layer call (rnn_small_batch.h): the kernel reads a copy of them in
 // device memory, made from pinned memory on the current stream (the caching host allocator keeps the
-// pinned block until the copy is done).
+// pinned block until the copy is done). Under CUDA graph capture the steps are launched one by one
+// instead, their arguments by value: a captured copy would read the pinned block again at every
+// replay, long after it went back to the allocator (and a replayed graph has no launch cost to save).
 template <typename Backend, typename Args, typename Run>
 void run_recorded(const char* op, const std::vector<Args>& steps, const at::Device& device, at::ScalarType dt,
                   Run run) {
   if (steps.empty()) return;
   at::Tensor on_device;
   if constexpr (Backend::kDevice) {
+    if (capturing()) {
+      return check_launch(op, run(steps.data(), nullptr, int64_t(steps.size()), dtype_of(dt), cuda::current_stream()));
+    }
     const int64_t bytes = int64_t(steps.size() * sizeof(Args));
     const at::Tensor pinned = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
     std::memcpy(pinned.data_ptr(), steps.data(), size_t(bytes));

@@ -36,7 +36,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxUnits = 4;  // hidden units per block, at most
-constexpr int64_t kEmulatedResidentBlocks = 16;
+constexpr int64_t kEmulatedResidentBlocks = 16;  // the emulation's device: see run()
 constexpr int kMaxSplits = 32;
 static_assert(4 * kMaxUnits * kSmallBatchRows <= kThreads, "one thread per (gate row, batch row) at least");
 
