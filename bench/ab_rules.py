@@ -3,9 +3,9 @@ one run, to set or confirm their rules (bench/NOTES.md):
 
 - conv: forward and grad_input reductions split when tiles are few (FASTDL_CONV_SPLIT=never turns it
   off), on the wide layers of small batches: ResNet-50's layer4 3x3 and layer3 1x1, AlexNet's 5x5;
-- rnn: LSTM/GRU steps in the small-batch kernel, all steps of a layer in one persistent launch, at
-  batch <= 16 (FASTDL_RNN_SMALL_BATCH=never: cuBLAS and the cell kernel per step), hidden 256, 50
-  steps, batch 1 to 16;
+- rnn: LSTM/GRU steps in the small-batch kernel, all steps of a layer in one persistent launch
+  (shipped at batch <= 16; here forced on with FASTDL_RNN_SMALL_BATCH=always, up to the kernel's 64,
+  against =never: cuBLAS and the cell kernel per step), hidden 256, 50 steps, batch 1 to 64;
 - winograd: on CUDA 'auto' takes Winograd for maps under 14x14 (ResNet-50's 7x7) from batch 8 only
   (fastdl/ops/conv.py, winograd_rule): each algorithm's time on ResNet-50's 7x7 and 14x14 3x3 layers,
   a second table.
@@ -76,8 +76,10 @@ def rnn_steps(kind, batch, device, training):
     return run(ours), run(theirs)
 
 
-def row(name, ours, theirs, variable, device, budget):
-    with_rule, without = time_pair(ours, with_env(ours, variable, "never"), device, budget_s=budget)
+def row(name, ours, theirs, variable, device, budget, on=None):
+    """on: the override value that forces the path on, or None for the shipped rule."""
+    with_rule, without = time_pair(with_env(ours, variable, on) if on else ours, with_env(ours, variable, "never"),
+                                   device, budget_s=budget)
     _, torch_time = time_pair(ours, theirs, device, budget_s=budget)
     a, b, t = with_rule.median_ms, without.median_ms, torch_time.median_ms
     print(f"| {name} | {a:.3f} | {b:.3f} | {t:.3f} | {b / a:.2f}x | {t / a:.2f}x | {t / b:.2f}x |")
@@ -89,13 +91,15 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of sampling per pair of steps")
     parser.add_argument("--conv-batches", default="1,8")
-    parser.add_argument("--rnn-batches", default="1,4,8,16")
+    parser.add_argument("--rnn-batches", default="1,8,16,32,64")
     parser.add_argument("--winograd-batches", default="8,32,128")
     args = parser.parse_args(argv)
     true_float32()
     print(f"fastdl's CUDA path rules, float32, {args.device} "
           f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}, torch {torch.__version__}); "
-          "ms (medians); 'rule' = fastdl as shipped, 'off' = the rule's override set to never.\n")
+          "ms (medians); 'rule' = fastdl as shipped (rnn rows: the small-batch kernel forced on with "
+          "FASTDL_RNN_SMALL_BATCH=always, the shipped path up to batch 16), 'off' = the rule's override set to "
+          "never.\n")
     print("| case | rule ms | off ms | torch ms | off / rule | torch / rule | torch / off |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     layers = {f"{layer.network}/{layer.layer}": layer for layer in conv_layers()}
@@ -113,7 +117,7 @@ def main(argv=None):
                 ours, theirs = rnn_steps(kind, batch, args.device, training)
                 mode = "training" if training else "inference"
                 row(f"rnn {kind} h256 T50 b{batch} {mode}", ours, theirs, "FASTDL_RNN_SMALL_BATCH", args.device,
-                    args.budget)
+                    args.budget, on="always")
     winograd_maps(args.device, args.budget, [int(b) for b in args.winograd_batches.split(",") if b])
 
 

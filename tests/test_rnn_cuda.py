@@ -135,11 +135,12 @@ def assert_small_batch_kernel_equals_cublas_path(module, x, lengths, monkeypatch
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-@pytest.mark.parametrize("batch", [1, 8, 16])
+@pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
 def test_small_batch_steps_equal_the_cublas_path(kind, batch, monkeypatch):
-    """Batch <= 16 runs every step of a layer in one persistent launch (csrc/cuda/rnn_small_batch.cu);
-    FASTDL_RNN_SMALL_BATCH=never takes the cuBLAS product and the cell kernel per step instead: the same
-    outputs and gradients, packed too."""
+    """The small-batch kernel runs every step of a layer in one persistent launch
+    (csrc/cuda/rnn_small_batch.cu; shipped up to batch 16, FASTDL_RNN_SMALL_BATCH=always up to 64);
+    =never takes the cuBLAS product and the cell kernel per step instead: the same outputs and
+    gradients, packed too."""
     torch.manual_seed(0)
     ours = getattr(fastdl.nn, kind)(24, 40, num_layers=2).cuda()
     x = torch.randn(9, batch, 24, device="cuda")

@@ -13,10 +13,10 @@ import fastdl
 
 pytestmark = pytest.mark.skipif(not fastdl.cuda_enabled(), reason="CUDA kernels not built")
 
-# (batch, hidden, steps, batch_sizes or None): batch 1 to 16 (the kernel's limit), hidden sizes that
+# (batch, hidden, steps, batch_sizes or None): batch 1 to 64 (the kernel's limit), hidden sizes that
 # give each number of units a block owns (the emulation's device holds 16 blocks: 1 unit up to hidden
-# 16, 2 up to 32, 4 up to 64, then 1 again, as a launch per step), also where they do not divide the
-# hidden size, odd and even step counts, packed batches.
+# 16, 2 up to 32, 4 up to 64 where the batch allows 4, i.e. up to 16 rows, then 1 again, as a launch per
+# step), also where they do not divide the hidden size, odd and even step counts, packed batches.
 CASES = [
     (1, 1, 1, None),
     (1, 5, 2, None),
@@ -27,6 +27,9 @@ CASES = [
     (4, 64, 5, None),
     (2, 31, 3, None),
     (2, 70, 2, None),
+    (32, 21, 3, None),
+    (32, 40, 2, None),  # 4 units would fit the grid, but 32 rows allow 2: a launch per step
+    (64, 11, 3, [64, 40, 7]),
 ]
 INPUT = 6
 
@@ -79,8 +82,8 @@ def test_emulated_small_batch_step_matches_the_cpu_layer(kind, case, bias, rever
 
 
 def test_emulation_takes_only_small_batches():
-    x, states, weights, biases, _ = make("gru", (17, 4, 2, None), torch.float32, True)
-    with pytest.raises(RuntimeError, match="batch up to 16"):
+    x, states, weights, biases, _ = make("gru", (65, 4, 2, None), torch.float32, True)
+    with pytest.raises(RuntimeError, match="batch up to 64"):
         torch.ops.fastdl_cuda_emulation.gru_layer(x, *states, *weights, *biases, [], False, False)
 
 

@@ -5,7 +5,7 @@
 // run time. No torch headers (the .cu files include this).
 //
 //   FASTDL_WINOGRAD_WEIGHT_GRAD  always | never   the Winograd weight gradient (CPU and CUDA)
-//   FASTDL_RNN_SMALL_BATCH       always | never   CUDA LSTM/GRU small-batch kernel (only at batch <= 16)
+//   FASTDL_RNN_SMALL_BATCH       always | never   CUDA LSTM/GRU small-batch kernel (shipped to batch 16, kernel 64)
 //   FASTDL_CONV_SPLIT            never            CUDA forward/grad_input split reductions
 
 #include <cstdlib>

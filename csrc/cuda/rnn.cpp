@@ -1,5 +1,5 @@
 // The CUDA backend of the LSTM and GRU layer ops: common/rnn_layer_ops.h checks the call, sets the
-// device and runs the time loop. Up to kSmallBatchRows sequences, the steps of a layer call,
+// device and runs the time loop. Up to kSmallBatchRuleRows sequences, the steps of a layer call,
 // forward or backward, are recorded and then run in one persistent launch of rnn_small_batch.cu (the
 // recurrent product and the cell of each step together); above, each step is a cuBLAS product (at::mm
 // on the current stream) and a launch of rnn_kernels.cu's cell kernel.
@@ -29,11 +29,16 @@ namespace {
 using cuda::check_launch;
 using cuda::dtype_of;
 
-// Whether a layer call runs its steps in the small-batch kernel: up to kSmallBatchRows sequences (on
-// an H100 1.5-3.1x faster than the per-step cuBLAS path at batch 1-16, bench/results/cuda/ab-rules.md);
-// the emulation always; FASTDL_RNN_SMALL_BATCH=never turns it off on the device, for A/B runs.
-inline bool small_batch_steps(const RnnSteps& s) {
-  return s.batch <= cuda::kSmallBatchRows && s.hidden > 0 && override_or("FASTDL_RNN_SMALL_BATCH", true);
+// Whether a layer call runs its steps in the small-batch kernel: on the device up to
+// kSmallBatchRuleRows sequences (on an H100 1.5-3.1x faster than the per-step cuBLAS path at batch
+// 1-16, bench/results/cuda/ab-rules.md), where FASTDL_RNN_SMALL_BATCH=always takes it up to the
+// kernel's kSmallBatchRows (not yet measured above 16) and =never turns it off; the emulation always.
+constexpr int64_t kSmallBatchRuleRows = 16;
+
+template <typename Backend>
+bool small_batch_steps(const RnnSteps& s) {
+  if (s.hidden == 0 || s.batch > cuda::kSmallBatchRows) return false;
+  return override_or("FASTDL_RNN_SMALL_BATCH", !Backend::kDevice || s.batch <= kSmallBatchRuleRows);
 }
 
 // Whether the current stream is being captured into a CUDA graph.
@@ -78,7 +83,7 @@ class SmallBatchForward {
   SmallBatchForward(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
       : step_(x, w_ih, w_hh, b_ih, b_hh, s), steps_(s.steps), batch_(s.batch), device_(x.device()) {
-    const bool small = small_batch_steps(s);
+    const bool small = small_batch_steps<Backend>(s);
     TORCH_CHECK(Backend::kDevice || small, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
     if (!small) return;
@@ -130,7 +135,7 @@ template <typename Backend>
 class SmallBatchBackward {
  public:
   SmallBatchBackward(const at::Tensor& w_hh, const RnnSteps& s)
-      : generic_(w_hh, s), batch_(s.batch), small_(small_batch_steps(s)), device_(w_hh.device()) {
+      : generic_(w_hh, s), batch_(s.batch), small_(small_batch_steps<Backend>(s)), device_(w_hh.device()) {
     TORCH_CHECK(Backend::kDevice || small_, "fastdl_cuda_emulation: the emulation runs the small-batch step only "
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
     if (!small_) return;

@@ -1,5 +1,6 @@
 // CUDA kernels of the small-batch LSTM or GRU steps (rnn_small_batch.h). On a step, a block owns U
-// hidden units (every gate of each; U = 1, 2 or 4, see run()) and runs two phases with a barrier between:
+// hidden units (every gate of each; U = 1, 2 or 4, see run()) and runs two phases with a barrier
+// between:
 //
 //   1. products: thread t computes a partial dot product of one gate row of W_hh (gate g, unit u)
 //      with one row b of h_prev, over k = ks, ks + S, ks + 2S, ... The S threads of one (g, u, b) are
@@ -38,7 +39,10 @@ constexpr int kThreads = 256;
 constexpr int kMaxUnits = 4;  // hidden units per block, at most
 constexpr int64_t kEmulatedResidentBlocks = 16;  // the emulation's device: see run()
 constexpr int kMaxSplits = 32;
-static_assert(4 * kMaxUnits * kSmallBatchRows <= kThreads, "one thread per (gate row, batch row) at least");
+static_assert(4 * kSmallBatchRows <= kThreads, "one thread per (gate row, batch row) at least, at 1 unit");
+
+// The most units per block with one thread per (gate row, batch row) and per (unit, batch row).
+int max_units(int64_t batch) { return int(std::min<int64_t>(kMaxUnits, kThreads / (4 * std::max<int64_t>(batch, 1)))); }
 
 template <typename T>
 FASTDL_HOST_DEVICE const T* typed(const void* p) { return static_cast<const T*>(p); }
@@ -270,15 +274,16 @@ int64_t resident_blocks() {
 int64_t blocks_for(int64_t hidden, int units) { return (hidden + units - 1) / units; }
 
 // Runs Block<T> on steps[0, count) in order. Persistent where the blocks fit at once: one unit per
-// block (the most blocks, the shortest products per thread), else 2 or 4; where even 4 do not fit, or
-// without device_steps, a launch per step with 1 unit per block. Emulated on the host: each step's
+// block (the most blocks, the shortest products per thread), else 2 or 4 (as the batch allows:
+// max_units); where even those do not fit, or without device_steps, a launch per step with 1 unit per
+// block. Emulated on the host: each step's
 // blocks one after another, with the units a device holding kEmulatedResidentBlocks would take, so
 // that tests of small layers reach every U.
 template <template <typename> class Block, typename Args>
 cudaError_t run(const Args* steps, const Args* device_steps, int64_t count, DType dtype, cudaStream_t stream) {
   const int64_t hidden = steps[0].hidden;
   const auto persistent_units = [&](int64_t resident) {
-    for (int units = 1; units <= kMaxUnits; units *= 2) {
+    for (int units = 1; units <= max_units(steps[0].batch); units *= 2) {
       if (blocks_for(hidden, units) <= resident) return units;
     }
     return 0;

@@ -18,8 +18,9 @@
 
 namespace fastdl::cuda {
 
-// The most rows (sequences) a step may run here.
-constexpr int64_t kSmallBatchRows = 16;
+// The most rows (sequences) a step may run here (cuda/rnn.cpp takes this path up to 16 by default,
+// the batches measured; FASTDL_RNN_SMALL_BATCH=always up to here).
+constexpr int64_t kSmallBatchRows = 64;
 
 struct RecurrentStep {
   int gates;           // 4: LSTM (i, f, g, o); 3: GRU (r, z, n)
