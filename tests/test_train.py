@@ -179,13 +179,15 @@ def ddp_worker(rank: int, port: int, steps: int, batch: int, out: str) -> None:
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     world = distributed.join("cpu")
+    finished = False
     try:
         share = list(distributed.sampler(batch, world, seed=0, shuffle=False))
         model = train_lenet(world, [(x[share], y[share]) for x, y in fixed_batches(steps, batch)])
         if world.is_main:
             torch.save({"weights": model.state_dict(), "grads": {n: p.grad for n, p in model.named_parameters()}}, out)
+        finished = True
     finally:
-        distributed.leave()
+        distributed.leave(finished)
 
 
 def test_ddp_on_two_processes_equals_one_process_on_the_combined_batch(tmp_path):

@@ -77,10 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
     """Train as the command line says; returns the summary (and per-step training losses)."""
     args = parse_args(argv)
     world = distributed.join(args.device)
+    finished = False
     try:
-        return run(args, world)
+        summary = run(args, world)
+        finished = True
+        return summary
     finally:
-        distributed.leave()
+        distributed.leave(finished)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Data, dict]:
