@@ -308,10 +308,11 @@ cudaError_t run(const Args* steps, const Args* device_steps, int64_t count, DTyp
       return cudaErrorNotSupported;
     } else {
       const int units = std::max(persistent_units(kEmulatedResidentBlocks), 1);
+      const int64_t blocks = blocks_for(hidden, units);
       std::vector<Acc<T>> partial(kThreads);
       for (int64_t i = 0; i < count; ++i) {
         const Work work(steps[i], units);
-        for (int64_t block = 0; block < blocks_for(hidden, units); ++block) {
+        for (int64_t block = 0; block < blocks; ++block) {
           for (int t = 0; t < kThreads; ++t) work.multiply(block, t, partial.data());
           for (int t = 0; t < kThreads; ++t) work.finish(block, t, partial.data());
         }
