@@ -136,6 +136,9 @@ NAMED = {
     # The weight gradient's channel-vector form (rows under 16 vectors, 2 vectors of outputs per group):
     "groups 2, outputs per group past one channel block": ((2, 16, 9, 9), (56, 8, 3, 3), 1, 1, 1, 2),
     "stride 2, dilation 2, many outputs": ((2, 6, 15, 15), (40, 6, 3, 3), 2, 2, 2, 1),
+    # A strided input gradient's phases write every other pixel: one pass over all 100 output channels
+    # (contiguous rows run several passes, 28-85 channels each).
+    "stride 2, input gradient over 100 output channels": ((2, 5, 12, 11), (100, 5, 3, 3), 2, 1, 1, 1),
     "rows of 140 pixels, many outputs (pixel-vector form)": ((1, 3, 6, 140), (16, 3, 3, 3), 1, 1, 1, 1),
     # Small maps go through im2col columns, with only the taps that reach the image (forward and
     # input gradient): 1x1 maps (one tap), 2x2 and 4x4 maps, grouped, strided, dilated; and no tap at all.

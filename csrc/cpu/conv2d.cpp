@@ -427,9 +427,15 @@ void run_row_units(const TiledConv<T>& tc, UnitWindows<T>& windows, int64_t cs, 
   });
 }
 
-// Reduction channels per pass: a tile's inputs over them fit kTileInputBytes.
+// Reduction channels per pass: a tile's inputs over them fit kTileInputBytes. Where neighbouring output
+// pixels are not adjacent (out_pixel_stride > 1: a phase of a strided input gradient, channels-last
+// outputs), every pass after the first reads and writes the tile's outputs element by element, which
+// costs more than streaming the inputs from L2: one pass over every channel. Two threads, stride-2 3x3
+// input gradient of ResNet-50's 256 channels on 28x28 at batch 8: 42-85 channels a pass 20.1 ms, one
+// pass 15.5 (bench/NOTES.md, convolution entry 13).
 template <typename T, int KT>
-int64_t channel_block(int64_t kernel_rows, int64_t reds) {
+int64_t channel_block(int64_t kernel_rows, int64_t reds, int64_t out_pixel_stride) {
+  if (out_pixel_stride != 1) return std::max<int64_t>(reds, 1);
   const int64_t per_channel = kernel_rows * kTileVectors<KT> * (Vec<T>::size() * int64_t(sizeof(T)) + 64);
   return std::clamp<int64_t>(kTileInputBytes / per_channel, 8, std::max<int64_t>(reds, 1));
 }
@@ -600,7 +606,7 @@ void forward_tiles(const Conv2dForward& f) {
     }
   }
   TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc,
-                  y.sw, pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg)};
+                  y.sw, pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg, y.sw)};
   if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc);
 
   const InputGeometry geo(s);
@@ -813,7 +819,7 @@ void grad_input_tiles(const Conv2dBackward& b) {
     }
     const PhaseTaps &th = ph.th, &tw = ph.tw;
     const TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()), packed[next_weights++].get(), nullptr, dx.sc,
-                          s.stride_w * dx.sw, channel_block<T, KT>(int64_t(th.taps.size()), Kg)};
+                          s.stride_w * dx.sw, channel_block<T, KT>(int64_t(th.taps.size()), Kg, s.stride_w * dx.sw)};
     const int64_t extra = th.max_offset - th.min_offset;
     const int64_t rows = std::clamp<int64_t>(
         kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
