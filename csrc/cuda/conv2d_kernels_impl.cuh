@@ -278,10 +278,10 @@ struct GradInputGemm {
     const Tap<I> t = tap<L>(k, d.by_rs, d.by_s, d.by_kg);
     return {L == Layout::nchw ? t.c * d.by_ohw.d : t.c, t.r * d.dh, t.s * d.dw};
   }
-  // The quotients of a negative y or x mean nothing; they are computed anyway (no branch) and dropped.
+  // A negative y or x divides as 0 and is dropped (no branch).
   FASTDL_HOST_DEVICE I a_offset(const AFix& f, const AKey& t) const {
     const I y = f.y - t.r, x = f.x - t.s;
-    const I oh = d.by_sh.div(y), ow = d.by_sw.div(x);
+    const I oh = d.by_sh.div(max_of<I>(y, 0)), ow = d.by_sw.div(max_of<I>(x, 0));
     const I at = L == Layout::nchw ? f.base + t.channel + oh * d.OW + ow : f.base + (oh * d.OW + ow) * d.K + t.channel;
     const bool ok = f.ok && y >= 0 && x >= 0 && oh * d.sh == y && ow * d.sw == x && oh < d.OH && ow < d.OW;
     return ok ? at : I(-1);
@@ -1002,6 +1002,12 @@ Plan plan(const Conv2dShape& s, DType dtype, Execution execution, bool reorder, 
   int64_t largest = max_of(max_of(s.input_numel(), s.output_numel()), s.weight_numel());
   largest = max_of(largest, s.stride_h * s.out_h + s.dilation_h * s.kernel_h + s.pad_h + s.in_h);
   largest = max_of(largest, s.stride_w * s.out_w + s.dilation_w * s.kernel_w + s.pad_w + s.in_w);
+  // The tiles form an operand's offset before checking its bounds (a_offset): up to a kernel's reach
+  // of rows and columns past the end of the input or grad_output.
+  const int64_t reach_h = s.pad_h + s.dilation_h * s.kernel_h + s.stride_h;
+  const int64_t reach_w = s.pad_w + s.dilation_w * s.kernel_w + s.stride_w;
+  largest = max_of(largest, max_of(s.input_numel(), s.output_numel()) +
+                                (reach_h * max_of(s.in_w, s.out_w) + reach_w) * max_of(s.in_channels, s.out_channels));
   if (reorder) p.bytes += aligned(element * std::size_t(s.weight_numel()));
   // Split reductions only where every index fits int32 (a problem that needs 64-bit indices has tiles
   // enough; run_gemm compiles no split for them).
