@@ -818,8 +818,9 @@ void grad_input_tiles(const Conv2dBackward& b) {
       continue;
     }
     const PhaseTaps &th = ph.th, &tw = ph.tw;
+    const int64_t pixel_step = s.stride_w * dx.sw;  // between the phase's neighbouring pixels in dx
     const TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()), packed[next_weights++].get(), nullptr, dx.sc,
-                          s.stride_w * dx.sw, channel_block<T, KT>(int64_t(th.taps.size()), Kg, s.stride_w * dx.sw)};
+                          pixel_step, channel_block<T, KT>(int64_t(th.taps.size()), Kg, pixel_step)};
     const int64_t extra = th.max_offset - th.min_offset;
     const int64_t rows = std::clamp<int64_t>(
         kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);
