@@ -241,6 +241,27 @@ def test_non_finite_inputs_spread_as_in_torch(out_channels, device):
     assert gi.isfinite().all()
 
 
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_cases_with_weights_in_place_or_packed(name, monkeypatch):
+    """The CPU tiles read the weights in place where each meets few pixel vectors (most of these
+    cases), else packed (csrc/cpu/conv2d.cpp, weights_in_place): both forms on every named case, each
+    against torch, and the same sums in the same order, so bitwise equal to each other."""
+    shape, wshape, stride, padding, dilation, groups = NAMED[name]
+    for dtype in (torch.float32, torch.float64):
+        x = make(shape, "contiguous", dtype, "cpu", 1)
+        w = make(wshape, "contiguous", dtype, "cpu", 2)
+        b = make((wshape[0],), "contiguous", dtype, "cpu", 3)
+        results = []
+        for weights in ("always", "never"):
+            monkeypatch.setenv("FASTDL_CONV_WEIGHTS_IN_PLACE", weights)
+            check_against_torch(x, w, b, stride, padding, dilation, groups)
+            grad = make(tuple(F.conv2d(x, w, b, stride, padding, dilation, groups).shape), "contiguous", dtype, "cpu", 4)
+            results.append(run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, stride, padding, dilation, groups,
+                                                                 algorithm="direct"), x, w, b, grad))
+        (out_a, grads_a), (out_b, grads_b) = results
+        assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", [((2, 3, 6, 7), (4, 3, 3, 3), 1, 1, 1, 1), ((2, 4, 7, 6), (6, 2, 2, 3), 2, 1, 2, 2),
                                     ((1, 3, 5, 5), (3, 1, 3, 3), 1, 0, 1, 3), ((5, 3, 4), (2, 5, 1, 1), 1, 0, 1, 1)])

@@ -4,7 +4,8 @@
 // copies the input rows its outputs read into a per-thread buffer, zero-padded and, for stride s > 1,
 // split into s column phases so that neighbouring outputs read neighbouring elements for every
 // kernel tap; then conv_tile (conv2d_tiles.h) computes 4 output channels x 3 vectors of pixels at a
-// time from weights packed once per call. Reduction channels go in blocks sized for the L1 cache,
+// time from weights packed once per call (or read in place where each weight meets few pixel vectors:
+// weights_in_place). Reduction channels go in blocks sized for the L1 cache,
 // the partial sums staying in the output between blocks. A 1x1 convolution (any stride) takes its
 // output pixels in flat order instead of rows: tiles of them are gathered tile-major (pack_pixels,
 // one memcpy per channel where the pixels are contiguous), so that a tile's inputs over a channel
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "common/conv2d_ops.h"
+#include "common/overrides.h"
 #include "cpu/conv2d_tiles.h"
 #include "cpu/work_split.h"
 
@@ -347,6 +349,12 @@ struct TiledConv {
   const T* bias;               // [group][block][KT], or null
   int64_t out_channel_stride, out_pixel_stride;
   int64_t channel_block;       // reduction channels per pass over the tiles
+  // Weights read in place (weights is the weight tensor's data) when taps is set: output channel o,
+  // reduction channel r and tap t of group g at weights[g * group + o * out + r * red + taps[t]].
+  struct InPlace {
+    const int64_t* taps = nullptr;
+    int64_t group = 0, out = 0, red = 0;
+  } in_place;
 };
 
 // Where a vector of pixels reads (from its buffer's channel 0) and writes (from output channel 0).
@@ -371,6 +379,11 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
   for (int64_t c = 0; c < tc.channel_block; ++c) {
     for (int64_t t = 0; t < tc.ntaps; ++t) offsets[c * tc.ntaps + t] = c * cs + taps[t];
   }
+  const typename TiledConv<T>::InPlace& ip = tc.in_place;
+  std::vector<int64_t> weight_offsets(ip.taps ? offsets.size() : 0);
+  for (size_t i = 0; i < weight_offsets.size(); ++i) {
+    weight_offsets[i] = int64_t(i) / tc.ntaps * ip.red + ip.taps[int64_t(i) % tc.ntaps];
+  }
   std::vector<VectorPos> pos(vectors);
   for (int64_t q = 0; q < vectors; ++q) pos[q] = vector_at(q);
   const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T));
@@ -379,7 +392,8 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
     const T* group_in = buf + (g - first_group) * tc.reds * cs;
     for (int64_t c0 = 0; c0 < tc.reds; c0 += tc.channel_block) {
       const TileGeometry geo{std::min(tc.channel_block, tc.reds - c0) * tc.ntaps, offsets.data(),
-                             tc.out_channel_stride, tc.out_pixel_stride};
+                             tc.out_channel_stride, tc.out_pixel_stride,
+                             ip.taps ? weight_offsets.data() : nullptr, ip.out};
       const TileInit init = c0 > 0 ? TileInit::accumulate : tc.bias ? TileInit::bias : TileInit::zero;
       const auto run = [&](int64_t q, int64_t kb) {
         const int n = tile_width<VT>(q, vectors);
@@ -392,7 +406,8 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
           outs[v] = out + pos[q + v].out + out_shift;
           count[v] = pos[q + v].count;
         }
-        const T* w = tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
+        const T* w = ip.taps ? tc.weights + g * ip.group + k0 * ip.out + c0 * ip.red
+                             : tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
         conv_tile_upto<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
                         std::min<int64_t>(KT, tc.outs - k0), n);
       };
@@ -450,6 +465,25 @@ template <typename T, int KT>
 int64_t pointwise_channel_block(int64_t reds) {
   const int64_t per_channel = kTileVectors<KT> * Vec<T>::size() * int64_t(sizeof(T));
   return std::clamp<int64_t>(kPointwiseTileBytes / per_channel, 8, std::max<int64_t>(reds, 1));
+}
+
+// Whether the tiles of the forward (rows and 1x1) and of the row-wise input gradient read the weights
+// where they are instead of packed (TiledConv::InPlace), given how many pixel vectors each weight
+// meets and whether the call reads each weight once. Packing reads and writes every weight once more,
+// a large part of the work where each weight meets few vectors: a quarter of the input gradient of
+// 512x512 3x3 on 7x7 maps at batch 1 (7 vectors; bench/NOTES.md, convolution entries 9 and 14). Two
+// threads, in place against packed: that layer's forward 2.68 -> 2.09 ms, input gradient 3.59 -> 2.74;
+// at batch 8 (56 vectors) 14.6 -> 14.1 and 15.4 -> 15.0; on 14x14 at batch 1 (28 vectors) 7.63 -> 6.99
+// and 8.43 -> 7.34; at 112 vectors within 2% either way. Kept packed: the phases of a strided input
+// gradient, which packed read the weight once for all of them (pack_phase_weights; in place 4.85 ->
+// 5.79 ms for 512 channels on 14x14 at batch 1), and the 1x1 input gradient (grad_input_pointwise),
+// whose steps are reduction channels 2-8 KB apart in the weight, aliasing in the L1 cache (in place
+// 1.85 -> 2.37 ms for 512->2048 on 7x7). FASTDL_CONV_WEIGHTS_IN_PLACE = always | never overrides the
+// rule where it applies.
+constexpr int64_t kInPlaceWeightVectors = 64;
+
+bool weights_in_place(int64_t vectors, bool read_once) {
+  return override_or("FASTDL_CONV_WEIGHTS_IN_PLACE", read_once && vectors <= kInPlaceWeightVectors);
 }
 
 // Whether kernel tap t of an axis reads the image, not only its padding, for some output: the first
@@ -596,7 +630,10 @@ void forward_tiles(const Conv2dForward& f) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1;  // its padding is packed as zeros instead
   const std::vector<int64_t> taps = pointwise ? std::vector<int64_t>{0} : taps_reaching_image(s);
-  const Scratch<T> weights = pack_weights<T, KT>(f.weight.const_data_ptr<T>(), s, false, taps);
+  const int64_t nvec = div_up(s.out_w, V);
+  const bool in_place =
+      weights_in_place(s.batch * (pointwise ? div_up(s.out_h * s.out_w, V) : s.out_h * nvec), true);
+  const Scratch<T> weights = in_place ? Scratch<T>() : pack_weights<T, KT>(f.weight.const_data_ptr<T>(), s, false, taps);
   std::vector<T> bias;
   if (f.bias.defined()) {
     bias.assign(blocks * KT, T(0));
@@ -605,8 +642,10 @@ void forward_tiles(const Conv2dForward& f) {
       for (int64_t k = 0; k < Kg; ++k) bias[(g * nb + k / KT) * KT + k % KT] = b[g * Kg + k];
     }
   }
-  TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), weights.get(), bias.empty() ? nullptr : bias.data(), y.sc,
-                  y.sw, pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg, y.sw)};
+  TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), in_place ? f.weight.const_data_ptr<T>() : weights.get(),
+                  bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
+                  pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg, y.sw)};
+  if (in_place) tc.in_place = {taps.data(), Kg * Cg * s.taps(), Cg * s.taps(), s.taps()};
   if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc);
 
   const InputGeometry geo(s);
@@ -615,7 +654,7 @@ void forward_tiles(const Conv2dForward& f) {
   // Units: an image's group of output rows, the groups of near-equal size.
   const int64_t row_groups = div_up(s.out_h, rows_per_item(s, geo, s.in_channels, sizeof(T)));
   const int64_t units = s.batch * row_groups, kchunks = block_chunks(units, blocks, kItemsPerThread);
-  const int64_t nvec = div_up(s.out_w, V), rs = geo.window.row_stride();
+  const int64_t rs = geo.window.row_stride();
   const auto unit_rows = [&](int64_t unit) { return part_of(s.out_h, row_groups, unit % row_groups); };
   const int64_t cs = unaliased(geo.rows(s, 0, div_up(s.out_h, row_groups)).rows * rs, sizeof(T));
   UnitWindows<T> windows(units, s.in_channels, cs, kchunks > 1, [&](int64_t unit, int64_t c0, int64_t c1, T* dst) {
@@ -801,7 +840,11 @@ void grad_input_tiles(const Conv2dBackward& b) {
       phases.push_back(std::move(ph));
     }
   }
-  const std::vector<Scratch<T>> packed = pack_phase_weights<T, KT>(b.weight.const_data_ptr<T>(), s, subsets);
+  int64_t uses = 0;  // pixel vectors per weight, over every phase
+  for (const Phase& ph : phases) uses += ph.tap_index.empty() ? 0 : s.batch * ph.rows_out * div_up(ph.cols_out, V);
+  const bool in_place = weights_in_place(uses, subsets.size() == 1);
+  const std::vector<Scratch<T>> packed =
+      in_place ? std::vector<Scratch<T>>() : pack_phase_weights<T, KT>(b.weight.const_data_ptr<T>(), s, subsets);
   size_t next_weights = 0;
   for (const Phase& ph : phases) {
     const int64_t a = ph.a, a_w = ph.a_w, rows_out = ph.rows_out, cols_out = ph.cols_out, width = ph.width;
@@ -819,8 +862,10 @@ void grad_input_tiles(const Conv2dBackward& b) {
     }
     const PhaseTaps &th = ph.th, &tw = ph.tw;
     const int64_t pixel_step = s.stride_w * dx.sw;  // between the phase's neighbouring pixels in dx
-    const TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()), packed[next_weights++].get(), nullptr, dx.sc,
-                          pixel_step, channel_block<T, KT>(int64_t(th.taps.size()), Kg, pixel_step)};
+    TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()),
+                    in_place ? b.weight.const_data_ptr<T>() : packed[next_weights++].get(), nullptr, dx.sc,
+                    pixel_step, channel_block<T, KT>(int64_t(th.taps.size()), Kg, pixel_step)};
+    if (in_place) tc.in_place = {ph.tap_index.data(), Kg * Cg * s.taps(), s.taps(), Cg * s.taps()};
     const int64_t extra = th.max_offset - th.min_offset;
     const int64_t rows = std::clamp<int64_t>(
         kItemBufferBytes / std::max<int64_t>(s.out_channels * width * int64_t(sizeof(T)), 1) - extra, 1, rows_out);

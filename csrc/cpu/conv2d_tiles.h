@@ -32,11 +32,16 @@ enum class TileInit { zero, bias, accumulate };
 // How a conv_tile reads its inputs and writes its outputs. Step i of the reduction (reduction channel
 // c, tap t) reads at offsets[i] = c * cs + tap[t] from a vector's start: one flat loop, which keeps
 // the compiler from spilling the accumulators between channels.
+// The weights are packed ([step][KT], the KT values of a step adjacent) unless weight_offsets is set:
+// then output channel j's weight for step i is at w[j * weight_row_stride + weight_offsets[i]] (read
+// in place from the weight tensor; see conv2d.cpp's TiledConv::InPlace).
 struct TileGeometry {
   int64_t steps;
   const int64_t* offsets;
   int64_t out_channel_stride;  // between output channels
   int64_t out_pixel_stride;    // between neighbouring output pixels (1, or K for channels-last)
+  const int64_t* weight_offsets = nullptr;
+  int64_t weight_row_stride = 0;
 };
 
 template <typename T>
@@ -74,11 +79,26 @@ int tile_width(int64_t q, int64_t vectors) {
   return int(VT > 2 && left == VT + 1 ? VT - 1 : std::min<int64_t>(VT, left));
 }
 
+// acc[j][v] += sum over the steps i of weight(i, j) * src[v][offsets[i]]: one flat loop.
+template <typename T, int KT, int VT, typename Weight>
+inline __attribute__((always_inline)) void tile_steps(Vec<T> (&acc)[KT][VT], const T* const (&src)[VT],
+                                                       const TileGeometry& g, const Weight& weight) {
+  for (int64_t i = 0; i < g.steps; ++i) {
+    const int64_t o = g.offsets[i];
+    Vec<T> x[VT];
+    for (int v = 0; v < VT; ++v) x[v] = Vec<T>::loadu(src[v] + o);
+    for (int j = 0; j < KT; ++j) {
+      const Vec<T> wj(weight(i, j));
+      for (int v = 0; v < VT; ++v) acc[j][v] = at::vec::fmadd(x[v], wj, acc[j][v]);
+    }
+  }
+}
+
 // One tile of KT output channels (the first kvalid are stored) x VT vectors. Vector v's first pixel
 // reads in[v] (reduction channel 0, tap offset 0) and writes out[v] (output channel 0 of the block),
 // for count[v] <= V pixels; buffers have at least V readable elements past the last pixel any vector
-// needs, so loads are always full. w: packed weights of the block, [channels][ntaps][KT]. init:
-// zero, bias[0, KT), or the values already in out.
+// needs, so loads are always full. w: the block's weights, packed [channels][ntaps][KT] or in place
+// (TileGeometry). init: zero, bias[0, KT), or the values already in out.
 template <typename T, int KT, int VT>
 void conv_tile(const T* const* in, T* const* out, const int64_t* count, const TileGeometry& g, const T* w,
                TileInit init, const T* bias, int64_t kvalid) {
@@ -94,14 +114,14 @@ void conv_tile(const T* const* in, T* const* out, const int64_t* count, const Ti
   }
   const T* src[VT];
   for (int v = 0; v < VT; ++v) src[v] = in[v];
-  for (int64_t i = 0; i < g.steps; ++i, w += KT) {
-    const int64_t o = g.offsets[i];
-    Vec<T> x[VT];
-    for (int v = 0; v < VT; ++v) x[v] = Vec<T>::loadu(src[v] + o);
-    for (int j = 0; j < KT; ++j) {
-      const Vec<T> wj(w[j]);
-      for (int v = 0; v < VT; ++v) acc[j][v] = at::vec::fmadd(x[v], wj, acc[j][v]);
-    }
+  if (g.weight_offsets == nullptr) {
+    tile_steps<T, KT, VT>(acc, src, g, [w](int64_t i, int j) { return w[i * KT + j]; });
+  } else {
+    // Rows past kvalid (the last block of a layer) read the last valid row; their sums are dropped.
+    const T* row[KT];
+    for (int j = 0; j < KT; ++j) row[j] = w + std::min<int64_t>(j, kvalid - 1) * g.weight_row_stride;
+    const int64_t* wo = g.weight_offsets;
+    tile_steps<T, KT, VT>(acc, src, g, [&row, wo](int64_t i, int j) { return row[j][wo[i]]; });
   }
   for (int j = 0; j < kvalid; ++j) {
     for (int v = 0; v < VT; ++v) {
