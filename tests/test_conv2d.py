@@ -251,11 +251,11 @@ def test_named_cases_with_weights_in_place_or_packed(name, monkeypatch):
         x = make(shape, "contiguous", dtype, "cpu", 1)
         w = make(wshape, "contiguous", dtype, "cpu", 2)
         b = make((wshape[0],), "contiguous", dtype, "cpu", 3)
+        grad = make(tuple(F.conv2d(x, w, None, stride, padding, dilation, groups).shape), "contiguous", dtype, "cpu", 4)
         results = []
         for weights in ("always", "never"):
             monkeypatch.setenv("FASTDL_CONV_WEIGHTS_IN_PLACE", weights)
             check_against_torch(x, w, b, stride, padding, dilation, groups)
-            grad = make(tuple(F.conv2d(x, w, b, stride, padding, dilation, groups).shape), "contiguous", dtype, "cpu", 4)
             results.append(run(lambda x, w, b: fastdl.ops.conv2d(x, w, b, stride, padding, dilation, groups,
                                                                  algorithm="direct"), x, w, b, grad))
         (out_a, grads_a), (out_b, grads_b) = results

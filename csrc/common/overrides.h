@@ -7,7 +7,7 @@
 //   FASTDL_WINOGRAD_WEIGHT_GRAD  always | never   the Winograd weight gradient (CPU and CUDA)
 //   FASTDL_RNN_SMALL_BATCH       always | never   CUDA LSTM/GRU small-batch kernel (shipped to batch 16, kernel 64)
 //   FASTDL_CONV_SPLIT            never            CUDA forward/grad_input split reductions
-//   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU row tiles reading the weights unpacked
+//   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU convolution tiles reading the weights in place
 
 #include <cstdlib>
 #include <cstring>

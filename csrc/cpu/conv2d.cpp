@@ -375,14 +375,13 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
                     int64_t in_channel_bytes, T* out, int64_t b0, int64_t b1, int64_t vectors,
                     VectorAt&& vector_at) {
   constexpr int VT = kTileVectors<KT>;
-  std::vector<int64_t> offsets(tc.channel_block * tc.ntaps);
-  for (int64_t c = 0; c < tc.channel_block; ++c) {
-    for (int64_t t = 0; t < tc.ntaps; ++t) offsets[c * tc.ntaps + t] = c * cs + taps[t];
-  }
   const typename TiledConv<T>::InPlace& ip = tc.in_place;
-  std::vector<int64_t> weight_offsets(ip.taps ? offsets.size() : 0);
-  for (size_t i = 0; i < weight_offsets.size(); ++i) {
-    weight_offsets[i] = int64_t(i) / tc.ntaps * ip.red + ip.taps[int64_t(i) % tc.ntaps];
+  std::vector<int64_t> offsets(tc.channel_block * tc.ntaps), weight_offsets(ip.taps ? offsets.size() : 0);
+  for (int64_t c = 0; c < tc.channel_block; ++c) {
+    for (int64_t t = 0; t < tc.ntaps; ++t) {
+      offsets[c * tc.ntaps + t] = c * cs + taps[t];
+      if (ip.taps) weight_offsets[c * tc.ntaps + t] = c * ip.red + ip.taps[t];
+    }
   }
   std::vector<VectorPos> pos(vectors);
   for (int64_t q = 0; q < vectors; ++q) pos[q] = vector_at(q);

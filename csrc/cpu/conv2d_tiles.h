@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <c10/macros/Macros.h>
+
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
 #endif
@@ -81,8 +83,8 @@ int tile_width(int64_t q, int64_t vectors) {
 
 // acc[j][v] += sum over the steps i of weight(i, j) * src[v][offsets[i]]: one flat loop.
 template <typename T, int KT, int VT, typename Weight>
-inline __attribute__((always_inline)) void tile_steps(Vec<T> (&acc)[KT][VT], const T* const (&src)[VT],
-                                                       const TileGeometry& g, const Weight& weight) {
+C10_ALWAYS_INLINE void tile_steps(Vec<T> (&acc)[KT][VT], const T* const (&src)[VT], const TileGeometry& g,
+                                    const Weight& weight) {
   for (int64_t i = 0; i < g.steps; ++i) {
     const int64_t o = g.offsets[i];
     Vec<T> x[VT];
