@@ -1,5 +1,5 @@
-// CPU kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4 (float32, float64): the forward and
-// the input gradient (the transforms and their algebra are in common/winograd.h).
+// CPU kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4 (float32, float64): the forward, the
+// input gradient and the weight gradient (the transforms and their algebra are in common/winograd.h).
 //
 // Output tiles (m x m blocks of one image's outputs) are numbered over the batch and taken in
 // blocks of a few dozen, so that memory stays bounded whatever the batch. A work item is (a block
@@ -37,6 +37,12 @@ constexpr int64_t kBlockBytes = 1024 * 1024;  // transformed inputs of one block
 // VGG-16 conv5 (512, 14x14) at batch 8 (18.9 MB) 1.64x -> 1.75x, ResNet-50 layer1 (64, 56x56) at
 // batch 1 (3.6 MB) 0.80x -> 1.97x; 256 channels on 28x28 at batch 8 (28.9 MB) 2.22x -> 1.90x.
 constexpr int64_t kStagedBytes = int64_t(20) << 20;
+// The weight gradient's blocks of tiles: their transformed inputs and grad_outputs take as many bytes
+// as its alpha^2 x K x C sums (each block reads and writes those once: 37.7 MB for F4 at 512 channels),
+// from a sixteenth of this bound to the bound. F4, batch 8, Winograd / direct time with blocks of 2 and
+// 32 MB: 64 channels on 56x56 1.17x / 0.90x, 128 on 56x56 1.68x / 1.34x, 512 on 14x14 0.72x / 1.48x.
+constexpr int64_t kWeightGradBlockBytes = int64_t(32) << 20;
+constexpr int64_t kWeightGradRunBytes = 16 * 1024;  // transformed inputs one register tile reduces over
 
 // One Winograd convolution as the kernels see it: output (n, k, oh, ow) is bias[k] plus the sum over
 // c < channels and r, s < 3 of filter[k][c][r][s] * x[n][c][oh - pad_h + r][ow - pad_w + s], x zero
@@ -288,74 +294,142 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
 
 // ---- weight gradient ------------------------------------------------------------------------------------
 
-// A dY A^T of each tile of grad_output channels `outs` into m_buf[xi][k][tile] (zero for padding tiles).
-template <typename T, int M>
-void transform_grad_outputs(const WinogradConv<T>& p, const Strided4d<const T>& dy, const std::vector<TilePatch>& patches,
-                            T* m_buf, int64_t ks, Range outs) {
-  constexpr int A = M + 2;
+// The R x R blocks of channels [c0, c0 + V) under one tile, starting at its patch origin plus (shift_h,
+// shift_w) in planes of h x w, as vectors along the channels: d[i][j] lane l is channel c0 + l's element
+// (i, j), zero outside the plane, for channels from `channels` on and for a padding tile.
+template <int R, typename T>
+void gather_channels(const Strided4d<const T>& x, const TilePatch& t, int64_t c0, int64_t channels, int64_t shift_h,
+                     int64_t shift_w, int64_t h, int64_t w, Vec<T> (&d)[R][R]) {
   constexpr int64_t V = Vec<T>::size();
-  const int64_t tb = int64_t(patches.size());
-  for (int64_t k = outs.begin; k < outs.end; ++k) {
-    for (int64_t q = 0; q < tb; q += V) {
-      Vec<T> d[M][M], u[A][A];
-      gather_blocks<M>(dy.data + k * dy.sc, dy, patches.data() + q, p.pad_h, p.pad_w, p.out_h, p.out_w, d);
-      winograd_grad_output_transform<M, T>(d, u);
-      for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(m_buf + (xi * ks + k) * tb + q);
+  T lanes[R][R][V] = {};
+  const int64_t row0 = t.row0 + shift_h, col0 = t.col0 + shift_w;
+  const int64_t i0 = std::max<int64_t>(0, -row0), i1 = std::min<int64_t>(R, h - row0);
+  const int64_t j0 = std::max<int64_t>(0, -col0), j1 = std::min<int64_t>(R, w - col0);
+  const int64_t count = t.valid ? std::min(V, channels - c0) : 0;
+  for (int64_t l = 0; l < count; ++l) {
+    const T* src = x.data + t.n * x.sn + (c0 + l) * x.sc;
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < j1; ++j) lanes[i][j][l] = src[(row0 + i) * x.sh + (col0 + j) * x.sw];
     }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < R; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
   }
 }
 
-// grad_weight (K, C, 3, 3) of the convolution p (x = input, outs = K) given grad_output dy: blocks of
-// tiles one after another, each transformed (inputs and grad_output, in parallel over channels) and
-// summed into dU[xi][k][c] by weight_grad_tile (4 output channels x 3 input channels, vectors along
-// tiles), in parallel over (xi, block of 4 output channels) so that no two threads share a sum; then
-// dW = G^T dU G. Blocks are large (up to 8 MB of transformed inputs) since dU is read and written once
-// per block.
+// One block of tiles of the weight gradient, transformed with vectors along the channels: the inputs'
+// B^T d B into vt[xi][tile][c] (row stride cs), grad_output's A dY A^T into dyt[xi][kb][tile][KT] (output
+// channels in blocks of KT, as conv_tile reads packed weights).
+template <typename T, int M>
+void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const T>& dy,
+                                 const std::vector<TilePatch>& patches, T* vt, int64_t cs, T* dyt) {
+  constexpr int A = M + 2;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t tb = int64_t(patches.size()), C = p.channels, K = p.outs, blocks = div_up(K, KT);
+  // The inputs by runs of tiles, each tile's row of every xi written whole; grad_output by vectors of
+  // output channels, each block's run of tiles written in order.
+  const int64_t cvectors = div_up(C, V), runs = std::min(tb, 4 * int64_t(at::get_num_threads()));
+  at::parallel_for(0, runs + div_up(K, V), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < runs) {
+        const Range r = part_of(tb, runs, i);
+        for (int64_t t = r.begin; t < r.end; ++t) {
+          for (int64_t c = 0; c < cvectors; ++c) {
+            Vec<T> d[A][A], u[A][A];
+            gather_channels<A>(p.x, patches[t], c * V, C, 0, 0, p.in_h, p.in_w, d);
+            winograd_input_transform<M, T>(d, u);
+            for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A].store(vt + (xi * tb + t) * cs + c * V);
+          }
+        }
+        continue;
+      }
+      const int64_t k0 = (i - runs) * V;
+      for (int64_t t = 0; t < tb; ++t) {
+        Vec<T> d[M][M], u[A][A];
+        gather_channels<M>(dy, patches[t], k0, K, p.pad_h, p.pad_w, p.out_h, p.out_w, d);
+        winograd_grad_output_transform<M, T>(d, u);
+        for (int xi = 0; xi < A * A; ++xi) {
+          T lanes[V];
+          u[xi / A][xi % A].store(lanes);
+          for (int64_t kb = k0 / KT; kb < std::min(blocks, (k0 + V) / KT); ++kb) {
+            std::copy(lanes + kb * KT - k0, lanes + kb * KT - k0 + KT, dyt + ((xi * blocks + kb) * tb + t) * KT);
+          }
+        }
+      }
+    }
+  });
+}
+
+// grad_weight (K, C, 3, 3) of the convolution p (x = input, outs = K) given grad_output dy. The sums
+// dU[xi][k][c] = sum over tiles of (A dY A^T)[xi][k] (B^T d B)[xi][c] are alpha^2 matrix products that
+// reduce over the tiles, computed by the forward's conv_tile with vectors along the input channels c
+// (KT output channels broadcast from dyt, VT vectors of channels, the tiles as the reduction steps): no
+// horizontal sums, and the tiles' count does not have to fill vectors. Blocks of tiles
+// (kWeightGradBlockBytes) are transformed, then summed into dU in parallel over (xi, range of channel
+// vectors), each range's VT-vector groups meeting every output block over runs of tiles whose
+// transformed inputs stay in L1; dU is written once per block. Then dW = G^T dU G, vectorized over (k, c).
 template <typename T, int M>
 void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy, T* grad_weight) {
-  constexpr int A = M + 2, J = 3;
+  constexpr int A = M + 2;
   constexpr int64_t V = Vec<T>::size();
-  const int64_t C = p.channels, K = p.outs, blocks = div_up(K, KT);
+  const int64_t C = p.channels, K = p.outs, blocks = div_up(K, KT), cvectors = div_up(C, V);
   const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M);
-  const int64_t per_tile = A * A * std::max(C, K) * int64_t(sizeof(T));
-  const int64_t most = std::clamp<int64_t>(8 * kBlockBytes / per_tile, V, tiles);
-  const int64_t tb = div_up(div_up(tiles, div_up(tiles, most)), V) * V;  // equal blocks of whole vectors
-  const int64_t cs = unaliased(tb, sizeof(T));
-  std::vector<T> v(A * A * C * cs + V), m(A * A * K * tb), du(A * A * K * C, T(0));
-  std::vector<TilePatch> patches(tb);
-  std::vector<const T*> x_steps(A * A * (tb / V)), dy_steps(A * A * (tb / V));
-  for (int xi = 0; xi < A * A; ++xi) {
-    for (int64_t i = 0; i < tb / V; ++i) {
-      x_steps[xi * (tb / V) + i] = v.data() + xi * C * cs + i * V;
-      dy_steps[xi * (tb / V) + i] = m.data() + xi * K * tb + i * V;
-    }
-  }
+  const int64_t cs = unaliased(cvectors * V, sizeof(T));
+  const int64_t per_tile = A * A * (cs + blocks * KT) * int64_t(sizeof(T));
+  const int64_t block_bytes = std::clamp<int64_t>(A * A * K * C * int64_t(sizeof(T)), kWeightGradBlockBytes / 16, kWeightGradBlockBytes);
+  const int64_t most = std::clamp<int64_t>(block_bytes / per_tile, 1, std::max<int64_t>(tiles, 1));
+  const int64_t tb = div_up(tiles, std::max<int64_t>(1, div_up(tiles, most)));  // equal blocks
+  Scratch<T> vt(A * A * tb * cs + V), dyt(A * A * blocks * tb * KT), du(A * A * K * C);
+  std::vector<TilePatch> patches;
+  const int64_t cchunks = block_chunks(A * A, div_up(cvectors, VT));
+  std::vector<int64_t> offsets(tb);
+  for (int64_t t = 0; t < tb; ++t) offsets[t] = t * cs;
   for (int64_t first = 0; first < tiles; first += tb) {
+    patches.resize(std::min(tb, tiles - first));
     place_tiles<T, M>(p, first, patches);
-    at::parallel_for(0, C + K, 1, [&](int64_t c0, int64_t c1) {
-      if (c0 < C) transform_inputs<T, M>(p, patches, v.data(), cs, {c0, std::min(c1, C)});
-      if (c1 > C) transform_grad_outputs<T, M>(p, dy, patches, m.data(), K, {std::max(c0, C) - C, c1 - C});
-    });
-    at::parallel_for(0, A * A * blocks, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t xi = i / blocks, k0 = i % blocks * KT;
-        const GradSteps<T> steps{dy_steps.data() + xi * (tb / V), x_steps.data() + xi * (tb / V), tb / V, tb / V, 0};
-        int64_t dy_offset[KT], x_offset[J];
-        for (int j = 0; j < KT; ++j) dy_offset[j] = std::min<int64_t>(k0 + j, K - 1) * tb;
-        for (int64_t c0 = 0; c0 < C; c0 += J) {
-          for (int q = 0; q < J; ++q) x_offset[q] = std::min<int64_t>(c0 + q, C - 1) * cs;
-          weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, du.data() + (xi * K + k0) * C + c0, C,
-                                     std::min<int64_t>(KT, K - k0), std::min<int64_t>(J, C - c0));
+    transform_weight_grad_block<T, M>(p, dy, patches, vt.get(), cs, dyt.get());
+    const int64_t count = int64_t(patches.size());
+    // The reduction in runs whose transformed inputs (VT vectors a tile) stay in L1 across the output
+    // blocks, each run's sums added to the last's.
+    const int64_t runs = div_up(count, kWeightGradRunBytes / (VT * V * int64_t(sizeof(T))));
+    at::parallel_for(0, A * A * cchunks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t xi = item / cchunks;
+        const Range r = part_of(cvectors, cchunks, item % cchunks);
+        for (int64_t run = 0; run < runs; ++run) {
+          const Range steps = part_of(count, runs, run);
+          const TileGeometry geo{steps.end - steps.begin, offsets.data(), C, 1};
+          const TileInit init = first == 0 && run == 0 ? TileInit::zero : TileInit::accumulate;
+          for (int64_t q = r.begin, n = 0; q < r.end; q += n) {
+            n = tile_width<VT>(q - r.begin, r.end - r.begin);
+            const T* in[VT];
+            T* out[VT];
+            int64_t lanes[VT];
+            for (int j = 0; j < n; ++j) {
+              in[j] = vt.get() + (xi * count + steps.begin) * cs + (q + j) * V;
+              lanes[j] = std::min(V, C - (q + j) * V);
+            }
+            for (int64_t kb = 0; kb < blocks; ++kb) {
+              for (int j = 0; j < n; ++j) out[j] = du.get() + (xi * K + kb * KT) * C + (q + j) * V;
+              const T* w = dyt.get() + ((xi * blocks + kb) * count + steps.begin) * KT;
+              conv_tile_upto<T, KT, VT>(in, out, lanes, geo, w, init, nullptr, std::min<int64_t>(KT, K - kb * KT), int(n));
+            }
+          }
         }
       }
     });
   }
-  at::parallel_for(0, K * C, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      T u[A][A], g[3][3];
-      for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A] = du[xi * K * C + i];
+  at::parallel_for(0, div_up(K * C, V), 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0 * V; i < std::min(K * C, i1 * V); i += V) {
+      const int64_t n = std::min(V, K * C - i);
+      Vec<T> u[A][A], g[3][3];
+      for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A] = Vec<T>::loadu(du.get() + xi * K * C + i, n);
       winograd_filter_grad_transform<M, T>(u, g);
-      for (int r = 0; r < 9; ++r) grad_weight[i * 9 + r] = g[r / 3][r % 3];
+      T lanes[9][V];
+      for (int r = 0; r < 9; ++r) g[r / 3][r % 3].store(lanes[r]);
+      for (int64_t l = 0; l < n; ++l) {
+        for (int r = 0; r < 9; ++r) grad_weight[(i + l) * 9 + r] = lanes[r][l];
+      }
     }
   });
 }
@@ -392,13 +466,17 @@ struct CpuWinograd {
     });
   }
 
-  // Winograd's weight gradient pays on many tiles of wide layers (VGG-16's 28x28 and 56x56 maps at batch
-  // 8: 1.35-1.64x the direct kernel with F(4x4,3x3)); on small maps or few channels the alpha^2 x K x C
-  // sums it keeps, and its transforms, cost more than they save (0.2-0.9x): bench/NOTES.md, Winograd 2.
+  // Winograd's weight gradient (channel-vector form) measured 1.0-2.2x the direct kernel on every 3x3
+  // layer of VGG-16, ResNet-50 and AlexNet where 'auto' picks Winograd, batch 1 to 32 (bench/NOTES.md,
+  // Winograd 9). It loses with few tiles (the alpha^2 x K x C sums cost as much as the products: 512
+  // channels on 7x7 at batch 1, 0.32x with F4), sums too large for the caches (2048 channels, 0.63x), few
+  // channels (3 -> 64: 0.17x), and with F2 under 128 channels (0.72-0.82x).
   static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
     const Conv2dShape& s = b.shape;
     const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
-    const bool pays = tile == 4 && tiles >= 384 && std::min(s.in_channels, s.out_channels) >= 128;
+    const int64_t sums_bytes = (tile + 2) * (tile + 2) * s.in_channels * s.out_channels * b.input.element_size();
+    const bool pays = tiles >= 32 && sums_bytes <= 2 * kWeightGradBlockBytes &&
+                      std::min(s.in_channels, s.out_channels) >= (tile == 4 ? 16 : 128);
     if (!winograd_weight_grad_wanted(pays)) return false;
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
       const WinogradConv<scalar_t> p{strided<const scalar_t>(b.input), {}, s.batch, s.in_channels, s.in_h, s.in_w,
