@@ -121,6 +121,20 @@ def test_winograd_weight_gradient_matches_torch(case, algorithm, monkeypatch):
         assert rel_l2(got, want) < bound
 
 
+@pytest.mark.parametrize("algorithm", list(TILES))
+def test_weight_gradient_float32_accuracy_over_many_tiles(algorithm, monkeypatch):
+    """A weight gradient summed over 6272 4x4 (25088 2x2) tiles keeps the forward's float32 bound against
+    float64: the sums run in short runs added to the total (a total carried through every tile was
+    several times over it)."""
+    monkeypatch.setenv("FASTDL_WINOGRAD_WEIGHT_GRAD", "always")
+    x, w = randn(2, 16, 224, 224, seed=1), randn(16, 16, 3, 3, seed=2) / 12
+    g = randn(2, 16, 224, 224, seed=3)
+    got = torch.ops.fastdl.conv2d_winograd_backward(g, x, w, [1, 1], TILES[algorithm], [False, True, False])[1]
+    want = torch.ops.aten.convolution_backward(g.double(), x.double(), w.double(), None, [1, 1], [1, 1], [1, 1],
+                                               False, [0, 0], 1, [False, True, False])[1]
+    assert rel_l2(got, want) < FLOAT32_REL_L2[algorithm]
+
+
 def test_weight_gradient_paths_agree_on_a_layer_that_picks_winograd(monkeypatch):
     """A layer large enough for the automatic choice to take the Winograd weight gradient (384+ 4x4 tiles,
     128+ channels): auto, forced Winograd and forced direct all match float64."""
