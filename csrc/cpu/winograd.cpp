@@ -467,16 +467,20 @@ struct CpuWinograd {
     });
   }
 
-  // Winograd's weight gradient (channel-vector form) measured 1.0-2.2x the direct kernel on every 3x3
-  // layer of VGG-16, ResNet-50 and AlexNet where 'auto' picks Winograd, batch 1 to 32 (bench/NOTES.md,
-  // Winograd 9). It loses with few tiles (the alpha^2 x K x C sums cost as much as the products: 512
-  // channels on 7x7 at batch 1, 0.32x with F4), sums too large for the caches (2048 channels, 0.63x), few
-  // channels (3 -> 64: 0.17x), and with F2 under 128 channels (0.72-0.82x).
+  // Winograd's weight gradient (channel-vector form) pays by the multiply-adds it saves per sum of dU:
+  // direct 9 x outputs per (k, c) pair against alpha^2 x tiles, while each of the alpha^2 sums costs a
+  // read, a write and the final transform. Training steps (forward+backward, interleaved, never / auto):
+  // 147 or more saved per sum 1.03-1.44x (VGG-16 and ResNet-50 from 28x28 at batch 1, 14x14 at batch
+  // 8), 46-66 0.92-1.0x (F2 on 13x13 and 14x14 at batch 1, F4 on 7x7 at batch 8; on its own the
+  // weight gradient measured 1.02-1.37x there, but not next to the forward's data). Also against it:
+  // sums beyond the caches (2048 channels: 0.63x) and few channels (3 -> 64: 0.17x; F2 under 128
+  // channels 0.72-0.82x). bench/NOTES.md, Winograd 9.
   static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
     const Conv2dShape& s = b.shape;
-    const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
-    const int64_t sums_bytes = (tile + 2) * (tile + 2) * s.in_channels * s.out_channels * b.input.element_size();
-    const bool pays = tiles >= 32 && sums_bytes <= 2 * kWeightGradBlockBytes &&
+    const int64_t alpha2 = (tile + 2) * (tile + 2), tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
+    const int64_t saved_per_sum = (9 * s.batch * s.out_h * s.out_w - alpha2 * tiles) / alpha2;
+    const int64_t sums_bytes = alpha2 * s.in_channels * s.out_channels * b.input.element_size();
+    const bool pays = saved_per_sum >= 100 && sums_bytes <= 2 * kWeightGradBlockBytes &&
                       std::min(s.in_channels, s.out_channels) >= (tile == 4 ? 16 : 128);
     if (!winograd_weight_grad_wanted(pays)) return false;
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
