@@ -29,10 +29,7 @@
 
 namespace fastdl {
 
-// How a tile starts its sums: from zero, from the bias, or from the values in out (accumulate); `add`
-// starts from zero and adds the tile's sums to out at the end, so that a long reduction split into
-// tiles rounds each partial sum once instead of carrying the running total through every step.
-enum class TileInit { zero, bias, accumulate, add };
+enum class TileInit { zero, bias, accumulate };
 
 // How a conv_tile reads its inputs and writes its outputs. Step i of the reduction (reduction channel
 // c, tap t) reads at offsets[i] = c * cs + tap[t] from a vector's start: one flat loop, which keeps
@@ -130,9 +127,7 @@ void conv_tile(const T* const* in, T* const* out, const int64_t* count, const Ti
   }
   for (int j = 0; j < kvalid; ++j) {
     for (int v = 0; v < VT; ++v) {
-      T* o = out[v] + j * g.out_channel_stride;
-      if (init == TileInit::add) acc[j][v] = acc[j][v] + load_pixels(o, count[v], g.out_pixel_stride);
-      store_pixels(o, acc[j][v], count[v], g.out_pixel_stride);
+      store_pixels(out[v] + j * g.out_channel_stride, acc[j][v], count[v], g.out_pixel_stride);
     }
   }
 }

@@ -326,13 +326,13 @@ void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const
   constexpr int A = M + 2;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size()), C = p.channels, K = p.outs, blocks = div_up(K, KT);
-  // The inputs by runs of tiles, each tile's row of every xi written whole; grad_output by vectors of
-  // output channels, each block's run of tiles written in order.
-  const int64_t cvectors = div_up(C, V), runs = std::min(tb, 4 * int64_t(at::get_num_threads()));
-  at::parallel_for(0, runs + div_up(K, V), 1, [&](int64_t i0, int64_t i1) {
+  // The inputs by ranges of tiles, each tile's row of every xi written whole; grad_output by vectors of
+  // output channels, each block's tiles written in order.
+  const int64_t cvectors = div_up(C, V), ranges = std::min(tb, 4 * int64_t(at::get_num_threads()));
+  at::parallel_for(0, ranges + div_up(K, V), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < runs) {
-        const Range r = part_of(tb, runs, i);
+      if (i < ranges) {
+        const Range r = part_of(tb, ranges, i);
         for (int64_t t = r.begin; t < r.end; ++t) {
           for (int64_t c = 0; c < cvectors; ++c) {
             Vec<T> d[A][A], u[A][A];
@@ -343,7 +343,7 @@ void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const
         }
         continue;
       }
-      const int64_t k0 = (i - runs) * V;
+      const int64_t k0 = (i - ranges) * V;
       for (int64_t t = 0; t < tb; ++t) {
         Vec<T> d[M][M], u[A][A];
         gather_channels<M>(dy, patches[t], k0, K, p.pad_h, p.pad_w, p.out_h, p.out_w, d);
@@ -376,7 +376,8 @@ void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy
   const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M);
   const int64_t cs = unaliased(cvectors * V, sizeof(T));
   const int64_t per_tile = A * A * (cs + blocks * KT) * int64_t(sizeof(T));
-  const int64_t block_bytes = std::clamp<int64_t>(A * A * K * C * int64_t(sizeof(T)), kWeightGradBlockBytes / 16, kWeightGradBlockBytes);
+  const int64_t block_bytes =
+      std::clamp<int64_t>(A * A * K * C * int64_t(sizeof(T)), kWeightGradBlockBytes / 16, kWeightGradBlockBytes);
   const int64_t most = std::clamp<int64_t>(block_bytes / per_tile, 1, std::max<int64_t>(tiles, 1));
   const int64_t tb = div_up(tiles, std::max<int64_t>(1, div_up(tiles, most)));  // equal blocks
   Scratch<T> vt(A * A * tb * cs + V), dyt(A * A * blocks * tb * KT), du(A * A * K * C);
@@ -390,30 +391,44 @@ void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy
     transform_weight_grad_block<T, M>(p, dy, patches, vt.get(), cs, dyt.get());
     const int64_t count = int64_t(patches.size());
     // The reduction in runs whose transformed inputs (VT vectors a tile) stay in L1 across the output
-    // blocks, each run summed from zero and added to dU (TileInit::add: a float32 sum over 25088 tiles
-    // carried through every step was 9e-5 of the largest gradient away from float64, torch's 2e-5).
+    // blocks. Each run after the very first sums from zero into a register tile's worth of scratch that is
+    // then added to dU: a float32 total carried through every tile (25088 of them) was 9e-5 of the
+    // largest gradient away from float64, torch's 2e-5.
     const int64_t runs = div_up(count, kWeightGradRunBytes / (VT * V * int64_t(sizeof(T))));
     at::parallel_for(0, A * A * cchunks, 1, [&](int64_t i0, int64_t i1) {
+      alignas(64) T part[KT * VT * V];
       for (int64_t item = i0; item < i1; ++item) {
         const int64_t xi = item / cchunks;
         const Range r = part_of(cvectors, cchunks, item % cchunks);
         for (int64_t run = 0; run < runs; ++run) {
           const Range steps = part_of(count, runs, run);
-          const TileGeometry geo{steps.end - steps.begin, offsets.data(), C, 1};
-          const TileInit init = first == 0 && run == 0 ? TileInit::zero : TileInit::add;
+          const bool first_run = first == 0 && run == 0;
+          const TileGeometry geo{steps.end - steps.begin, offsets.data(), first_run ? C : VT * V, 1};
           for (int64_t q = r.begin, n = 0; q < r.end; q += n) {
             n = tile_width<VT>(q - r.begin, r.end - r.begin);
             const T* in[VT];
-            T* out[VT];
-            int64_t lanes[VT];
+            T *out[VT], *sums[VT];
+            int64_t channels[VT];
             for (int j = 0; j < n; ++j) {
               in[j] = vt.get() + (xi * count + steps.begin) * cs + (q + j) * V;
-              lanes[j] = std::min(V, C - (q + j) * V);
+              channels[j] = std::min(V, C - (q + j) * V);
             }
             for (int64_t kb = 0; kb < blocks; ++kb) {
-              for (int j = 0; j < n; ++j) out[j] = du.get() + (xi * K + kb * KT) * C + (q + j) * V;
+              const int64_t kvalid = std::min<int64_t>(KT, K - kb * KT);
+              for (int j = 0; j < n; ++j) {
+                sums[j] = du.get() + (xi * K + kb * KT) * C + (q + j) * V;
+                out[j] = first_run ? sums[j] : part + j * V;
+              }
               const T* w = dyt.get() + ((xi * blocks + kb) * count + steps.begin) * KT;
-              conv_tile_upto<T, KT, VT>(in, out, lanes, geo, w, init, nullptr, std::min<int64_t>(KT, K - kb * KT), int(n));
+              conv_tile_upto<T, KT, VT>(in, out, channels, geo, w, TileInit::zero, nullptr, kvalid, int(n));
+              if (first_run) continue;
+              for (int64_t k = 0; k < kvalid; ++k) {
+                for (int j = 0; j < n; ++j) {
+                  T* dst = sums[j] + k * C;
+                  const Vec<T> total = Vec<T>::loadu(dst, channels[j]) + Vec<T>::loadu(part + k * VT * V + j * V);
+                  total.store(dst, channels[j]);
+                }
+              }
             }
           }
         }
@@ -477,7 +492,8 @@ struct CpuWinograd {
   // channels 0.72-0.82x). bench/NOTES.md, Winograd 9.
   static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
     const Conv2dShape& s = b.shape;
-    const int64_t alpha2 = (tile + 2) * (tile + 2), tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
+    const int64_t alpha2 = (tile + 2) * (tile + 2);
+    const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
     const int64_t saved_per_sum = (9 * s.batch * s.out_h * s.out_w - alpha2 * tiles) / alpha2;
     const int64_t sums_bytes = alpha2 * s.in_channels * s.out_channels * b.input.element_size();
     const bool pays = saved_per_sum >= 100 && sums_bytes <= 2 * kWeightGradBlockBytes &&
