@@ -117,32 +117,47 @@ void place_tiles(const WinogradConv<T>& p, int64_t first, std::vector<TilePatch>
   }
 }
 
-// The R x R blocks of one channel under the V tiles from `tiles`, each starting at its patch origin
-// plus (shift_h, shift_w) in a plane of h x w (n-th image at plane + n * x.sn), as vectors along the
-// tiles: d[i][j] lane l is tile l's element (i, j), zero outside the plane and for padding tiles.
+// Vectors of V lanes, each lane an R x R block of its own plane: d[i][j] lane l is element
+// (row0[l] + i, col0[l] + j) of the h x w plane at src[l] (strides sh, sw), zero outside the plane and
+// where src[l] is null.
 template <int R, typename T>
-void gather_blocks(const T* plane, const Strided4d<const T>& x, const TilePatch* tiles, int64_t shift_h,
-                   int64_t shift_w, int64_t h, int64_t w, Vec<T> (&d)[R][R]) {
+void gather_lanes(const T* const* src, const int64_t* row0, const int64_t* col0, int64_t sh, int64_t sw, int64_t h,
+                  int64_t w, Vec<T> (&d)[R][R]) {
   constexpr int64_t V = Vec<T>::size();
   T lanes[R][R][V];
   for (int64_t l = 0; l < V; ++l) {
-    const TilePatch& t = tiles[l];
-    const int64_t row0 = t.row0 + shift_h, col0 = t.col0 + shift_w;
-    const T* src = plane + t.n * x.sn;
-    const bool inside = t.valid && row0 >= 0 && row0 + R <= h && col0 >= 0 && col0 + R <= w;
+    const bool valid = src[l] != nullptr;
+    const bool inside = valid && row0[l] >= 0 && row0[l] + R <= h && col0[l] >= 0 && col0[l] + R <= w;
     for (int i = 0; i < R; ++i) {
-      const int64_t ih = row0 + i;
-      const bool row_in = t.valid && ih >= 0 && ih < h;
+      const int64_t ih = row0[l] + i;
+      const bool row_in = valid && ih >= 0 && ih < h;
       for (int j = 0; j < R; ++j) {
-        const int64_t iw = col0 + j;
+        const int64_t iw = col0[l] + j;
         const bool in = inside || (row_in && iw >= 0 && iw < w);
-        lanes[i][j][l] = in ? src[ih * x.sh + iw * x.sw] : T(0);
+        lanes[i][j][l] = in ? src[l][ih * sh + iw * sw] : T(0);
       }
     }
   }
   for (int i = 0; i < R; ++i) {
     for (int j = 0; j < R; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
   }
+}
+
+// The R x R blocks of one channel under the V tiles from `tiles`, each starting at its patch origin
+// plus (shift_h, shift_w) in a plane of h x w (n-th image at plane + n * x.sn), as vectors along the
+// tiles: lane l is tile l's block, zero outside the plane and for padding tiles.
+template <int R, typename T>
+void gather_blocks(const T* plane, const Strided4d<const T>& x, const TilePatch* tiles, int64_t shift_h,
+                   int64_t shift_w, int64_t h, int64_t w, Vec<T> (&d)[R][R]) {
+  constexpr int64_t V = Vec<T>::size();
+  const T* src[V];
+  int64_t row0[V], col0[V];
+  for (int64_t l = 0; l < V; ++l) {
+    src[l] = tiles[l].valid ? plane + tiles[l].n * x.sn : nullptr;
+    row0[l] = tiles[l].row0 + shift_h;
+    col0[l] = tiles[l].col0 + shift_w;
+  }
+  gather_lanes<R>(src, row0, col0, x.sh, x.sw, h, w, d);
 }
 
 template <typename T, int M>
@@ -295,26 +310,20 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
 // ---- weight gradient ------------------------------------------------------------------------------------
 
 // The R x R blocks of channels [c0, c0 + V) under one tile, starting at its patch origin plus (shift_h,
-// shift_w) in planes of h x w, as vectors along the channels: d[i][j] lane l is channel c0 + l's element
-// (i, j), zero outside the plane, for channels from `channels` on and for a padding tile.
+// shift_w) in planes of h x w, as vectors along the channels: lane l is channel c0 + l's block, zero
+// outside the plane, for channels from `channels` on and for a padding tile.
 template <int R, typename T>
 void gather_channels(const Strided4d<const T>& x, const TilePatch& t, int64_t c0, int64_t channels, int64_t shift_h,
                      int64_t shift_w, int64_t h, int64_t w, Vec<T> (&d)[R][R]) {
   constexpr int64_t V = Vec<T>::size();
-  T lanes[R][R][V] = {};
-  const int64_t row0 = t.row0 + shift_h, col0 = t.col0 + shift_w;
-  const int64_t i0 = std::max<int64_t>(0, -row0), i1 = std::min<int64_t>(R, h - row0);
-  const int64_t j0 = std::max<int64_t>(0, -col0), j1 = std::min<int64_t>(R, w - col0);
-  const int64_t count = t.valid ? std::min(V, channels - c0) : 0;
-  for (int64_t l = 0; l < count; ++l) {
-    const T* src = x.data + t.n * x.sn + (c0 + l) * x.sc;
-    for (int64_t i = i0; i < i1; ++i) {
-      for (int64_t j = j0; j < j1; ++j) lanes[i][j][l] = src[(row0 + i) * x.sh + (col0 + j) * x.sw];
-    }
+  const T* src[V];
+  int64_t row0[V], col0[V];
+  for (int64_t l = 0; l < V; ++l) {
+    src[l] = t.valid && c0 + l < channels ? x.data + t.n * x.sn + (c0 + l) * x.sc : nullptr;
+    row0[l] = t.row0 + shift_h;
+    col0[l] = t.col0 + shift_w;
   }
-  for (int i = 0; i < R; ++i) {
-    for (int j = 0; j < R; ++j) d[i][j] = Vec<T>::loadu(lanes[i][j]);
-  }
+  gather_lanes<R>(src, row0, col0, x.sh, x.sw, h, w, d);
 }
 
 // One block of tiles of the weight gradient, transformed with vectors along the channels: the inputs'
@@ -378,8 +387,8 @@ void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy
   const int64_t per_tile = A * A * (cs + blocks * KT) * int64_t(sizeof(T));
   const int64_t block_bytes =
       std::clamp<int64_t>(A * A * K * C * int64_t(sizeof(T)), kWeightGradBlockBytes / 16, kWeightGradBlockBytes);
-  const int64_t most = std::clamp<int64_t>(block_bytes / per_tile, 1, std::max<int64_t>(tiles, 1));
-  const int64_t tb = div_up(tiles, std::max<int64_t>(1, div_up(tiles, most)));  // equal blocks
+  const int64_t most = std::clamp<int64_t>(block_bytes / per_tile, 1, tiles);  // tiles >= 1: batch > 0
+  const int64_t tb = div_up(tiles, div_up(tiles, most));                       // equal blocks
   Scratch<T> vt(A * A * tb * cs + V), dyt(A * A * blocks * tb * KT), du(A * A * K * C);
   std::vector<TilePatch> patches;
   const int64_t cchunks = block_chunks(A * A, div_up(cvectors, VT));
