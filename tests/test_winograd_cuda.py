@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastdl
 from conftest import REDUCED_PRECISION_FACTOR, WINOGRAD_FLOAT32_REL_L2, tolerance
 from conv_cases import cuda_output_format
 
@@ -209,3 +210,14 @@ def test_input_past_2_31_elements_uses_64_bit_indexing(tile):
     for n in range(2):
         want = torch.nn.grad.conv2d_input(x[n : n + 1].shape, w, grad_out[n : n + 1], padding=1)[0]
         torch.testing.assert_close(gx[n], want, rtol=1e-2, atol=1e-2)
+
+
+def test_5x5_weights_stay_direct_on_cuda():
+    """F(2x2,5x5) is CPU-only: 'auto' takes the direct kernel and an explicit 'winograd2' names why."""
+    x = torch.randn(2, 64, 27, 27, device=DEVICE)
+    w, b = torch.randn(192, 64, 5, 5, device=DEVICE) / 40, torch.randn(192, device=DEVICE)
+    assert fastdl.ops.conv.choose_algorithm(x, w, [1, 1], [2, 2], [1, 1], 1) == "direct"
+    torch.testing.assert_close(fastdl.ops.conv2d(x, w, b, padding=2), F.conv2d(x, w, b, padding=2),
+                               **tolerance("conv2d", torch.float32))
+    with pytest.raises(ValueError, match="5x5 with 'winograd2' on the CPU"):
+        fastdl.ops.conv2d(x, w, b, padding=2, algorithm="winograd2")

@@ -215,10 +215,13 @@ def test_emulated_winograd_unbatched_input_and_weight_gradients_through_the_dire
         check(got, ref, torch.float64, 2, torch.contiguous_format)
 
 
-def test_emulated_winograd_rejects_reduced_precision_and_other_tiles():
+def test_emulated_winograd_rejects_reduced_precision_other_tiles_and_5x5():
     x, weight, b, padding, _ = make_inputs(CASES[0], torch.float32, True, torch.contiguous_format)
     ops = torch.ops.fastdl_cuda_emulation
     with pytest.raises(RuntimeError, match="tile"):
         ops.conv2d_winograd(x, weight, b, padding, 3)
     with pytest.raises(RuntimeError):
         ops.conv2d_winograd(x.half(), weight.half(), b.half(), padding, 2)
+    weight5 = torch.randn(weight.shape[0], weight.shape[1], 5, 5)
+    with pytest.raises(RuntimeError, match=r"expected a 3x3 weight .* \(5x5 is CPU-only\)"):
+        ops.conv2d_winograd(x, weight5, b, [2, 2], 2)

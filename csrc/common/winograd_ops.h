@@ -1,14 +1,15 @@
 #pragma once
 // The Winograd convolution ops' entry points, written once for every backend (the pattern of
 // conv2d_ops.h): a 3x3 cross-correlation of stride 1, dilation 1, one group, any padding, with
-// tile = 2 (F(2x2,3x3)) or 4 (F(4x4,3x3)). A backend is a struct with
+// tile = 2 (F(2x2,3x3)) or 4 (F(4x4,3x3)), and on backends with kFiveByFive a 5x5 one with tile = 2
+// (F(2x2,5x5)). A backend is a struct with
 //
-//   static constexpr bool kReducedPrecision;
+//   static constexpr bool kReducedPrecision, kFiveByFive;
 //   static void winograd_forward(const Conv2dForward&, int64_t tile);
 //   static void winograd_grad_input(const Conv2dBackward&, int64_t tile);   // writes grad_input
 //   static bool winograd_grad_weight(const Conv2dBackward&, int64_t tile);  // optional
 //
-// The input gradient is itself a Winograd convolution: grad_output, padded by 2 - padding, with the
+// The input gradient is itself a Winograd convolution: grad_output, padded by r - 1 - padding, with the
 // filters rotated by 180 degrees and input and output channels swapped. The weight gradient is
 // Winograd where the backend has it and finds it faster for the shape (it returns whether it wrote
 // grad_weight; common/winograd.h derives the transforms), else direct; the bias gradient is always
@@ -45,8 +46,11 @@ struct WinogradOps {
                 tile);
     const std::array<int64_t, 2> ones{1, 1};
     Conv2dProblem p = conv2d_problem(op, input, weight, ones, padding, ones, 1, Backend::kReducedPrecision);
-    TORCH_CHECK(p.shape.kernel_h == 3 && p.shape.kernel_w == 3, op,
-                ": expected a 3x3 weight (out_channels, in_channels, 3, 3), but got shape ", weight.sizes());
+    const bool five = Backend::kFiveByFive && p.shape.kernel_h == 5 && p.shape.kernel_w == 5;
+    TORCH_CHECK((p.shape.kernel_h == 3 && p.shape.kernel_w == 3) || (five && tile == 2), op,
+                ": expected a 3x3 weight (out_channels, in_channels, 3, 3)",
+                Backend::kFiveByFive ? ", or a 5x5 one with tile 2," : " (5x5 is CPU-only),", " but got shape ",
+                weight.sizes(), " with tile ", tile);
     return p;
   }
 

@@ -1,5 +1,6 @@
-// CPU kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4 (float32, float64): the forward, the
-// input gradient and the weight gradient (the transforms and their algebra are in common/winograd.h).
+// CPU kernels of Winograd convolution F(m x m, r x r): F(2x2,3x3), F(4x4,3x3) and F(2x2,5x5) (float32,
+// float64): the forward, the input gradient and the weight gradient (the transforms and their algebra
+// are in common/winograd.h). alpha = m + r - 1 is 4 for F(2x2,3x3) and 6 for the other two.
 //
 // Output tiles (m x m blocks of one image's outputs) are numbered over the batch and taken in
 // blocks of a few dozen, so that memory stays bounded whatever the batch. A work item is (a block
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/winograd.h"
@@ -45,8 +47,9 @@ constexpr int64_t kWeightGradBlockBytes = int64_t(32) << 20;
 constexpr int64_t kWeightGradRunBytes = 16 * 1024;  // transformed inputs one register tile reduces over
 
 // One Winograd convolution as the kernels see it: output (n, k, oh, ow) is bias[k] plus the sum over
-// c < channels and r, s < 3 of filter[k][c][r][s] * x[n][c][oh - pad_h + r][ow - pad_w + s], x zero
-// outside [0, in_h) x [0, in_w). The padding may be negative (the input gradient's, for padding > 2).
+// c < channels and r, s < R (the filter's size) of filter[k][c][r][s] * x[n][c][oh - pad_h + r][ow -
+// pad_w + s], x zero outside [0, in_h) x [0, in_w). The padding may be negative (the input gradient's,
+// for padding > R - 1).
 template <typename T>
 struct WinogradConv {
   Strided4d<const T> x;
@@ -59,12 +62,12 @@ struct WinogradConv {
 
 // U = G g G^T of every (output, reduction channel) pair, packed [xi][block][c][KT] (zero past the last
 // output), in a buffer the calling thread keeps (a fresh one of up to tens of MB would be paged in
-// on every call). w is (outs, reds, 3, 3), or with `transposed` (reds, outs, 3, 3) rotated by 180
+// on every call). w is (outs, reds, R, R), or with `transposed` (reds, outs, R, R) rotated by 180
 // degrees. A vector holds the KT outputs of one block for L / KT consecutive channels, which is
 // exactly a run of the packed layout: each of the alpha^2 results is one whole-vector store.
-template <typename T, int M>
+template <typename T, int M, int R>
 const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transposed) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t L = Vec<T>::size(), CP = L / KT;  // channels per vector
   static_assert(L % KT == 0, "a vector holds whole blocks of outputs");
   const int64_t blocks = div_up(outs, KT);
@@ -74,20 +77,20 @@ const T* transform_filters(const T* w, int64_t outs, int64_t reds, bool transpos
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t kb = b0; kb < b1; ++kb) {
       for (int64_t c0 = 0; c0 < reds; c0 += CP) {
-        T lanes[3][3][L];
+        T lanes[R][R][L];
         for (int64_t l = 0; l < L; ++l) {
           const int64_t o = kb * KT + l % KT, c = c0 + l / KT;
           const bool in = o < outs && c < reds;
-          const T* g = transposed ? w + (c * outs + o) * 9 : w + (o * reds + c) * 9;
-          for (int r = 0; r < 3; ++r) {
-            for (int s = 0; s < 3; ++s) {
-              lanes[r][s][l] = !in ? T(0) : transposed ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
+          const T* g = transposed ? w + (c * outs + o) * R * R : w + (o * reds + c) * R * R;
+          for (int r = 0; r < R; ++r) {
+            for (int s = 0; s < R; ++s) {
+              lanes[r][s][l] = !in ? T(0) : transposed ? g[(R - 1 - r) * R + R - 1 - s] : g[r * R + s];
             }
           }
         }
-        Vec<T> g[3][3], u[A][A];
-        for (int r = 0; r < 3; ++r) {
-          for (int s = 0; s < 3; ++s) g[r][s] = Vec<T>::loadu(lanes[r][s]);
+        Vec<T> g[R][R], u[A][A];
+        for (int r = 0; r < R; ++r) {
+          for (int s = 0; s < R; ++s) g[r][s] = Vec<T>::loadu(lanes[r][s]);
         }
         winograd_filter_transform<M, T>(g, u);
         const int64_t n = std::min(CP, reds - c0) * KT;
@@ -160,10 +163,10 @@ void gather_blocks(const T* plane, const Strided4d<const T>& x, const TilePatch*
   gather_lanes<R>(src, row0, col0, x.sh, x.sw, h, w, d);
 }
 
-template <typename T, int M>
+template <typename T, int M, int R>
 void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& patches, T* v, int64_t cs,
                       Range channels) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size()), C = p.channels;
   for (int64_t c = channels.begin; c < channels.end; ++c) {
@@ -177,10 +180,10 @@ void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& pa
 }
 
 // m x m outputs per tile of output channels [k0, k1) from the sums m_buf[xi][k - k0][tile].
-template <typename T, int M>
+template <typename T, int M, int R>
 void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& patches, const T* m_buf,
                        int64_t k0, int64_t k1, int64_t ks) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size());
   for (int64_t k = k0; k < k1; ++k) {
@@ -240,9 +243,9 @@ void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, c
 // channels, more than the transformed tiles there) are then read once, where the blocked schedule
 // below reads them once per block of tiles; the transformed tiles V and sums M go through memory
 // instead of staying in L2, so this pays only while they are small (kStagedBytes).
-template <typename T, int M>
+template <typename T, int M, int R>
 void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t tiles) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t C = p.channels, blocks = div_up(p.outs, KT), ks = blocks * KT;
   const int64_t tb = div_up(tiles, V) * V, cs = unaliased(tb, sizeof(T));
@@ -254,7 +257,7 @@ void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t ti
   Scratch<T> v_buffer(A * A * C * cs + V), m_buffer(A * A * ks * tb);
   T* v = v_buffer.get();
   T* m = m_buffer.get();
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { transform_inputs<T, M>(p, patches, v, cs, {c0, c1}); });
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { transform_inputs<T, M, R>(p, patches, v, cs, {c0, c1}); });
   const int64_t kchunks = block_chunks(A * A, blocks);
   at::parallel_for(0, A * A * kchunks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
@@ -264,20 +267,20 @@ void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t ti
     }
   });
   at::parallel_for(0, p.outs, 1, [&](int64_t k0, int64_t k1) {
-    transform_outputs<T, M>(p, patches, m + k0 * tb, k0, k1, ks);
+    transform_outputs<T, M, R>(p, patches, m + k0 * tb, k0, k1, ks);
   });
 }
 
-template <typename T, int M>
+template <typename T, int M, int R>
 void winograd_conv(const WinogradConv<T>& p, const T* filters) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t C = p.channels, blocks = div_up(p.outs, KT);
   const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M), vectors = div_up(tiles, V);
   const std::string schedule = winograd_schedule();
   const bool few = A * A * (C + blocks * KT) * vectors * V * int64_t(sizeof(T)) <= kStagedBytes;
   if (schedule == "staged" || (few && schedule != "blocked")) {
-    return winograd_conv_staged<T, M>(p, filters, tiles);
+    return winograd_conv_staged<T, M, R>(p, filters, tiles);
   }
   // Blocks of whole vectors of tiles, as equal as possible: few tiles (a small map at batch 1) then
   // fill their vectors, not a 24-tile register tile of mostly padding.
@@ -296,13 +299,13 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
       const Range b = part_of(blocks, kchunks, item % kchunks);
       place_tiles<T, M>(p, first, patches);
       T* v = v_buffers.get(A * A * C * cs + V);
-      transform_inputs<T, M>(p, patches, v, cs, {0, C});
+      transform_inputs<T, M, R>(p, patches, v, cs, {0, C});
       const int64_t ks = (b.end - b.begin) * KT;
       T* m = m_buffers.get(A * A * ks * tb);
       for (int xi = 0; xi < A * A; ++xi) {
         xi_products(filters + xi * blocks * C * KT, v + xi * C * cs, m + xi * ks * tb, b, C, tb, geo);
       }
-      transform_outputs<T, M>(p, patches, m, b.begin * KT, std::min(p.outs, b.end * KT), ks);
+      transform_outputs<T, M, R>(p, patches, m, b.begin * KT, std::min(p.outs, b.end * KT), ks);
     }
   });
 }
@@ -329,10 +332,10 @@ void gather_channels(const Strided4d<const T>& x, const TilePatch& t, int64_t c0
 // One block of tiles of the weight gradient, transformed with vectors along the channels: the inputs'
 // B^T d B into vt[xi][tile][c] (row stride cs), grad_output's A dY A^T into dyt[xi][kb][tile][KT] (output
 // channels in blocks of KT, as conv_tile reads packed weights).
-template <typename T, int M>
+template <typename T, int M, int R>
 void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const T>& dy,
                                  const std::vector<TilePatch>& patches, T* vt, int64_t cs, T* dyt) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size()), C = p.channels, K = p.outs, blocks = div_up(K, KT);
   // The inputs by ranges of tiles, each tile's row of every xi written whole; grad_output by vectors of
@@ -369,7 +372,7 @@ void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const
   });
 }
 
-// grad_weight (K, C, 3, 3) of the convolution p (x = input, outs = K) given grad_output dy. The sums
+// grad_weight (K, C, R, R) of the convolution p (x = input, outs = K) given grad_output dy. The sums
 // dU[xi][k][c] = sum over tiles of (A dY A^T)[xi][k] (B^T d B)[xi][c] are alpha^2 matrix products that
 // reduce over the tiles, computed by the forward's conv_tile with vectors along the input channels c
 // (KT output channels broadcast from dyt, VT vectors of channels, the tiles as the reduction steps): no
@@ -377,9 +380,9 @@ void transform_weight_grad_block(const WinogradConv<T>& p, const Strided4d<const
 // (kWeightGradBlockBytes) are transformed, then summed into dU in parallel over (xi, range of channel
 // vectors), each range's VT-vector groups meeting every output block over runs of tiles whose
 // transformed inputs stay in L1; dU is written once per block. Then dW = G^T dU G, vectorized over (k, c).
-template <typename T, int M>
+template <typename T, int M, int R>
 void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy, T* grad_weight) {
-  constexpr int A = M + 2;
+  constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t C = p.channels, K = p.outs, blocks = div_up(K, KT), cvectors = div_up(C, V);
   const int64_t tiles = p.batch * div_up(p.out_h, M) * div_up(p.out_w, M);
@@ -397,7 +400,7 @@ void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy
   for (int64_t first = 0; first < tiles; first += tb) {
     patches.resize(std::min(tb, tiles - first));
     place_tiles<T, M>(p, first, patches);
-    transform_weight_grad_block<T, M>(p, dy, patches, vt.get(), cs, dyt.get());
+    transform_weight_grad_block<T, M, R>(p, dy, patches, vt.get(), cs, dyt.get());
     const int64_t count = int64_t(patches.size());
     // The reduction in runs whose transformed inputs (VT vectors a tile) stay in L1 across the output
     // blocks. Each run after the very first sums from zero into a register tile's worth of scratch that is
@@ -447,30 +450,41 @@ void winograd_weight_grad(const WinogradConv<T>& p, const Strided4d<const T>& dy
   at::parallel_for(0, div_up(K * C, V), 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0 * V; i < std::min(K * C, i1 * V); i += V) {
       const int64_t n = std::min(V, K * C - i);
-      Vec<T> u[A][A], g[3][3];
+      Vec<T> u[A][A], g[R][R];
       for (int xi = 0; xi < A * A; ++xi) u[xi / A][xi % A] = Vec<T>::loadu(du.get() + xi * K * C + i, n);
       winograd_filter_grad_transform<M, T>(u, g);
-      T lanes[9][V];
-      for (int r = 0; r < 9; ++r) g[r / 3][r % 3].store(lanes[r]);
+      T lanes[R * R][V];
+      for (int r = 0; r < R * R; ++r) g[r / R][r % R].store(lanes[r]);
       for (int64_t l = 0; l < n; ++l) {
-        for (int r = 0; r < 9; ++r) grad_weight[(i + l) * 9 + r] = lanes[r][l];
+        for (int r = 0; r < R * R; ++r) grad_weight[(i + l) * R * R + r] = lanes[r][l];
       }
     }
   });
 }
 
-template <typename T>
-void run(const WinogradConv<T>& p, const T* weight, bool transposed, int64_t tile) {
-  if (tile == 2) {
-    winograd_conv<T, 2>(p, transform_filters<T, 2>(weight, p.outs, p.channels, transposed));
+// Calls f(M, R) with the tile and the filter size as compile-time constants: F(2x2,3x3), F(4x4,3x3) or
+// F(2x2,5x5) (WinogradOps::problem admits only those).
+template <typename F>
+void with_algorithm(int64_t tile, int64_t kernel, const F& f) {
+  if (kernel == 5) {
+    f(std::integral_constant<int, 2>(), std::integral_constant<int, 5>());
+  } else if (tile == 2) {
+    f(std::integral_constant<int, 2>(), std::integral_constant<int, 3>());
   } else {
-    winograd_conv<T, 4>(p, transform_filters<T, 4>(weight, p.outs, p.channels, transposed));
+    f(std::integral_constant<int, 4>(), std::integral_constant<int, 3>());
   }
 }
 
+template <typename T>
+void run(const WinogradConv<T>& p, const T* weight, bool transposed, int64_t tile, int64_t kernel) {
+  with_algorithm(tile, kernel, [&](auto m, auto r) {
+    winograd_conv<T, m, r>(p, transform_filters<T, m, r>(weight, p.outs, p.channels, transposed));
+  });
+}
 
 struct CpuWinograd {
   static constexpr bool kReducedPrecision = false;
+  static constexpr bool kFiveByFive = true;
 
   static void winograd_forward(const Conv2dForward& f, int64_t tile) {
     const Conv2dShape& s = f.shape;
@@ -487,41 +501,40 @@ struct CpuWinograd {
                                      s.pad_h,
                                      s.pad_w,
                                      f.bias.defined() ? f.bias.const_data_ptr<scalar_t>() : nullptr};
-      run(p, f.weight.const_data_ptr<scalar_t>(), false, tile);
+      run(p, f.weight.const_data_ptr<scalar_t>(), false, tile, s.kernel_h);
     });
   }
 
   // Winograd's weight gradient (channel-vector form) pays by the multiply-adds it saves per sum of dU:
-  // direct 9 x outputs per (k, c) pair against alpha^2 x tiles, while each of the alpha^2 sums costs a
+  // direct r^2 x outputs per (k, c) pair against alpha^2 x tiles, while each of the alpha^2 sums costs a
   // read, a write and the final transform. Training steps (forward+backward, interleaved, never / auto):
   // 147 or more saved per sum 1.03-1.44x (VGG-16 and ResNet-50 from 28x28 at batch 1, 14x14 at batch
   // 8), 46-66 0.92-1.0x (F2 on 13x13 and 14x14 at batch 1, F4 on 7x7 at batch 8; on its own the
   // weight gradient measured 1.02-1.37x there, but not next to the forward's data). Also against it:
   // sums beyond the caches (2048 channels: 0.63x) and few channels (3 -> 64: 0.17x; F2 under 128
-  // channels 0.72-0.82x). bench/NOTES.md, Winograd 9.
+  // channels 0.72-0.82x). bench/NOTES.md, Winograd 9. F(2x2,5x5) (Winograd 10): 0.91-1.07x the direct
+  // kernel's time on AlexNet's 64 -> 192 layer at batch 1-32 (0.94x in 4 of 6 runs), 0.79x on 64 -> 128
+  // (28x28), but 1.0-2.3x with 16-48 channels (GoogLeNet's 5x5 branches): 64+ channels.
   static bool winograd_grad_weight(const Conv2dBackward& b, int64_t tile) {
     const Conv2dShape& s = b.shape;
-    const int64_t alpha2 = (tile + 2) * (tile + 2);
+    const int64_t alpha2 = (tile + s.kernel_h - 1) * (tile + s.kernel_h - 1);
     const int64_t tiles = s.batch * div_up(s.out_h, tile) * div_up(s.out_w, tile);
-    const int64_t saved_per_sum = (9 * s.batch * s.out_h * s.out_w - alpha2 * tiles) / alpha2;
+    const int64_t saved_per_sum = (s.taps() * s.batch * s.out_h * s.out_w - alpha2 * tiles) / alpha2;
     const int64_t sums_bytes = alpha2 * s.in_channels * s.out_channels * b.input.element_size();
     const bool pays = saved_per_sum >= 100 && sums_bytes <= 2 * kWeightGradBlockBytes &&
-                      std::min(s.in_channels, s.out_channels) >= (tile == 4 ? 16 : 128);
+                      std::min(s.in_channels, s.out_channels) >= (s.kernel_h == 5 ? 64 : tile == 4 ? 16 : 128);
     if (!winograd_weight_grad_wanted(pays)) return false;
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
       const WinogradConv<scalar_t> p{strided<const scalar_t>(b.input), {}, s.batch, s.in_channels, s.in_h, s.in_w,
                                      s.out_channels, s.out_h, s.out_w, s.pad_h, s.pad_w, nullptr};
       const auto dy = strided<const scalar_t>(b.grad_output);
       scalar_t* dw = b.grad_weight.data_ptr<scalar_t>();
-      if (tile == 2) {
-        winograd_weight_grad<scalar_t, 2>(p, dy, dw);
-      } else {
-        winograd_weight_grad<scalar_t, 4>(p, dy, dw);
-      }
+      with_algorithm(tile, s.kernel_h, [&](auto m, auto r) { winograd_weight_grad<scalar_t, m, r>(p, dy, dw); });
     });
     return true;
   }
 
+  // The input gradient: grad_output padded by R - 1 - padding, the filters rotated and transposed.
   static void winograd_grad_input(const Conv2dBackward& b, int64_t tile) {
     const Conv2dShape& s = b.shape;
     AT_DISPATCH_FLOATING_TYPES(b.grad_output.scalar_type(), "fastdl.conv2d_winograd_backward", [&] {
@@ -534,10 +547,10 @@ struct CpuWinograd {
                                      s.in_channels,
                                      s.in_h,
                                      s.in_w,
-                                     2 - s.pad_h,
-                                     2 - s.pad_w,
+                                     s.kernel_h - 1 - s.pad_h,
+                                     s.kernel_w - 1 - s.pad_w,
                                      nullptr};
-      run(p, b.weight.const_data_ptr<scalar_t>(), true, tile);
+      run(p, b.weight.const_data_ptr<scalar_t>(), true, tile, s.kernel_h);
     });
   }
 };

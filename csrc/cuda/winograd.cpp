@@ -23,6 +23,7 @@ template <cuda::Execution kExecution>
 struct CudaWinograd {
   static constexpr bool kDevice = kExecution == cuda::Execution::device;
   static constexpr bool kReducedPrecision = kDevice;
+  static constexpr bool kFiveByFive = false;  // F(2x2,5x5) is CPU-only
 
   static void run(const char* op, cuda::WinogradArgs args, const at::Tensor& like) {
     const at::Tensor ws = at::empty({int64_t(cuda::winograd_workspace_bytes(args))}, like.options().dtype(at::kByte));

@@ -1,8 +1,10 @@
-// The Winograd transforms of common/winograd.h, in double, for F(2x2,3x3) and F(4x4,3x3):
+// The Winograd transforms of common/winograd.h, in double, for F(2x2,3x3), F(4x4,3x3) and F(2x2,5x5):
 //  - each transform (filter G g G^T, input B^T d B, output A^T m A) equals the explicit matrix
 //    products written out as plain loops over the matrices' entries;
-//  - the matrices themselves are right: A^T [(G g G^T) .* (B^T d B)] A equals the direct 3x3
-//    cross-correlation of the patch d with g, for random d and g.
+//  - the matrices themselves are right: A^T [(G g G^T) .* (B^T d B)] A equals the direct r x r
+//    cross-correlation of the patch d with g, for random d and g;
+//  - the weight gradient's transforms are the adjoints: <A dY A^T, X> = <dY, A^T X A> and
+//    <G^T X G, g> = <X, G g G^T> for random dY, X and g.
 
 #include <cmath>
 #include <cstdint>
@@ -17,10 +19,10 @@ namespace {
 
 int failures = 0;
 
-void expect_close(double got, double want, const char* what, int m, int i, int j) {
+void expect_close(double got, double want, const char* what, int m, int r, int i, int j) {
   if (std::abs(got - want) > 1e-12 * (1 + std::abs(want)) && ++failures <= 20) {
-    std::cerr << "FAILED: " << what << " F(" << m << ",3) at (" << i << ", " << j << "): " << got << " vs " << want
-              << "\n";
+    std::cerr << "FAILED: " << what << " F(" << m << "," << r << ") at (" << i << ", " << j << "): " << got
+              << " vs " << want << "\n";
   }
 }
 
@@ -38,19 +40,31 @@ void explicit_product(const double (&x)[K][N], double (&y)[L::kRows][R::kRows]) 
   }
 }
 
-template <int M>
-void check(std::mt19937& rng) {
-  constexpr int A = M + 2;
-  using W = WinogradMatrices<M>;
+template <int N>
+void fill(std::mt19937& rng, double (&x)[N][N]) {
   std::normal_distribution<double> normal;
+  for (auto& row : x) {
+    for (double& v : row) v = normal(rng);
+  }
+}
+
+template <int N>
+double dot(const double (&x)[N][N], const double (&y)[N][N]) {
+  double sum = 0;
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) sum += x[i][j] * y[i][j];
+  }
+  return sum;
+}
+
+template <int M, int R>
+void check(std::mt19937& rng) {
+  constexpr int A = M + R - 1;
+  using W = WinogradMatrices<M, R>;
   for (int trial = 0; trial < 20; ++trial) {
-    double g[3][3], d[A][A];
-    for (auto& row : g) {
-      for (double& v : row) v = normal(rng);
-    }
-    for (auto& row : d) {
-      for (double& v : row) v = normal(rng);
-    }
+    double g[R][R], d[A][A];
+    fill(rng, g);
+    fill(rng, d);
     double u[A][A], u_ref[A][A], v[A][A], v_ref[A][A];
     winograd_filter_transform<M, double>(g, u);
     explicit_product<typename W::G, typename W::G>(g, u_ref);
@@ -59,8 +73,8 @@ void check(std::mt19937& rng) {
     double prod[A][A];
     for (int i = 0; i < A; ++i) {
       for (int j = 0; j < A; ++j) {
-        expect_close(u[i][j], u_ref[i][j], "filter transform", M, i, j);
-        expect_close(v[i][j], v_ref[i][j], "input transform", M, i, j);
+        expect_close(u[i][j], u_ref[i][j], "filter transform", M, R, i, j);
+        expect_close(v[i][j], v_ref[i][j], "input transform", M, R, i, j);
         prod[i][j] = u[i][j] * v[i][j];
       }
     }
@@ -69,14 +83,22 @@ void check(std::mt19937& rng) {
     explicit_product<typename W::AT, typename W::AT>(prod, y_ref);
     for (int i = 0; i < M; ++i) {
       for (int j = 0; j < M; ++j) {
-        expect_close(y[i][j], y_ref[i][j], "output transform", M, i, j);
+        expect_close(y[i][j], y_ref[i][j], "output transform", M, R, i, j);
         double direct = 0;
-        for (int r = 0; r < 3; ++r) {
-          for (int s = 0; s < 3; ++s) direct += g[r][s] * d[i + r][j + s];
+        for (int r = 0; r < R; ++r) {
+          for (int s = 0; s < R; ++s) direct += g[r][s] * d[i + r][j + s];
         }
-        expect_close(y[i][j], direct, "Winograd tile vs direct correlation", M, i, j);
+        expect_close(y[i][j], direct, "Winograd tile vs direct correlation", M, R, i, j);
       }
     }
+    double dy[M][M], x[A][A], dy_t[A][A], dg[R][R];
+    fill(rng, dy);
+    fill(rng, x);
+    winograd_grad_output_transform<M, double>(dy, dy_t);
+    winograd_output_transform<M, double>(x, y);
+    expect_close(dot(dy_t, x), dot(dy, y), "grad_output transform vs the output transform's adjoint", M, R, 0, 0);
+    winograd_filter_grad_transform<M, double>(x, dg);
+    expect_close(dot(dg, g), dot(x, u), "filter gradient transform vs the filter transform's adjoint", M, R, 0, 0);
   }
 }
 
@@ -84,8 +106,9 @@ void check(std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(7);
-  check<2>(rng);
-  check<4>(rng);
+  check<2, 3>(rng);
+  check<4, 3>(rng);
+  check<2, 5>(rng);
   if (failures > 0) {
     std::cerr << failures << " failures\n";
     return 1;

@@ -423,9 +423,16 @@ QUICK_WINOGRAD_BATCHES = (1,)
 
 def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
     """Every 3x3 stride-1 convolution of VGG-16 and ResNet-50, each fastdl algorithm against torch
-    (GFLOP/s count the direct convolution's multiply-adds, so they compare across algorithms)."""
-    layers = [layer for layer in conv_layers() if layer.network in ("VGG-16", "ResNet-50")
-              and layer.kernel == (3, 3) and layer.stride == (1, 1) and layer.groups == 1]
+    (GFLOP/s count the direct convolution's multiply-adds, so they compare across algorithms); on the
+    CPU also AlexNet's 5x5 layer, direct and F(2x2,5x5) ('winograd2')."""
+    def wanted(layer: ConvLayer) -> bool:
+        if layer.stride != (1, 1) or layer.groups != 1:
+            return False
+        if layer.kernel == (5, 5):
+            return device == "cpu" and layer.network == "AlexNet"
+        return layer.kernel == (3, 3) and layer.network in ("VGG-16", "ResNet-50")
+
+    layers = [layer for layer in conv_layers() if wanted(layer)]
     if quick:
         layers = [layer for layer in layers if f"{layer.network}/{layer.layer}" in QUICK_WINOGRAD_LAYERS]
     baselines = ["cuDNN", "cuDNN TF32"] if device == "cuda" and dtype == torch.float32 else ["torch"]
@@ -436,7 +443,7 @@ def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = 
             for b in batches or (QUICK_WINOGRAD_BATCHES if quick else CONV_BATCHES[device])
             for mode in CONV_MODES
             for baseline in baselines
-            for algorithm in WINOGRAD_ALGORITHMS]
+            for algorithm in (WINOGRAD_ALGORITHMS if layer.kernel == (3, 3) else WINOGRAD_ALGORITHMS[:2])]
 
 
 FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases}

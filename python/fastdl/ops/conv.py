@@ -8,8 +8,8 @@ output is channels_last when the input or the weight is. Dtypes: float32 and flo
 CUDA, float16 and bfloat16 on CUDA (accumulated in float32).
 
 algorithm picks the kernel: 'direct'; 'winograd2' or 'winograd4', Winograd F(2x2,3x3) or F(4x4,3x3)
-(3x3 weight, stride 1, dilation 1, groups 1, any padding; a ValueError says which condition a shape
-misses); or 'auto' (default). 'auto' times the algorithms once per shape when
+for a 3x3 weight, and 'winograd2' for a 5x5 weight on the CPU, F(2x2,5x5) (stride 1, dilation 1, groups
+1, any padding; a ValueError says which condition a shape misses); or 'auto' (default). 'auto' times the algorithms once per shape when
 fastdl.backends.benchmark is True, and otherwise follows choose_algorithm's heuristic.
 
 The autograd formula is registered in C++ (csrc/autograd/conv2d.cpp); below are the fake kernels
@@ -30,13 +30,15 @@ from torch._prims_common import suggest_memory_format
 from fastdl import backends
 from fastdl.ops._eager import ops_for
 
-__all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_gap", "winograd_rule"]
+__all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_5x5_rule", "winograd_gap", "winograd_rule"]
 
 ALGORITHMS = ("auto", "direct", "winograd2", "winograd4")
 _WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
-# Device types with Winograd kernels in this build (meta: shapes only), looked up once.
+# Device types with Winograd kernels in this build (meta: shapes only), looked up once; F(2x2,5x5) is
+# CPU-only (csrc/common/winograd_ops.h, kFiveByFive).
 _WINOGRAD_DEVICES = {"meta"} | {device for device in ("cpu", "cuda") if torch._C._dispatch_has_kernel_for_dispatch_key(
     "fastdl::conv2d_winograd", device.upper())}
+_WINOGRAD_5X5_DEVICES = _WINOGRAD_DEVICES & {"cpu", "meta"}
 
 IntOrPair = int | Sequence[int]
 
@@ -95,7 +97,7 @@ def conv2d(
         raise ValueError(f"fastdl.conv2d: groups must be an int, but got {groups!r}")
     if algorithm == "auto":
         algorithm = _auto(input, weight, bias, stride_, padding_, dilation_, groups)
-    elif algorithm != "direct" and (gap := winograd_gap(input, weight, stride_, dilation_, groups)):
+    elif algorithm != "direct" and (gap := winograd_gap(input, weight, stride_, dilation_, groups, algorithm)):
         raise ValueError(f"fastdl.conv2d: algorithm={algorithm!r} needs {gap}")
     if algorithm == "direct":
         return ops_for(input).conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
@@ -105,10 +107,14 @@ def conv2d(
 # ---- algorithm choice --------------------------------------------------------------------------------
 
 
-def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: list[int], groups: int) -> str | None:
-    """Why the Winograd kernels cannot compute this convolution, or None when they can."""
-    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
-        return f"a 3x3 weight, but got shape {tuple(weight.shape)}"
+def winograd_gap(input: Tensor, weight: Tensor, stride: list[int], dilation: list[int], groups: int,
+                 algorithm: str = "auto") -> str | None:
+    """Why the Winograd kernels cannot compute this convolution with `algorithm` ('auto': any Winograd
+    algorithm), or None when they can."""
+    kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else None
+    five = kernel == (5, 5) and algorithm != "winograd4" and input.device.type in _WINOGRAD_5X5_DEVICES
+    if kernel != (3, 3) and not five:
+        return f"a 3x3 weight (5x5 with 'winograd2' on the CPU), but got shape {tuple(weight.shape)}"
     if stride != [1, 1] or dilation != [1, 1] or groups != 1:
         return f"stride 1, dilation 1 and groups 1, but got stride {stride}, dilation {dilation}, groups {groups}"
     if input.device.type not in _WINOGRAD_DEVICES:
@@ -149,12 +155,12 @@ _CUDA_MIN_WINOGRAD4_TILES = 196
 
 def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int],
                      groups: int) -> str:
-    """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False), for 3x3 stride-1
-    single-group convolutions; everything else is direct. On the CPU, with at least 32 input and output
-    channels: Winograd F(4x4,3x3) when the batch has at least 32 4x4 output tiles and they compute at
-    most 1.6 times the outputs wanted (the map's edge); else F(2x2,3x3) when it has at least 49 2x2
-    tiles; else direct. On CUDA, with at least 64 channels and output maps of at least 14x14:
-    F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3)."""
+    """The heuristic behind algorithm='auto' (fastdl.backends.benchmark False), for 3x3 (and on the CPU
+    5x5) stride-1 single-group convolutions; everything else is direct. 3x3 on the CPU, with at least 32
+    input and output channels: Winograd F(4x4,3x3) when the batch has at least 32 4x4 output tiles and
+    they compute at most 1.6 times the outputs wanted (the map's edge); else F(2x2,3x3) when it has at
+    least 49 2x2 tiles; else direct. 3x3 on CUDA, with at least 64 channels and output maps of at least
+    14x14: F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3). 5x5 on the CPU: see winograd_rule."""
     if winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
     return _heuristic(input, weight, padding)
@@ -162,10 +168,12 @@ def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: 
 
 def _heuristic(input: Tensor, weight: Tensor, padding: list[int]) -> str:
     """choose_algorithm for a convolution that the Winograd kernels can compute."""
-    shape = input.shape
+    shape, kernel = input.shape, weight.shape[-1]
     batch = shape[0] if len(shape) == 4 else 1
-    return winograd_rule(input.device.type, batch, min(weight.shape[0], weight.shape[1]),
-                         shape[-2] + 2 * padding[0] - 2, shape[-1] + 2 * padding[1] - 2)
+    oh, ow = shape[-2] + 2 * padding[0] - kernel + 1, shape[-1] + 2 * padding[1] - kernel + 1
+    if kernel == 5:
+        return winograd_5x5_rule(input.device.type, batch, weight.shape[1], weight.shape[0], oh, ow)
+    return winograd_rule(input.device.type, batch, min(weight.shape[0], weight.shape[1]), oh, ow)
 
 
 def winograd_rule(device: str, batch: int, channels: int, oh: int, ow: int) -> str:
@@ -184,6 +192,32 @@ def winograd_rule(device: str, batch: int, channels: int, oh: int, ow: int) -> s
     if tiles4 >= _MIN_TILES["winograd4"] and wasted <= _WINOGRAD4_MOST_WASTE:
         return "winograd4"
     if batch * -(-oh // 2) * -(-ow // 2) >= _MIN_TILES["winograd2"]:
+        return "winograd2"
+    return "direct"
+
+
+# F(2x2,5x5) on the CPU (bench/NOTES.md, Winograd 10): 36 products per 2x2 tile against 100 direct
+# multiply-adds, but a tile's transforms cost 4 times F(4x4,3x3)'s per output, so it pays where each
+# transformed value meets many products: C K / (C + K) (products per transformed value) of 40+, 64+
+# channels each side, and 49+ tiles. Forward, two threads, F(2x2,5x5) time / direct time: AlexNet's 64
+# -> 192 on 27x27 0.78-0.83x at batch 1, 0.68-0.77x at 8 and 32; 64 -> 128 on 28x28 0.78x; 128 -> 128
+# on 14x14 at batch 1 (49 tiles) 0.89x, on 7x7 at batch 8 0.80x but at batch 1 (16 tiles) 1.47x; 96 -> 96
+# on 13x13 at batch 1 1.01x; 64 -> 64 (C K / (C + K) = 32) 0.92-0.94x on 14x14 but 1.24x on 56x56;
+# GoogLeNet's 5x5 branches (16-48 -> 32-128 channels) 1.09-2.0x.
+_MIN_5X5_WINOGRAD_CHANNELS = 64
+_MIN_5X5_PRODUCTS_PER_TRANSFORM = 40
+_MIN_5X5_TILES = 49
+
+
+def winograd_5x5_rule(device: str, batch: int, in_channels: int, out_channels: int, oh: int, ow: int) -> str:
+    """choose_algorithm's rule for a 5x5 stride-1 convolution (oh x ow outputs): F(2x2,5x5) on the CPU
+    with 64+ channels each side, C K / (C + K) >= 40 and 49+ 2x2 tiles; else direct."""
+    if device != "cpu":
+        return "direct"
+    tiles = batch * -(-oh // 2) * -(-ow // 2)
+    per_transform = in_channels * out_channels / (in_channels + out_channels)
+    if (min(in_channels, out_channels) >= _MIN_5X5_WINOGRAD_CHANNELS and tiles >= _MIN_5X5_TILES
+            and per_transform >= _MIN_5X5_PRODUCTS_PER_TRANSFORM):
         return "winograd2"
     return "direct"
 
@@ -212,8 +246,9 @@ def _fastest(input: Tensor, weight: Tensor, bias: Tensor | None, padding: list[i
 
     sync = torch.cuda.synchronize if input.device.type == "cuda" else (lambda: None)
     best, best_time = "direct", float("inf")
+    candidates = ("direct", "winograd2") if weight.shape[-1] == 5 else ("direct", "winograd2", "winograd4")
     with torch.no_grad():
-        for algorithm in ("direct", "winograd2", "winograd4"):
+        for algorithm in candidates:
             run(algorithm)
             sync()
             for _ in range(3):
