@@ -8,7 +8,8 @@
 // channel into V[xi][c][tile] (vectors along tiles: 8 float32 tiles are transformed at once), does
 // the alpha^2 matrix products M[xi][k][tile] = sum_c U[xi][k][c] V[xi][c][tile] with the direct
 // convolution's register tile (conv_tile: 4 output channels x 3 vectors of tiles, the filters
-// packed [xi][block][c][4]), then transforms M back into m x m outputs, adds the bias and writes
+// packed [xi][block][c][4]; M stored [k][vector of tiles][xi][lane]), then transforms M back into
+// m x m outputs, adds the bias and writes
 // the pixels that lie inside the image. Few tiles (up to kStagedBytes of V and M) instead run each
 // stage once over all tiles (winograd_conv_staged). The filters are transformed once per call.
 
@@ -179,17 +180,20 @@ void transform_inputs(const WinogradConv<T>& p, const std::vector<TilePatch>& pa
   }
 }
 
-// m x m outputs per tile of output channels [k0, k1) from the sums m_buf[xi][k - k0][tile].
+// m x m outputs per tile of output channels [k0, k1) from the sums m_buf[k - k0][tile / V][xi][tile % V]
+// (the products' layout: a vector of tiles' alpha^2 sums next to each other, so that this reads m_buf
+// in order and the hardware prefetches it).
 template <typename T, int M, int R>
 void transform_outputs(const WinogradConv<T>& p, const std::vector<TilePatch>& patches, const T* m_buf,
-                       int64_t k0, int64_t k1, int64_t ks) {
+                       int64_t k0, int64_t k1) {
   constexpr int A = M + R - 1;
   constexpr int64_t V = Vec<T>::size();
   const int64_t tb = int64_t(patches.size());
   for (int64_t k = k0; k < k1; ++k) {
     for (int64_t q = 0; q < tb; q += V) {
       Vec<T> m[A][A], y[M][M];
-      for (int xi = 0; xi < A * A; ++xi) m[xi / A][xi % A] = Vec<T>::loadu(m_buf + (xi * ks + k - k0) * tb + q);
+      const T* sums = m_buf + (k - k0) * A * A * tb + q * A * A;
+      for (int xi = 0; xi < A * A; ++xi) m[xi / A][xi % A] = Vec<T>::loadu(sums + xi * V);
       winograd_output_transform<M, T>(m, y);
       T lanes[M][M][V];
       const Vec<T> bias(p.bias ? p.bias[k] : T(0));
@@ -215,9 +219,11 @@ std::string winograd_schedule() {
   return mode ? mode : "";
 }
 
-// The products of one xi for output blocks b: m[(kb - b.begin) * KT + j][tile] = sum over c of
-// u[kb][c][j] v[c][tile], for tb tiles (whole vectors; v's channel stride in geo).
-template <typename T>
+// The products of one xi for output blocks b, into transform_outputs' layout (geo's output stride
+// alpha^2 x tb, tile vectors alpha^2 vectors apart; m points at this xi's vector): the sums over c of
+// u[kb][c][j] v[c][tile] for output (kb - b.begin) * KT + j, for tb tiles (whole vectors; v's channel
+// stride in geo).
+template <typename T, int A>
 void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, const TileGeometry& geo) {
   constexpr int64_t V = Vec<T>::size();
   for (int64_t kb = b.begin; kb < b.end; ++kb) {
@@ -229,7 +235,7 @@ void xi_products(const T* u, const T* v, T* m, Range b, int64_t C, int64_t tb, c
       int64_t count[VT];
       for (int j = 0; j < n; ++j) {
         in[j] = v + q + j * V;
-        out[j] = m + (kb - b.begin) * KT * tb + q + j * V;
+        out[j] = m + (kb - b.begin) * KT * geo.out_channel_stride + (q + j * V) * A * A;
         count[j] = V;
       }
       conv_tile_upto<T, KT, VT>(in, out, count, geo, w, TileInit::zero, nullptr, KT, int(n));
@@ -253,7 +259,7 @@ void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t ti
   place_tiles<T, M>(p, 0, patches);
   std::vector<int64_t> offsets(C);
   for (int64_t c = 0; c < C; ++c) offsets[c] = c * cs;
-  const TileGeometry geo{C, offsets.data(), tb, 1};
+  const TileGeometry geo{C, offsets.data(), A * A * tb, 1};
   Scratch<T> v_buffer(A * A * C * cs + V), m_buffer(A * A * ks * tb);
   T* v = v_buffer.get();
   T* m = m_buffer.get();
@@ -263,11 +269,12 @@ void winograd_conv_staged(const WinogradConv<T>& p, const T* filters, int64_t ti
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t xi = item / kchunks;
       const Range b = part_of(blocks, kchunks, item % kchunks);
-      xi_products(filters + xi * blocks * C * KT, v + xi * C * cs, m + (xi * ks + b.begin * KT) * tb, b, C, tb, geo);
+      T* sums = m + b.begin * KT * A * A * tb + xi * V;
+      xi_products<T, A>(filters + xi * blocks * C * KT, v + xi * C * cs, sums, b, C, tb, geo);
     }
   });
   at::parallel_for(0, p.outs, 1, [&](int64_t k0, int64_t k1) {
-    transform_outputs<T, M, R>(p, patches, m + k0 * tb, k0, k1, ks);
+    transform_outputs<T, M, R>(p, patches, m + k0 * A * A * tb, k0, k1);
   });
 }
 
@@ -290,7 +297,7 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
   const int64_t kchunks = block_chunks(tile_blocks, blocks), cs = unaliased(tb, sizeof(T));
   std::vector<int64_t> offsets(C);
   for (int64_t c = 0; c < C; ++c) offsets[c] = c * cs;
-  const TileGeometry geo{C, offsets.data(), tb, 1};
+  const TileGeometry geo{C, offsets.data(), A * A * tb, 1};
   ThreadBuffers<T> v_buffers, m_buffers;
   at::parallel_for(0, tile_blocks * kchunks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<TilePatch> patches(tb);
@@ -303,9 +310,9 @@ void winograd_conv(const WinogradConv<T>& p, const T* filters) {
       const int64_t ks = (b.end - b.begin) * KT;
       T* m = m_buffers.get(A * A * ks * tb);
       for (int xi = 0; xi < A * A; ++xi) {
-        xi_products(filters + xi * blocks * C * KT, v + xi * C * cs, m + xi * ks * tb, b, C, tb, geo);
+        xi_products<T, A>(filters + xi * blocks * C * KT, v + xi * C * cs, m + xi * V, b, C, tb, geo);
       }
-      transform_outputs<T, M, R>(p, patches, m, b.begin * KT, std::min(p.outs, b.end * KT), ks);
+      transform_outputs<T, M, R>(p, patches, m, b.begin * KT, std::min(p.outs, b.end * KT));
     }
   });
 }
