@@ -121,6 +121,47 @@ void place_tiles(const WinogradConv<T>& p, int64_t first, std::vector<TilePatch>
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// gather_lanes for float rows of unit stride: each lane's row i read as one masked load of its columns
+// inside the plane (AVX2 masked loads never touch masked-out elements, so the row may start left of the
+// plane or end past it), zero for rows outside; then the 8 lanes' rows transposed in registers into
+// d[i][0..R), instead of 8 R^2 scalar loads and stores through memory.
+template <int R>
+void gather_rows_transposed(const float* const* src, const int64_t* row0, const int64_t* col0, int64_t sh,
+                            int64_t h, int64_t w, Vec<float> (&d)[R][R]) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i mask[8];
+  for (int l = 0; l < 8; ++l) {  // columns j of the block with 0 <= col0 + j < w, j < R
+    const int64_t lo = std::clamp<int64_t>(-col0[l], 0, R), hi = std::clamp<int64_t>(w - col0[l], 0, R);
+    mask[l] = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane),
+                               _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo) - 1)));
+  }
+  for (int i = 0; i < R; ++i) {
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l) {
+      const int64_t ih = row0[l] + i;
+      r[l] = src[l] != nullptr && ih >= 0 && ih < h ? _mm256_maskload_ps(src[l] + ih * sh + col0[l], mask[l])
+                                                    : _mm256_setzero_ps();
+    }
+    // 8x8 transpose: t pairs lanes, u quadruples them, the 128-bit halves finish it (column j of d[i]).
+    __m256 t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+      u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+      u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0xEE);
+      u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+      u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
+    }
+    for (int j = 0; j < R; ++j) {
+      d[i][j] = j < 4 ? _mm256_permute2f128_ps(u[j], u[j + 4], 0x20) : _mm256_permute2f128_ps(u[j - 4], u[j], 0x31);
+    }
+  }
+}
+#endif
+
 // Vectors of V lanes, each lane an R x R block of its own plane: d[i][j] lane l is element
 // (row0[l] + i, col0[l] + j) of the h x w plane at src[l] (strides sh, sw), zero outside the plane and
 // where src[l] is null.
@@ -128,6 +169,11 @@ template <int R, typename T>
 void gather_lanes(const T* const* src, const int64_t* row0, const int64_t* col0, int64_t sh, int64_t sw, int64_t h,
                   int64_t w, Vec<T> (&d)[R][R]) {
   constexpr int64_t V = Vec<T>::size();
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float> && V == 8 && R <= V) {
+    if (sw == 1) return gather_rows_transposed<R>(src, row0, col0, sh, h, w, d);
+  }
+#endif
   T lanes[R][R][V];
   for (int64_t l = 0; l < V; ++l) {
     const bool valid = src[l] != nullptr;
