@@ -13,7 +13,8 @@ from fastdl.nn._fallback import fall_back, kernel_gap
 
 
 class Conv2d(torch.nn.Conv2d):
-    """torch.nn.Conv2d on fastdl's kernels; `algorithm` is fastdl.ops.conv2d's ('auto' or 'direct')."""
+    """torch.nn.Conv2d on fastdl's kernels; `algorithm` is fastdl.ops.conv2d's ('auto', 'direct',
+    'winograd2' or 'winograd4')."""
 
     algorithm: str = "auto"  # a layer swapped in by fastdl.convert keeps the default
 
