@@ -320,7 +320,9 @@ def test_auto_heuristic_for_5x5_weights():
     assert rule("cpu", 1, 128, 128, 14, 14) == "winograd2"  # 49 tiles
     assert rule("cpu", 1, 128, 128, 7, 7) == "direct"  # 16 tiles
     assert rule("cpu", 8, 64, 64, 56, 56) == "direct"  # C K / (C + K) = 32
-    assert rule("cpu", 8, 48, 128, 7, 7) == "direct"  # 48 channels
+    assert rule("cpu", 8, 48, 1024, 14, 14) == "direct"  # 48 input channels (C K / (C + K) = 45.9)
+    assert rule("cpu", 8, 1024, 48, 14, 14) == "direct"  # 48 output channels
+    assert rule("cpu", 8, 64, 1024, 14, 14) == "winograd2"  # the same with 64
     assert rule("cuda", 8, 64, 192, 27, 27) == "direct"  # F(2x2,5x5) is CPU-only
     assert rule("meta", 8, 64, 192, 27, 27) == "direct"
 

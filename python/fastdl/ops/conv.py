@@ -7,10 +7,11 @@ an odd total padding puts the extra row and column at the bottom and right, as t
 output is channels_last when the input or the weight is. Dtypes: float32 and float64 on CPU and
 CUDA, float16 and bfloat16 on CUDA (accumulated in float32).
 
-algorithm picks the kernel: 'direct'; 'winograd2' or 'winograd4', Winograd F(2x2,3x3) or F(4x4,3x3)
-for a 3x3 weight, and 'winograd2' for a 5x5 weight on the CPU, F(2x2,5x5) (stride 1, dilation 1, groups
-1, any padding; a ValueError says which condition a shape misses); or 'auto' (default). 'auto' times the algorithms once per shape when
-fastdl.backends.benchmark is True, and otherwise follows choose_algorithm's heuristic.
+algorithm picks the kernel: 'direct'; 'winograd2' or 'winograd4', Winograd F(2x2,3x3) or
+F(4x4,3x3) for a 3x3 weight, and 'winograd2' for a 5x5 weight on the CPU, F(2x2,5x5) (stride 1,
+dilation 1, groups 1, any padding; a ValueError says which condition a shape misses); or 'auto'
+(default). 'auto' times the algorithms once per shape when fastdl.backends.benchmark is True, and
+otherwise follows choose_algorithm's heuristic.
 
 The autograd formula is registered in C++ (csrc/autograd/conv2d.cpp); below are the fake kernels
 for torch.compile and export.
@@ -160,7 +161,7 @@ def choose_algorithm(input: Tensor, weight: Tensor, stride: list[int], padding: 
     input and output channels: Winograd F(4x4,3x3) when the batch has at least 32 4x4 output tiles and
     they compute at most 1.6 times the outputs wanted (the map's edge); else F(2x2,3x3) when it has at
     least 49 2x2 tiles; else direct. 3x3 on CUDA, with at least 64 channels and output maps of at least
-    14x14: F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3). 5x5 on the CPU: see winograd_rule."""
+    14x14: F(4x4,3x3) from 196 4x4 tiles, else F(2x2,3x3). 5x5 on the CPU: see winograd_5x5_rule."""
     if winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
     return _heuristic(input, weight, padding)
