@@ -147,6 +147,12 @@ NAMED = {
     "small maps, 4x4 out, groups 2, stride 2": ((3, 8, 7, 7), (12, 4, 3, 3), 2, 1, 1, 2),
     "small maps, dilation 2 past the image": ((2, 4, 3, 3), (6, 4, 3, 3), 1, 2, 2, 1),
     "no tap reaches the image: the bias alone": ((2, 3, 1, 1), (4, 3, 2, 2), 3, 2, 1, 1),
+    # Strided kernels over 64+ input channels per group also take im2col columns, gathered tile by tile
+    # (whole for 7x7 outputs at batches over 1).
+    "strided columns, 3x3 stride 2": ((2, 64, 17, 15), (9, 64, 3, 3), 2, 1, 1, 1),
+    "strided columns, 7x7 outputs, batch 3 (gathered whole)": ((3, 64, 14, 14), (5, 64, 3, 3), 2, 1, 1, 1),
+    "strided columns, groups 2, 5x5 stride (2, 3)": ((1, 128, 20, 31), (6, 64, 5, 5), (2, 3), 2, 1, 2),
+    "strided columns, dilation 3": ((1, 64, 13, 11), (6, 64, 3, 3), 2, 3, 3, 1),
     # 1x1 on small planes at batches over 1 runs as one image of all the pixels; the input gradient of
     # an unpadded 1x1 convolution is a 1x1 convolution of grad_output (spread with zeros for stride > 1).
     "1x1 on 7x7 maps, batch 3 (one image of all pixels)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),

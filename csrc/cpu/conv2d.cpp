@@ -9,8 +9,9 @@
 // the partial sums staying in the output between blocks. A 1x1 convolution (any stride) takes its
 // output pixels in flat order instead of rows: tiles of them are gathered tile-major (pack_pixels,
 // one memcpy per channel where the pixels are contiguous), so that a tile's inputs over a channel
-// block are one contiguous run. Of the item's inputs and its weights, the smaller stays in cache
-// and the other streams (compute_blocks picks the loop order).
+// block are one contiguous run; so do small maps and strided kernels over many channels, as a 1x1
+// convolution over im2col columns gathered the same way (forward_columns). Of the item's inputs and
+// its weights, the smaller stays in cache and the other streams (compute_blocks picks the loop order).
 //
 // grad_input is a convolution of the zero-padded grad_output with the transposed weights, done with
 // the same tiles once per output phase (ih mod sh, iw mod sw): in phase (a, b) only the kernel taps
@@ -46,6 +47,7 @@ constexpr int64_t kItemBufferBytes = 384 * 1024;  // packed rows of one work ite
 constexpr int64_t kTileInputBytes = 24 * 1024;    // one tile's input rows over a channel block: L1
 constexpr int64_t kGradPixels = 1024;             // pixels one weight-gradient tile sums over
 constexpr int64_t kGradChunkBytes = 128 * 1024;   // grad_output or input rows a weight-gradient pass reuses
+constexpr int64_t kMaxColumnElements = int64_t(1) << 23;  // a gathered copy of a 1x1 or im2col input, whole
 
 // ---- packing ----------------------------------------------------------------------------------------
 
@@ -92,29 +94,45 @@ void zero_slack(T* end) {
   std::fill(end, end + Vec<T>::size(), T(0));
 }
 
-// The input pixels of 1x1 kernels, tile-major: buf[tile][c - c0][l] is the input under output
-// pixel p0 + tile * tile_size + l (pixels in flat order oh * OW + ow), zero past p1 or in the padding.
-// A tile's values over all channels are then one contiguous run.
+// The kernel taps of a convolution computed as a pointwise one over im2col columns (forward_columns):
+// column channel i is input channel i / count read at tap i % count, that is at (dh[j], dw[j]) from
+// the 1x1 position. A 1x1 convolution has one tap at (0, 0).
+struct ColumnTaps {
+  int64_t count = 1;
+  std::vector<int64_t> dh{0}, dw{0};
+};
+
+// The input pixels of 1x1 kernels (or of im2col columns), tile-major: buf[tile][c - c0][l] is column
+// channel c under output pixel p0 + tile * tile_size + l (pixels in flat order oh * OW + ow), zero past
+// p1 or in the padding. A tile's values over all channels are then one contiguous run.
 template <typename T>
 void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, int64_t c0, int64_t c1, int64_t p0,
-                 int64_t p1, int64_t tile_size, T* buf) {
-  std::vector<int64_t> offset(tile_size);
+                 int64_t p1, int64_t tile_size, T* buf, const ColumnTaps& ct = {}) {
+  std::vector<int64_t> offset(ct.count * tile_size);
+  std::vector<char> all_inside(ct.count), contiguous(ct.count);
   for (int64_t t0 = p0; t0 < p1; t0 += tile_size) {
     T* dst = buf + (t0 - p0) / tile_size * (c1 - c0) * tile_size;
-    bool all_inside = true, contiguous = true;
-    for (int64_t l = 0; l < tile_size; ++l) {
-      const int64_t p = t0 + l, ih = p / s.out_w * s.stride_h - s.pad_h, iw = p % s.out_w * s.stride_w - s.pad_w;
-      const bool inside = p < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-      offset[l] = inside ? n * x.sn + ih * x.sh + iw * x.sw : -1;
-      all_inside &= inside;
-      contiguous &= inside && offset[l] == offset[0] + l;  // -1 (padding) can follow on from a real offset
+    for (int64_t j = 0; j < ct.count; ++j) {
+      int64_t* off = offset.data() + j * tile_size;
+      bool inside_all = true, in_order = true;
+      for (int64_t l = 0; l < tile_size; ++l) {
+        const int64_t p = t0 + l, ih = p / s.out_w * s.stride_h - s.pad_h + ct.dh[j],
+                      iw = p % s.out_w * s.stride_w - s.pad_w + ct.dw[j];
+        const bool inside = p < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+        off[l] = inside ? n * x.sn + ih * x.sh + iw * x.sw : -1;
+        inside_all &= inside;
+        in_order &= inside && off[l] == off[0] + l;  // -1 (padding) can follow on from a real offset
+      }
+      all_inside[j] = inside_all;
+      contiguous[j] = in_order;
     }
-    const int64_t* off = offset.data();
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
-      const T* src = x.data + c * x.sc;
-      if (contiguous) {  // a run of one input row: stride 1, no padding, N,C,H,W
+      const int64_t j = c % ct.count;
+      const T* src = x.data + c / ct.count * x.sc;
+      const int64_t* off = offset.data() + j * tile_size;
+      if (contiguous[j]) {  // a run of one input row: stride 1, no padding, N,C,H,W
         std::memcpy(dst, src + off[0], tile_size * sizeof(T));
-      } else if (all_inside) {
+      } else if (all_inside[j]) {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = src[off[l]];
       } else {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = off[l] >= 0 ? src[off[l]] : T(0);
@@ -506,20 +524,24 @@ std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
 }
 
 // Whether a pointwise convolution runs as one image of all the batch's pixels: at batches over 1, when
-// an image's pixels leave more than a tenth of its tiles' lanes empty (7x7 maps: 49 pixels in 72).
+// an image's pixels leave more than a tenth of its tiles' lanes empty (7x7 maps: 49 pixels in 72),
+// and the gathered input fits kMaxColumnElements.
 template <typename T, int KT>
 bool pointwise_as_one_image(const Conv2dShape& s) {
   const int64_t tile = kTileVectors<KT> * Vec<T>::size(), plane = s.out_h * s.out_w;
-  return s.batch > 1 && 10 * plane < 9 * div_up(plane, tile) * tile;
+  return s.batch > 1 && 10 * plane < 9 * div_up(plane, tile) * tile &&
+         s.in_channels * s.batch * plane <= kMaxColumnElements;
 }
 
 // A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): output
-// pixels in flat order, tiles of them gathered tile-major (pack_pixels). y's rows must be contiguous
+// pixels in flat order, tiles of them gathered tile-major (pack_pixels; with ct, im2col columns of the
+// input: forward_columns). y's rows must be contiguous
 // runs (y.sh == out_w * y.sw), as in the outputs this file allocates. Small images at batches over 1
 // (pointwise_as_one_image) run as one image of all their pixels: the input gathered into rows
 // [C][N * plane], the output computed as [K][N * plane], then put in place.
 template <typename T, int KT>
-void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc) {
+void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc,
+                     const ColumnTaps& ct = {}) {
   constexpr int64_t V = Vec<T>::size();
   constexpr int64_t tile = kTileVectors<KT> * V;
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
@@ -528,22 +550,23 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
     const int64_t all = s.batch * pixels;
     Scratch<T> columns(s.in_channels * all), out(s.out_channels * all);
     // A plane whose pixels are read in order (stride 1, no padding, rows contiguous) is one copy.
-    const bool whole_planes = s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && x.sw == 1 &&
-                              x.sh == s.in_w;
+    const bool whole_planes = ct.count == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
+                              x.sw == 1 && x.sh == s.in_w;
     at::parallel_for(0, s.in_channels, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         T* dst = columns.get() + c * all;
+        const int64_t j = c % ct.count, channel = c / ct.count;
         for (int64_t n = 0; n < s.batch; ++n) {
           if (whole_planes) {
-            std::memcpy(dst, x.at(n, c, 0, 0), pixels * sizeof(T));
+            std::memcpy(dst, x.at(n, channel, 0, 0), pixels * sizeof(T));
             dst += pixels;
             continue;
           }
           for (int64_t oh = 0; oh < s.out_h; ++oh) {
-            const int64_t ih = oh * s.stride_h - s.pad_h;
+            const int64_t ih = oh * s.stride_h - s.pad_h + ct.dh[j];
             for (int64_t ow = 0; ow < s.out_w; ++ow) {
-              const int64_t iw = ow * s.stride_w - s.pad_w;
-              *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, c, ih, iw) : T(0);
+              const int64_t iw = ow * s.stride_w - s.pad_w + ct.dw[j];
+              *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, channel, ih, iw) : T(0);
             }
           }
         }
@@ -582,15 +605,15 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
       kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile * int64_t(sizeof(T))), 1, tiles);
   const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks, kItemsPerThread);
   // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
-  // by tiles, into a buffer the items share; else each item packs its own.
+  // by tiles, into a buffer the items share (up to kMaxColumnElements); else each item packs its own.
   Scratch<T> shared;
-  if (kchunks > 1) {
+  if (kchunks > 1 && s.batch * tiles * s.in_channels * tile <= kMaxColumnElements) {
     shared.reset(s.batch * tiles * s.in_channels * tile);
     at::parallel_for(0, s.batch * tiles, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = i % tiles;
         pack_pixels(x, s, i / tiles, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
-                    shared.get() + i * s.in_channels * tile);
+                    shared.get() + i * s.in_channels * tile, ct);
       }
     });
   }
@@ -608,7 +631,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
       buf = shared.get() + ((n * tiles + t0) * s.in_channels + g0 * Cg) * tile;
     } else {
       T* own = buffers.get((t1 - t0) * channels * tile);
-      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own);
+      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own, ct);
       buf = own;
     }
     compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
@@ -621,7 +644,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
 }
 
 template <typename T, int KT>
-void forward_tiles(const Conv2dForward& f) {
+void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = {}) {
   constexpr int64_t V = Vec<T>::size();
   const Conv2dShape& s = f.shape;
   const auto x = strided<const T>(f.input);
@@ -645,7 +668,7 @@ void forward_tiles(const Conv2dForward& f) {
                   bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
                   pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg, y.sw)};
   if (in_place) tc.in_place = {taps.data(), Kg * Cg * s.taps(), Cg * s.taps(), s.taps()};
-  if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc);
+  if (pointwise) return pointwise_tiles<T, KT>(x, y, s, tc, ct);
 
   const InputGeometry geo(s);
   std::vector<int64_t> tap_offsets;
@@ -668,46 +691,42 @@ void forward_tiles(const Conv2dForward& f) {
                        });
 }
 
-// Small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs), whose
-// rows would leave most lanes of the tiles' pixel vectors empty, are computed as a 1x1 convolution
-// over im2col columns instead: channel (c, j) of pixel (n, oh, ow) holds the input that the j-th tap
-// reaching the image reads, and the pointwise tiles run along the pixels of all images in one row.
-// Its weight is (K, Cg * taps, 1, 1): a view of the weight when every tap reaches the image.
-// Columns beyond kSmallMapColumns elements take the row tiles instead.
-constexpr int64_t kSmallMapColumns = int64_t(1) << 23;
+// A convolution computed as a pointwise (1x1) one over im2col columns: column channel (c, j) of output
+// pixel (n, oh, ow) holds the input that the j-th kernel tap reaching the image reads there. The
+// pointwise tiles gather the columns tile by tile (pack_pixels with ColumnTaps) as they go, or whole for
+// small maps at batches over 1 (pointwise_as_one_image). Its weight is (K, Cg * taps, 1, 1): a view of
+// the weight when every tap reaches the image. Taken where rows leave the tiles short of pixels:
+// - small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs),
+//   whose columns, gathered whole, stay within kMaxColumnElements;
+// - strided kernels over kMinStridedColumnChannels+ input channels per group. Their rows of 7-28
+//   outputs, split into column phases, ran units of a few rows with half of the tiles 2 vectors wide.
+//   Two threads, ResNet's stride-2 3x3 layers forward, rows -> columns, medians of 10-30 calls in
+//   2-3 rounds (bench/NOTES.md, convolution entry 15): 64 -> 128 channels on 56x56 at batch 1
+//   2.28-2.36 -> 1.34-1.74 ms, at batch 8 17.4-19.3 -> 10.8-13.6; 256 on 28x28 at batch 8 25.6-33.0
+//   -> 18.2-20.2. The 3-channel stems (7x7 stride 2, 11x11 stride 4) lost at batch 1 (2.9-3.8 ->
+//   5.1-5.5 ms, 1.5-2.3 -> 3.0-3.2): a channel's gathered taps are too little work per tile.
+constexpr int64_t kMinStridedColumnChannels = 64;
 
 template <typename T>
-bool small_maps(const Conv2dShape& s) {
-  const int64_t columns = s.in_channels * s.taps() * s.batch * s.out_h * s.out_w;
-  return s.taps() > 1 && 2 * s.out_w <= Vec<T>::size() && columns <= kSmallMapColumns;
+bool columns_forward(const Conv2dShape& s) {
+  if (s.taps() == 1) return false;
+  if (2 * s.out_w <= Vec<T>::size()) {
+    return s.in_channels * s.taps() * s.batch * s.out_h * s.out_w <= kMaxColumnElements;
+  }
+  return (s.stride_h > 1 || s.stride_w > 1) && s.in_per_group() >= kMinStridedColumnChannels;
 }
 
 template <typename T, int KT>
-void forward_small_maps(const Conv2dForward& f) {
+void forward_columns(const Conv2dForward& f) {
   const Conv2dShape& s = f.shape;
   const std::vector<int64_t> taps = taps_reaching_image(s);
-  const int64_t nt = int64_t(taps.size()), plane = s.out_h * s.out_w, pixels = s.batch * plane;
+  const int64_t nt = int64_t(taps.size());
   if (nt == 0) return forward_tiles<T, KT>(f);  // only padding under the kernel: the bias everywhere
-  const auto x = strided<const T>(f.input);
-  Scratch<T> column_memory(s.in_channels * nt * pixels), out_memory(s.out_channels * pixels);
-  const at::Tensor columns = at::from_blob(column_memory.get(), {1, s.in_channels * nt, 1, pixels}, f.input.options());
-  const at::Tensor out = at::from_blob(out_memory.get(), {1, s.out_channels, 1, pixels}, f.output.options());
-  T* col = column_memory.get();
-  at::parallel_for(0, s.in_channels * nt, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t c = i / nt, r = taps[i % nt] / s.kernel_w, q = taps[i % nt] % s.kernel_w;
-      T* dst = col + i * pixels;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        for (int64_t oh = 0; oh < s.out_h; ++oh) {
-          const int64_t ih = oh * s.stride_h - s.pad_h + r * s.dilation_h;
-          for (int64_t ow = 0; ow < s.out_w; ++ow) {
-            const int64_t iw = ow * s.stride_w - s.pad_w + q * s.dilation_w;
-            *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, c, ih, iw) : T(0);
-          }
-        }
-      }
-    }
-  });
+  ColumnTaps ct{nt, {}, {}};
+  for (const int64_t t : taps) {
+    ct.dh.push_back(t / s.kernel_w * s.dilation_h);
+    ct.dw.push_back(t % s.kernel_w * s.dilation_w);
+  }
   at::Tensor weight = f.weight.view({s.out_channels, s.in_per_group() * s.taps(), 1, 1});
   if (nt < s.taps()) {
     weight = at::empty({s.out_channels, s.in_per_group() * nt, 1, 1}, f.weight.options());
@@ -717,27 +736,11 @@ void forward_small_maps(const Conv2dForward& f) {
       for (int64_t j = 0; j < nt; ++j) dst[kc * nt + j] = src[kc * s.taps() + taps[j]];
     }
   }
-  Conv2dShape pointwise = s;
-  pointwise.batch = 1;
-  pointwise.in_channels *= nt;
-  pointwise.in_h = pointwise.out_h = pointwise.kernel_h = pointwise.kernel_w = 1;
-  pointwise.in_w = pointwise.out_w = pixels;
-  pointwise.stride_h = pointwise.stride_w = pointwise.dilation_h = pointwise.dilation_w = 1;
-  pointwise.pad_h = pointwise.pad_w = 0;
-  pointwise.layout = Layout::nchw;
-  forward_tiles<T, KT>({columns, weight, f.bias, out, pointwise});
-  const auto y = strided<T>(f.output);
-  const T* src = out.const_data_ptr<T>();
-  at::parallel_for(0, s.out_channels, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const T* from = src + k * pixels;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        for (int64_t oh = 0; oh < s.out_h; ++oh) {
-          for (int64_t ow = 0; ow < s.out_w; ++ow) *y.at(n, k, oh, ow) = *from++;
-        }
-      }
-    }
-  });
+  Conv2dShape columns = s;  // the input's geometry, with Cg * nt channels under a 1x1 kernel
+  columns.in_channels *= nt;
+  columns.kernel_h = columns.kernel_w = 1;
+  columns.dilation_h = columns.dilation_w = 1;
+  forward_tiles<T, KT>({f.input, weight, f.bias, f.output, columns}, ct);
 }
 
 // The kernel taps that reach input phase `a` along one axis, and their grad_output offsets:
@@ -1262,8 +1265,8 @@ struct CpuConv2d {
   static void forward(const Conv2dForward& f) {
     AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "fastdl.conv2d", [&] {
       with_tile_channels(f.shape.out_per_group(), [&](auto kt) {
-        if (small_maps<scalar_t>(f.shape)) {
-          forward_small_maps<scalar_t, decltype(kt)::value>(f);
+        if (columns_forward<scalar_t>(f.shape)) {
+          forward_columns<scalar_t, decltype(kt)::value>(f);
         } else {
           forward_tiles<scalar_t, decltype(kt)::value>(f);
         }
