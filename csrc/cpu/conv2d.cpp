@@ -101,15 +101,19 @@ struct ColumnTaps {
   int64_t count = 1;
   std::vector<int64_t> dh{0}, dw{0};
 };
+const ColumnTaps kOneTap;  // the default below, so that 1x1 calls allocate no taps
 
 // The input pixels of 1x1 kernels (or of im2col columns), tile-major: buf[tile][c - c0][l] is column
 // channel c under output pixel p0 + tile * tile_size + l (pixels in flat order oh * OW + ow), zero past
 // p1 or in the padding. A tile's values over all channels are then one contiguous run.
 template <typename T>
 void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, int64_t c0, int64_t c1, int64_t p0,
-                 int64_t p1, int64_t tile_size, T* buf, const ColumnTaps& ct = {}) {
+                 int64_t p1, int64_t tile_size, T* buf, const ColumnTaps& ct = kOneTap) {
+  struct TapRun {
+    bool all_inside, contiguous;
+  };
   std::vector<int64_t> offset(ct.count * tile_size);
-  std::vector<char> all_inside(ct.count), contiguous(ct.count);
+  std::vector<TapRun> runs(ct.count);
   for (int64_t t0 = p0; t0 < p1; t0 += tile_size) {
     T* dst = buf + (t0 - p0) / tile_size * (c1 - c0) * tile_size;
     for (int64_t j = 0; j < ct.count; ++j) {
@@ -123,16 +127,15 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, i
         inside_all &= inside;
         in_order &= inside && off[l] == off[0] + l;  // -1 (padding) can follow on from a real offset
       }
-      all_inside[j] = inside_all;
-      contiguous[j] = in_order;
+      runs[j] = {inside_all, in_order};
     }
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
       const int64_t j = c % ct.count;
       const T* src = x.data + c / ct.count * x.sc;
       const int64_t* off = offset.data() + j * tile_size;
-      if (contiguous[j]) {  // a run of one input row: stride 1, no padding, N,C,H,W
+      if (runs[j].contiguous) {  // a run of one input row: stride 1, no padding, N,C,H,W
         std::memcpy(dst, src + off[0], tile_size * sizeof(T));
-      } else if (all_inside[j]) {
+      } else if (runs[j].all_inside) {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = src[off[l]];
       } else {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = off[l] >= 0 ? src[off[l]] : T(0);
@@ -541,7 +544,7 @@ bool pointwise_as_one_image(const Conv2dShape& s) {
 // [C][N * plane], the output computed as [K][N * plane], then put in place.
 template <typename T, int KT>
 void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc,
-                     const ColumnTaps& ct = {}) {
+                     const ColumnTaps& ct = kOneTap) {
   constexpr int64_t V = Vec<T>::size();
   constexpr int64_t tile = kTileVectors<KT> * V;
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
@@ -644,7 +647,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
 }
 
 template <typename T, int KT>
-void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = {}) {
+void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = kOneTap) {
   constexpr int64_t V = Vec<T>::size();
   const Conv2dShape& s = f.shape;
   const auto x = strided<const T>(f.input);
