@@ -3,6 +3,8 @@ shapes and options and a grid of named cases (every path of the CPU kernels), th
 convolution layers, gradcheck, opcheck, torch.compile, the layer and convert(), non-finite inputs and
 bad input. CUDA cases carry the cuda marker (more in test_conv2d_cuda.py)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,10 +100,28 @@ def conv_cases(draw):
 @settings(max_examples=150, deadline=None)
 @given(case=conv_cases())
 def test_conv2d_matches_torch(case, dtype, device):
+    check_case(case, dtype, device)
+
+
+def check_case(case, dtype, device):
     x = make(case["shape"], case["layout"], dtype, device, case["seed"])
     w = make(case["weight"], "channels_last" if case["weight_cl"] else "contiguous", dtype, device, case["seed"] + 2)
     b = make((case["weight"][0],), "contiguous", dtype, device, case["seed"] + 3) if case["bias"] else None
     check_against_torch(x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"], case["seed"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases())
+def test_conv2d_over_im2col_columns_matches_torch(case, dtype):
+    """The CPU forward and input gradient as 1x1 convolutions over im2col columns (forward_columns and
+    grad_input_columns in csrc/cpu/conv2d.cpp), which the rule takes for small maps and strided kernels
+    over 64+ channels only, forced on every kernel larger than 1x1 of the search."""
+    os.environ["FASTDL_CONV_COLUMNS"] = "always"
+    try:
+        check_case(case, dtype, "cpu")
+    finally:
+        del os.environ["FASTDL_CONV_COLUMNS"]
 
 
 # Named cases: (input shape, weight shape, stride, padding, dilation, groups), one per kernel path.
@@ -153,6 +173,13 @@ NAMED = {
     "strided columns, 7x7 outputs, batch 3 (gathered whole)": ((3, 64, 14, 14), (5, 64, 3, 3), 2, 1, 1, 1),
     "strided columns, groups 2, 5x5 stride (2, 3)": ((1, 128, 20, 31), (6, 64, 5, 5), (2, 3), 2, 1, 2),
     "strided columns, dilation 3": ((1, 64, 13, 11), (6, 64, 3, 3), 2, 3, 3, 1),
+    # Their input gradient over 64+ output channels per group: per phase, a 1x1 convolution over
+    # grad_output's im2col columns, written dense and then put in place.
+    "strided input-gradient columns, 3x3 stride 2": ((2, 5, 17, 15), (64, 5, 3, 3), 2, 1, 1, 1),
+    "strided input-gradient columns, 7x7 phases, batch 3 (gathered whole)": ((3, 4, 14, 14), (64, 4, 3, 3), 2, 1, 1, 1),
+    "strided input-gradient columns, groups 2, 5x5 stride (2, 3)": ((1, 6, 20, 31), (128, 3, 5, 5), (2, 3), 2, 1, 2),
+    "strided input-gradient columns, dilation 3": ((1, 3, 13, 11), (64, 3, 3, 3), 2, 3, 3, 1),
+    "strided input-gradient columns, a phase no tap reaches": ((1, 3, 11, 10), (64, 3, 2, 2), 3, 0, 1, 1),
     # 1x1 on small planes at batches over 1 runs as one image of all the pixels; the input gradient of
     # an unpadded 1x1 convolution is a 1x1 convolution of grad_output (spread with zeros for stride > 1).
     "1x1 on 7x7 maps, batch 3 (one image of all pixels)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),
@@ -266,6 +293,21 @@ def test_named_cases_with_weights_in_place_or_packed(name, monkeypatch):
                                                                  algorithm="direct"), x, w, b, grad))
         (out_a, grads_a), (out_b, grads_b) = results
         assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.parametrize("name", [name for name, case in NAMED.items() if case[1][2] * case[1][3] > 1])
+def test_named_cases_over_columns_or_rows(name, monkeypatch):
+    """Kernels larger than 1x1 run their forward and input gradient either over packed rows or as 1x1
+    convolutions over im2col columns (csrc/cpu/conv2d.cpp, columns_forward and columns_grad_input):
+    both forms, forced with FASTDL_CONV_COLUMNS, on every such named case against torch."""
+    shape, wshape, stride, padding, dilation, groups = NAMED[name]
+    for dtype in (torch.float32, torch.float64):
+        x = make(shape, "contiguous", dtype, "cpu", 1)
+        w = make(wshape, "contiguous", dtype, "cpu", 2)
+        b = make((wshape[0],), "contiguous", dtype, "cpu", 3)
+        for columns in ("always", "never"):
+            monkeypatch.setenv("FASTDL_CONV_COLUMNS", columns)
+            check_against_torch(x, w, b, stride, padding, dilation, groups)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,6 +8,8 @@
 //   FASTDL_RNN_SMALL_BATCH       always | never   CUDA LSTM/GRU small-batch kernel (shipped to batch 16, kernel 64)
 //   FASTDL_CONV_SPLIT            never            CUDA forward/grad_input split reductions
 //   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU convolution tiles reading the weights in place
+//   FASTDL_CONV_COLUMNS          always | never   CPU convolution forward and input gradient over im2col
+//                                                 columns (kernels larger than 1x1)
 
 #include <cstdlib>
 #include <cstring>

@@ -552,9 +552,11 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
   if (pointwise_as_one_image<T, KT>(s)) {
     const int64_t all = s.batch * pixels;
     Scratch<T> columns(s.in_channels * all), out(s.out_channels * all);
-    // A plane whose pixels are read in order (stride 1, no padding, rows contiguous) is one copy.
-    const bool whole_planes = ct.count == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
-                              x.sw == 1 && x.sh == s.in_w;
+    // A plane whose pixels are read in order (one tap at the pixel itself, stride 1, no padding, the
+    // same size in and out, rows contiguous) is one copy.
+    const bool whole_planes = ct.count == 1 && ct.dh[0] == 0 && ct.dw[0] == 0 && s.stride_h == 1 &&
+                              s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && s.in_h == s.out_h &&
+                              s.in_w == s.out_w && x.sw == 1 && x.sh == s.in_w;
     at::parallel_for(0, s.in_channels, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         T* dst = columns.get() + c * all;
@@ -713,10 +715,10 @@ constexpr int64_t kMinStridedColumnChannels = 64;
 template <typename T>
 bool columns_forward(const Conv2dShape& s) {
   if (s.taps() == 1) return false;
-  if (2 * s.out_w <= Vec<T>::size()) {
-    return s.in_channels * s.taps() * s.batch * s.out_h * s.out_w <= kMaxColumnElements;
-  }
-  return (s.stride_h > 1 || s.stride_w > 1) && s.in_per_group() >= kMinStridedColumnChannels;
+  const bool pays = 2 * s.out_w <= Vec<T>::size()
+                        ? s.in_channels * s.taps() * s.batch * s.out_h * s.out_w <= kMaxColumnElements
+                        : (s.stride_h > 1 || s.stride_w > 1) && s.in_per_group() >= kMinStridedColumnChannels;
+  return override_or("FASTDL_CONV_COLUMNS", pays);
 }
 
 template <typename T, int KT>
@@ -808,6 +810,50 @@ void grad_input_pointwise(const Conv2dBackward& b) {
   });
 }
 
+// The phases of a strided input gradient: phase (a, a_w) is grad_input's pixels (a + stride*i,
+// a_w + stride*j), and the kernel taps that reach them (PhaseTaps per axis). Taps whose grad_output
+// rows or columns all lie in the padding add nothing and are left out.
+struct Phase {
+  int64_t a, a_w, rows_out, cols_out, width;  // width: the grad_output columns the phase's rows read
+  PhaseTaps th, tw;
+  std::vector<int64_t> tap_index;  // kernel taps r * S + s reaching the phase; empty: none
+  std::vector<int64_t> rows, cols;  // per tap: its grad_output row and column offsets
+};
+
+std::vector<Phase> strided_phases(const Conv2dShape& s) {
+  const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
+  std::vector<Phase> phases;
+  for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
+    for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
+      Phase ph{a, a_w, div_up(s.in_h - a, s.stride_h), div_up(s.in_w - a_w, s.stride_w), 0,
+               phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h),
+               phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w), {}, {}, {}};
+      ph.width = ph.cols_out + ph.tw.max_offset - ph.tw.min_offset;
+      for (size_t r = 0; r < ph.th.taps.size(); ++r) {
+        for (size_t c = 0; c < ph.tw.taps.size(); ++c) {
+          if (!reaches(ph.th.offsets[r], ph.rows_out, s.out_h) || !reaches(ph.tw.offsets[c], ph.cols_out, s.out_w)) {
+            continue;
+          }
+          ph.tap_index.push_back(ph.th.taps[r] * s.kernel_w + ph.tw.taps[c]);
+          ph.rows.push_back(ph.th.offsets[r]);
+          ph.cols.push_back(ph.tw.offsets[c]);
+        }
+      }
+      phases.push_back(std::move(ph));
+    }
+  }
+  return phases;
+}
+
+// The tap subsets of the phases that have taps, in phase order (pack_phase_weights).
+std::vector<std::vector<int64_t>> phase_subsets(const std::vector<Phase>& phases) {
+  std::vector<std::vector<int64_t>> subsets;
+  for (const Phase& ph : phases) {
+    if (!ph.tap_index.empty()) subsets.push_back(ph.tap_index);
+  }
+  return subsets;
+}
+
 template <typename T, int KT>
 void grad_input_tiles(const Conv2dBackward& b) {
   constexpr int64_t V = Vec<T>::size();
@@ -816,35 +862,8 @@ void grad_input_tiles(const Conv2dBackward& b) {
   const auto dy = strided<const T>(b.grad_output);
   const auto dx = strided<T>(b.grad_input);
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Cg, KT), blocks = s.groups * nb;
-  // The phases (a, a_w): grad_input's pixels a + stride*i, a_w + stride*j, and the kernel taps that
-  // reach them. Taps whose grad_output rows or columns all lie in the padding add nothing.
-  struct Phase {
-    int64_t a, a_w, rows_out, cols_out, width;
-    PhaseTaps th, tw;
-    std::vector<int64_t> tap_index, taps;  // tap_index empty: no tap reaches the phase
-  };
-  const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
-  std::vector<Phase> phases;
-  std::vector<std::vector<int64_t>> subsets;
-  for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
-    for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
-      Phase ph{a, a_w, div_up(s.in_h - a, s.stride_h), div_up(s.in_w - a_w, s.stride_w), 0,
-               phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h),
-               phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w), {}, {}};
-      ph.width = ph.cols_out + ph.tw.max_offset - ph.tw.min_offset;
-      for (size_t r = 0; r < ph.th.taps.size(); ++r) {
-        for (size_t c = 0; c < ph.tw.taps.size(); ++c) {
-          if (!reaches(ph.th.offsets[r], ph.rows_out, s.out_h) || !reaches(ph.tw.offsets[c], ph.cols_out, s.out_w)) {
-            continue;
-          }
-          ph.tap_index.push_back(ph.th.taps[r] * s.kernel_w + ph.tw.taps[c]);
-          ph.taps.push_back((ph.th.offsets[r] - ph.th.min_offset) * ph.width + ph.tw.offsets[c] - ph.tw.min_offset);
-        }
-      }
-      if (!ph.tap_index.empty()) subsets.push_back(ph.tap_index);
-      phases.push_back(std::move(ph));
-    }
-  }
+  const std::vector<Phase> phases = strided_phases(s);
+  const std::vector<std::vector<int64_t>> subsets = phase_subsets(phases);
   int64_t uses = 0;  // pixel vectors per weight, over every phase
   for (const Phase& ph : phases) uses += ph.tap_index.empty() ? 0 : s.batch * ph.rows_out * div_up(ph.cols_out, V);
   const bool in_place = weights_in_place(uses, subsets.size() == 1);
@@ -866,8 +885,12 @@ void grad_input_tiles(const Conv2dBackward& b) {
       continue;
     }
     const PhaseTaps &th = ph.th, &tw = ph.tw;
+    std::vector<int64_t> taps;  // each tap's offset in the phase's packed window
+    for (size_t t = 0; t < ph.rows.size(); ++t) {
+      taps.push_back((ph.rows[t] - th.min_offset) * width + ph.cols[t] - tw.min_offset);
+    }
     const int64_t pixel_step = s.stride_w * dx.sw;  // between the phase's neighbouring pixels in dx
-    TiledConv<T> tc{Kg, Cg, nb, int64_t(ph.taps.size()),
+    TiledConv<T> tc{Kg, Cg, nb, int64_t(taps.size()),
                     in_place ? b.weight.const_data_ptr<T>() : packed[next_weights++].get(), nullptr, dx.sc,
                     pixel_step, channel_block<T, KT>(int64_t(th.taps.size()), Kg, pixel_step)};
     if (in_place) tc.in_place = {ph.tap_index.data(), Kg * Cg * s.taps(), s.taps(), Cg * s.taps()};
@@ -884,13 +907,91 @@ void grad_input_tiles(const Conv2dBackward& b) {
       const Window win{r.begin + th.min_offset, r.size() + extra, tw.min_offset, 1, 1, width};
       pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
     });
-    run_row_units<T, KT>(tc, windows, cs, ph.taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec,
+    run_row_units<T, KT>(tc, windows, cs, taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec,
                          unit_rows, [&](int64_t unit, int64_t row, int64_t j) {
                            const int64_t n = unit / row_groups, m = unit_rows(unit).begin + row;
                            return VectorPos{row * width + j,
                                             n * dx.sn + (a + s.stride_h * m) * dx.sh + (a_w + s.stride_w * j) * dx.sw,
                                             std::min(V, cols_out - j)};
                          });
+  }
+}
+
+// The input gradient of a strided convolution over many output channels, phase by phase as a pointwise
+// (1x1) convolution over grad_output's im2col columns, the twin of forward_columns: phase (a, a_w)'s
+// column channel (k, j) under its pixel (m, m_w) is grad_output k at (m + rows[j], m_w + cols[j]),
+// the phase's j-th tap; the weights are pack_phase_weights' ([block][k][tap][KT] is [block][column
+// channel][KT]). The tiles write each phase dense ([n][c][rows_out][cols_out]: flat pixel order needs
+// contiguous rows), then the phases are put in place in grad_input. Images go in chunks whose phases
+// fit kMaxColumnElements. Taken for strided kernels over kMinStridedColumnChannels+ channels per group
+// both ways whose phase rows are longer than a vector. Two threads, input gradient only, rows ->
+// columns, medians in one process (bench/NOTES.md, convolution entry 16): 128 channels on 56x56 at
+// batch 8 19.6 -> 15.1 ms, 256 on 28x28 at batch 8 16.4 -> 14.6. Not taken: 512 on 14x14 (phases of
+// 7x7 pixels; batch 1 3.2 -> 3.9 ms) and the 3-channel stems, whose three output channels starve the
+// tiles (ResNet's 7x7 stride 2 at batch 1 6.5 -> 22.1 ms, AlexNet's 11x11 stride 4 3.6 -> 12.9).
+template <typename T>
+bool columns_grad_input(const Conv2dShape& s) {
+  if (s.taps() == 1 || s.in_channels * s.in_h * s.in_w > kMaxColumnElements) return false;
+  const bool pays = (s.stride_h > 1 || s.stride_w > 1) &&
+                    std::min(s.in_per_group(), s.out_per_group()) >= kMinStridedColumnChannels &&
+                    div_up(s.in_w, s.stride_w) > Vec<T>::size();
+  return override_or("FASTDL_CONV_COLUMNS", pays);
+}
+
+template <typename T, int KT>
+void grad_input_columns(const Conv2dBackward& b) {
+  const Conv2dShape& s = b.shape;
+  const auto dy = strided<const T>(b.grad_output);
+  const auto dx = strided<T>(b.grad_input);
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group();
+  const std::vector<Phase> phases = strided_phases(s);
+  const std::vector<Scratch<T>> packed =
+      pack_phase_weights<T, KT>(b.weight.const_data_ptr<T>(), s, phase_subsets(phases));
+  std::vector<int64_t> start;  // each phase's offset in an image's dense block, or -1: no tap reaches it
+  int64_t image = 0;
+  for (const Phase& ph : phases) {
+    start.push_back(ph.tap_index.empty() ? -1 : image);
+    if (!ph.tap_index.empty()) image += s.in_channels * ph.rows_out * ph.cols_out;
+  }
+  const int64_t chunk = std::clamp<int64_t>(kMaxColumnElements / std::max<int64_t>(image, 1), 1, s.batch);
+  Scratch<T> dense(chunk * image);
+  for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
+    const int64_t images = std::min(chunk, s.batch - n0);
+    size_t next_weights = 0;
+    for (size_t i = 0; i < phases.size(); ++i) {
+      const Phase& ph = phases[i];
+      if (ph.tap_index.empty()) continue;
+      const int64_t nt = int64_t(ph.tap_index.size()), plane = ph.rows_out * ph.cols_out;
+      Conv2dShape t = s;  // grad_output's columns to the phase's pixels
+      t.batch = images;
+      t.in_channels = s.out_channels * nt;
+      t.out_channels = s.in_channels;
+      t.in_h = s.out_h;
+      t.in_w = s.out_w;
+      t.out_h = ph.rows_out;
+      t.out_w = ph.cols_out;
+      t.kernel_h = t.kernel_w = t.stride_h = t.stride_w = t.dilation_h = t.dilation_w = 1;
+      t.pad_h = t.pad_w = 0;
+      const ColumnTaps ct{nt, ph.rows, ph.cols};
+      const Strided4d<T> y{dense.get() + images * start[i], s.in_channels * plane, plane, ph.cols_out, 1};
+      const TiledConv<T> tc{Kg * nt, Cg, div_up(Cg, KT), 1, packed[next_weights++].get(), nullptr, y.sc, y.sw,
+                            pointwise_channel_block<T, KT>(Kg * nt)};
+      pointwise_tiles<T, KT>({dy.data + n0 * dy.sn, dy.sn, dy.sc, dy.sh, dy.sw}, y, t, tc, ct);
+    }
+    at::parallel_for(0, images * s.in_channels, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* const to = dx.data + (n0 + i / s.in_channels) * dx.sn + i % s.in_channels * dx.sc;
+        for (size_t q = 0; q < phases.size(); ++q) {
+          const Phase& ph = phases[q];
+          const int64_t plane = ph.rows_out * ph.cols_out, step = s.stride_w * dx.sw;
+          const T* from = start[q] < 0 ? nullptr : dense.get() + images * start[q] + i * plane;
+          for (int64_t m = 0; m < ph.rows_out; ++m) {
+            T* row = to + (ph.a + s.stride_h * m) * dx.sh + ph.a_w * dx.sw;
+            for (int64_t j = 0; j < ph.cols_out; ++j) row[j * step] = from ? from[m * ph.cols_out + j] : T(0);
+          }
+        }
+      }
+    });
   }
 }
 
@@ -1280,7 +1381,13 @@ struct CpuConv2d {
   static void backward(const Conv2dBackward& b) {
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_backward", [&] {
       if (b.grad_input.defined()) {
-        with_tile_channels(b.shape.in_per_group(), [&](auto kt) { grad_input_tiles<scalar_t, decltype(kt)::value>(b); });
+        with_tile_channels(b.shape.in_per_group(), [&](auto kt) {
+          if (columns_grad_input<scalar_t>(b.shape)) {
+            grad_input_columns<scalar_t, decltype(kt)::value>(b);
+          } else {
+            grad_input_tiles<scalar_t, decltype(kt)::value>(b);
+          }
+        });
       }
       if (b.grad_weight.defined() && pointwise_grad_weight(b.shape)) {
         with_tile_channels(b.shape.out_channels, [&](auto kt) { grad_weight_pointwise<scalar_t, decltype(kt)::value>(b); });
