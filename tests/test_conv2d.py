@@ -183,6 +183,9 @@ NAMED = {
     # 1x1 on small planes at batches over 1 runs as one image of all the pixels; the input gradient of
     # an unpadded 1x1 convolution is a 1x1 convolution of grad_output (spread with zeros for stride > 1).
     "1x1 on 7x7 maps, batch 3 (one image of all pixels)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),
+    # The 1x1 weight gradient with vectors along the input channels up to 14x14 maps, its dense input
+    # gathered pixel-major by 8x8 transposes (a channel group and the last pixels of a plane left over).
+    "1x1 on 14x14 maps, batch 3 (weight gradient over channel vectors)": ((3, 20, 14, 14), (12, 20, 1, 1), 1, 0, 1, 1),
     "1x1 stride 2 padded, groups 2, small maps": ((3, 8, 9, 9), (6, 4, 1, 1), 2, 1, 1, 2),
     "1x1 stride 2 unpadded, odd sizes": ((2, 8, 9, 11), (12, 8, 1, 1), 2, 0, 1, 1),
     "1x1 stride 3 unpadded, groups 2, batch 1": ((1, 12, 10, 10), (40, 6, 1, 1), 3, 0, 1, 2),

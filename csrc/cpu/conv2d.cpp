@@ -1031,6 +1031,14 @@ struct PackedItem {
   int64_t at(int64_t n, int64_t oh, int64_t ow) const { return (n - n0) * image_stride + (oh - oh0) * row_step + ow; }
 };
 
+// A 1x1 convolution with stride 1 and no padding over planes stored whole (NCHW within an image):
+// output pixel p of a plane is input pixel p of the same plane.
+template <typename T>
+bool dense_pointwise(const Conv2dShape& s, const Strided4d<const T>& x) {
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
+         x.sw == 1 && x.sh == s.in_w && x.sc == s.in_h * s.in_w;
+}
+
 template <typename T>
 PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item,
                              int64_t g0, int64_t g1, ThreadBuffers<T>& buffers) {
@@ -1043,8 +1051,7 @@ PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, c
   p.row_step = gi.pointwise ? s.out_w : s.stride_h * gi.rs;
   // An unpadded stride-1 1x1 kernel over dense planes reads the input where it is: every task would
   // otherwise copy all of it (ResNet-50's 1024x14x14 at batch 8: 8 tasks x 6.4 MB, as long as the sums).
-  if (gi.pointwise && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && x.sw == 1 &&
-      x.sh == s.in_w && x.sc == out_plane) {
+  if (dense_pointwise(s, x)) {
     p.cs = x.sc;
     p.image_stride = x.sn;
     p.buf = x.data + p.n0 * x.sn + g0 * Cg * x.sc;
@@ -1106,15 +1113,42 @@ void grad_weight_tasks(const Conv2dBackward& b, int64_t items, int64_t blocks, B
 // c (the input under each output pixel gathered pixel-major, [p][c]), KT output channels broadcast
 // from grad_output packed [block][p][KT], the pixels as the reduction. Rows of 7 or 14 pixels fill
 // the pixel-vector form's vectors badly and end every tile in horizontal sums.
-// Taken (measured, bench/NOTES.md convolution entry 8) for maps of up to 8x8 pixels (7x7: batch 8
-// 0.51x -> 1.0x torch, batch 32 0.50x -> 0.57x) and for at most 512 pixels in all (14x14 at batch 1:
-// 0.56x -> 0.69x); 14x14 at batch 8 measured slower (0.60x -> 0.45x) and keeps the pixel-vector form.
+// Taken for maps of up to 14x14 pixels and for at most 512 pixels in all. Two threads, ResNet-50's
+// 1x1 weight gradients, pixel-vector -> this form, medians in one process (bench/NOTES.md,
+// convolution entries 8 and 17): 7x7 at batch 8 0.51x -> 1.0x torch; 14x14 at batch 8 (1024 -> 512)
+// 0.76x -> 0.95x, at batch 32 0.71x -> 0.97x, once the dense input's gather was transposed in
+// registers (gather_pixel_major; the scalar gather had made it slower: 0.60x -> 0.45x). On 28x28 the
+// pixel-vector form stays ahead (512 -> 128 at batch 8 1.03x vs 0.87x; 128 -> 512 1.07x vs 0.77x).
 constexpr int64_t kPointwiseGradColumns = int64_t(1) << 24;  // elements of the gathered input
 
 bool pointwise_grad_weight(const Conv2dShape& s) {
   const int64_t plane = s.out_h * s.out_w, pixels = s.batch * plane;
-  return s.kernel_h == 1 && s.kernel_w == 1 && s.groups == 1 && (plane <= 64 || pixels <= 512) &&
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.groups == 1 && (plane <= 196 || pixels <= 512) &&
          pixels * s.in_channels <= kPointwiseGradColumns;
+}
+
+// A dense_pointwise input pixel-major in tiles of TW channels, [channel tile][n * plane + p][TW], zero
+// past the last channel: V channels x 8 pixels at a time transposed in registers, a plane's last
+// pixels one by one.
+template <typename T, int64_t TW>
+void gather_pixel_major(const Strided4d<const T>& x, const Conv2dShape& s, T* columns) {
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t C = s.in_channels, plane = s.in_h * s.in_w, P = s.batch * plane, full = plane / 8 * 8;
+  const int64_t groups = div_up(C, TW) * TW / V;  // of V channels per image
+  at::parallel_for(0, s.batch * groups, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / groups, c0 = i % groups * V;
+      T* dst = columns + ((c0 / TW) * P + n * plane) * TW + c0 % TW;
+      const T* src = x.data + n * x.sn;
+      const int64_t first = c0 + V <= C ? full : 0;  // pixels transposed in blocks
+      for (int64_t p = 0; p < first; p += 8) {
+        at::vec::transpose_mxn<T, int(V), 8>(src + c0 * x.sc + p, x.sc, dst + p * TW, TW);
+      }
+      for (int64_t p = first; p < plane; ++p) {
+        for (int64_t l = 0; l < V; ++l) dst[p * TW + l] = c0 + l < C ? src[(c0 + l) * x.sc + p] : T(0);
+      }
+    }
+  });
 }
 
 template <typename T, int KT>
@@ -1130,19 +1164,23 @@ void grad_weight_pointwise(const Conv2dBackward& b) {
   // The input tile-major, [channel tile][pixel][TW] (zero past the last channel): a tile's steps over
   // the pixels read one contiguous run.
   Scratch<T> columns(ctiles * P * TW + V), packed(nb * P * KT);
-  at::parallel_for(0, s.batch * s.out_h, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {  // one output row: its pixels' inputs, channel by channel
-      const int64_t n = r / s.out_h, oh = r % s.out_h, ih = oh * s.stride_h - s.pad_h;
-      for (int64_t c = 0; c < ctiles * TW; ++c) {
-        T* dst = columns.get() + ((c / TW) * P + r * s.out_w) * TW + c % TW;
-        for (int64_t ow = 0; ow < s.out_w; ++ow) {
-          const int64_t iw = ow * s.stride_w - s.pad_w;
-          const bool inside = c < C && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-          dst[ow * TW] = inside ? *x.at(n, c, ih, iw) : T(0);
+  if (dense_pointwise(s, x)) {
+    gather_pixel_major<T, TW>(x, s, columns.get());
+  } else {
+    at::parallel_for(0, s.batch * s.out_h, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {  // one output row: its pixels' inputs, channel by channel
+        const int64_t n = r / s.out_h, oh = r % s.out_h, ih = oh * s.stride_h - s.pad_h;
+        for (int64_t c = 0; c < ctiles * TW; ++c) {
+          T* dst = columns.get() + ((c / TW) * P + r * s.out_w) * TW + c % TW;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            const int64_t iw = ow * s.stride_w - s.pad_w;
+            const bool inside = c < C && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+            dst[ow * TW] = inside ? *x.at(n, c, ih, iw) : T(0);
+          }
         }
       }
-    }
-  });
+    });
+  }
   zero_slack(columns.get() + ctiles * P * TW);
   at::parallel_for(0, nb, 1, [&](int64_t kb0, int64_t kb1) {
     for (int64_t kb = kb0; kb < kb1; ++kb) {
