@@ -173,6 +173,9 @@ NAMED = {
     "strided columns, 7x7 outputs, batch 3 (gathered whole)": ((3, 64, 14, 14), (5, 64, 3, 3), 2, 1, 1, 1),
     "strided columns, groups 2, 5x5 stride (2, 3)": ((1, 128, 20, 31), (6, 64, 5, 5), (2, 3), 2, 1, 2),
     "strided columns, dilation 3": ((1, 64, 13, 11), (6, 64, 3, 3), 2, 3, 3, 1),
+    # A weight gradient whose input outweighs its weights splits the images between the threads, each
+    # summing into its own copy (items of one image here, at two threads).
+    "weight gradient, images split between threads": ((4, 8, 12, 12), (8, 8, 3, 3), 2, 1, 1, 1),
     # Their input gradient over 64+ output channels per group: per phase, a 1x1 convolution over
     # grad_output's im2col columns, written dense and then put in place.
     "strided input-gradient columns, 3x3 stride 2": ((2, 5, 17, 15), (64, 5, 3, 3), 2, 1, 1, 1),

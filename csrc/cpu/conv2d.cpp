@@ -1011,6 +1011,14 @@ struct GradItems {
     const int64_t out_plane = s.out_h * s.out_w;
     if (pointwise || out_plane < kGradPixels) {
       images = std::clamp<int64_t>(kGradPixels / out_plane, 1, s.batch);
+      // Items of fewer images, enough for every thread to sum its own (grad_weight_tasks), where each
+      // thread packing the whole input costs more than a copy of the weight gradient per thread to
+      // zero and add. Two threads, batch 8, weight gradient (bench/NOTES.md, convolution entry 18):
+      // 256x256 3x3 stride 2 on 28x28 18.7 -> 12.1 ms, 32 -> 64 5x5 on 14x14 1.43 -> 1.16; with input
+      // and weights the other way round (512x512 3x3 on 7x7) it measured 13.2 -> 17.3.
+      if (!pointwise && 2 * s.batch * s.in_channels * s.in_h * s.in_w > s.weight_numel()) {
+        images = std::min(images, std::max<int64_t>(1, s.batch / (2 * at::get_num_threads())));
+      }
     } else {
       rows = std::min(div_up(kGradPixels, s.out_w), rows_per_item(s, geo, s.in_channels, elem_size));
     }
