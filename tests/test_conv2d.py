@@ -195,6 +195,7 @@ NAMED = {
     "1x1, input channels not a multiple of 4": ((2, 7, 6, 6), (9, 7, 1, 1), 1, 0, 1, 1),
     # The weight gradient of 1x1 kernels on small maps: vectors along the input channels.
     "1x1 padded, stride 2, small maps (weight gradient over channels)": ((2, 5, 6, 6), (7, 5, 1, 1), 2, 1, 1, 1),
+    "1x1 stride (2, 3) padded (1, 0), small maps (gathered pixel-major)": ((2, 5, 9, 11), (7, 5, 1, 1), (2, 3), (1, 0), 1, 1),
     "1x1 on 14x14 maps, many channels": ((1, 70, 14, 14), (30, 70, 1, 1), 1, 0, 1, 1),
     # 1x1 reductions longer than one pass over tile-major inputs (1365 channels or pixels): the forward
     # over input channels, the input gradient over output channels, the weight gradient over pixels.

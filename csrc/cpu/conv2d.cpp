@@ -1124,8 +1124,8 @@ void grad_weight_tasks(const Conv2dBackward& b, int64_t items, int64_t blocks, B
 // Taken for maps of up to 14x14 pixels and for at most 512 pixels in all. Two threads, ResNet-50's
 // 1x1 weight gradients, pixel-vector -> this form, medians in one process (bench/NOTES.md,
 // convolution entries 8 and 17): 7x7 at batch 8 0.51x -> 1.0x torch; 14x14 at batch 8 (1024 -> 512)
-// 0.76x -> 0.95x, at batch 32 0.71x -> 0.97x, once the dense input's gather was transposed in
-// registers (gather_pixel_major; the scalar gather had made it slower: 0.60x -> 0.45x). On 28x28 the
+// 0.76x -> 0.95x, at batch 32 0.71x -> 0.97x, once the input's gather was transposed in registers
+// (gather_pixel_major; the scalar gather had made it slower: 0.60x -> 0.45x). On 28x28 the
 // pixel-vector form stays ahead (512 -> 128 at batch 8 1.03x vs 0.87x; 128 -> 512 1.07x vs 0.77x).
 constexpr int64_t kPointwiseGradColumns = int64_t(1) << 24;  // elements of the gathered input
 
@@ -1135,25 +1135,48 @@ bool pointwise_grad_weight(const Conv2dShape& s) {
          pixels * s.in_channels <= kPointwiseGradColumns;
 }
 
-// A dense_pointwise input pixel-major in tiles of TW channels, [channel tile][n * plane + p][TW], zero
-// past the last channel: V channels x 8 pixels at a time transposed in registers, a plane's last
-// pixels one by one.
+// The input under a 1x1 convolution's output pixels, pixel-major in tiles of TW channels: [channel
+// tile][n * plane + p][TW] (plane: the output's), zero past the last channel and in the padding. V
+// channels x 8 pixels at a time transposed in registers, straight from the input's rows where its
+// planes are dense (dense_pointwise), else from the block's pixels gathered first (strided or padded).
 template <typename T, int64_t TW>
 void gather_pixel_major(const Strided4d<const T>& x, const Conv2dShape& s, T* columns) {
   constexpr int64_t V = Vec<T>::size();
-  const int64_t C = s.in_channels, plane = s.in_h * s.in_w, P = s.batch * plane, full = plane / 8 * 8;
+  const int64_t C = s.in_channels, plane = s.out_h * s.out_w, P = s.batch * plane;
   const int64_t groups = div_up(C, TW) * TW / V;  // of V channels per image
+  const bool dense = dense_pointwise(s, x);
   at::parallel_for(0, s.batch * groups, 1, [&](int64_t i0, int64_t i1) {
+    T block[V * 8];
+    int64_t offset[8];  // each pixel's input offset within a channel, or -1 in the padding
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / groups, c0 = i % groups * V;
+      const int64_t n = i / groups, c0 = i % groups * V, lanes = std::clamp<int64_t>(C - c0, 0, V);
       T* dst = columns + ((c0 / TW) * P + n * plane) * TW + c0 % TW;
-      const T* src = x.data + n * x.sn;
-      const int64_t first = c0 + V <= C ? full : 0;  // pixels transposed in blocks
-      for (int64_t p = 0; p < first; p += 8) {
-        at::vec::transpose_mxn<T, int(V), 8>(src + c0 * x.sc + p, x.sc, dst + p * TW, TW);
-      }
-      for (int64_t p = first; p < plane; ++p) {
-        for (int64_t l = 0; l < V; ++l) dst[p * TW + l] = c0 + l < C ? src[(c0 + l) * x.sc + p] : T(0);
+      const T* image = x.data + n * x.sn;
+      for (int64_t p = 0; p < plane; p += 8) {
+        const int64_t count = std::min<int64_t>(8, plane - p);
+        const T* src = block;
+        int64_t ld = 8;
+        if (dense && lanes == V && count == 8) {
+          src = image + c0 * x.sc + p;
+          ld = x.sc;
+        } else {
+          for (int64_t j = 0, oh = p / s.out_w, ow = p % s.out_w; j < 8; ++j) {
+            const int64_t ih = oh * s.stride_h - s.pad_h, iw = ow * s.stride_w - s.pad_w;
+            const bool inside = j < count && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+            offset[j] = inside ? ih * x.sh + iw * x.sw : -1;
+            if (++ow == s.out_w) ow = 0, ++oh;
+          }
+          for (int64_t l = 0; l < V; ++l) {
+            for (int j = 0; j < 8; ++j) block[l * 8 + j] = l < lanes && offset[j] >= 0 ? image[(c0 + l) * x.sc + offset[j]] : T(0);
+          }
+        }
+        if (count == 8) {
+          at::vec::transpose_mxn<T, int(V), 8>(src, ld, dst + p * TW, TW);
+        } else {
+          for (int64_t j = 0; j < count; ++j) {
+            for (int64_t l = 0; l < V; ++l) dst[(p + j) * TW + l] = src[l * ld + j];
+          }
+        }
       }
     }
   });
@@ -1172,23 +1195,7 @@ void grad_weight_pointwise(const Conv2dBackward& b) {
   // The input tile-major, [channel tile][pixel][TW] (zero past the last channel): a tile's steps over
   // the pixels read one contiguous run.
   Scratch<T> columns(ctiles * P * TW + V), packed(nb * P * KT);
-  if (dense_pointwise(s, x)) {
-    gather_pixel_major<T, TW>(x, s, columns.get());
-  } else {
-    at::parallel_for(0, s.batch * s.out_h, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {  // one output row: its pixels' inputs, channel by channel
-        const int64_t n = r / s.out_h, oh = r % s.out_h, ih = oh * s.stride_h - s.pad_h;
-        for (int64_t c = 0; c < ctiles * TW; ++c) {
-          T* dst = columns.get() + ((c / TW) * P + r * s.out_w) * TW + c % TW;
-          for (int64_t ow = 0; ow < s.out_w; ++ow) {
-            const int64_t iw = ow * s.stride_w - s.pad_w;
-            const bool inside = c < C && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-            dst[ow * TW] = inside ? *x.at(n, c, ih, iw) : T(0);
-          }
-        }
-      }
-    });
-  }
+  gather_pixel_major<T, TW>(x, s, columns.get());
   zero_slack(columns.get() + ctiles * P * TW);
   at::parallel_for(0, nb, 1, [&](int64_t kb0, int64_t kb1) {
     for (int64_t kb = kb0; kb < kb1; ++kb) {
