@@ -6,7 +6,7 @@ input. CUDA cases carry the cuda marker."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastdl
@@ -51,6 +51,7 @@ def params(channels, dtype, device, seed):
 @settings(max_examples=120, deadline=None)
 @given(case=bn_cases(), training=st.booleans(), affine=st.booleans(), running=st.booleans(),
        momentum=st.sampled_from([0.1, 0.0, 1.0, 0.37]))
+@example(case=((3, 17), "contiguous", 2325), training=True, affine=False, running=False, momentum=0.1)
 def test_batch_norm_matches_torch(case, training, affine, running, momentum, dtype, device):
     shape, layout, seed = case
     count = shape[0] * (shape[2] if len(shape) > 2 else 1) * (shape[3] if len(shape) > 3 else 1)
@@ -81,10 +82,18 @@ def test_batch_norm_matches_torch(case, training, affine, running, momentum, dty
     grad = make(shape, "contiguous", dtype, device, seed + 1, scale=1.0, center=0.0)
     out.backward(grad)
     ref.backward(grad)
-    torch.testing.assert_close(leaf_a.grad, leaf_b.grad, **tol)
+    # Gradients' absolute tolerance scaled by their largest value: a channel of a few nearly equal
+    # values has large input gradients that are differences of large terms, which two float32 sums in
+    # different orders round differently (3 values 3.2174, 3.2164, 3.4612: gradients up to 2.7, fastdl
+    # 6.7e-6 and torch 1.3e-5 from the float64 result, 1.9e-5 apart).
+    def close(a, b):
+        atol = tol["atol"] * max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=atol)
+
+    close(leaf_a.grad, leaf_b.grad)
     if affine:
-        torch.testing.assert_close(wa.grad, wb.grad, **tol)
-        torch.testing.assert_close(ba.grad, bb.grad, **tol)
+        close(wa.grad, wb.grad)
+        close(ba.grad, bb.grad)
 
 
 @pytest.mark.parametrize("device", DEVICES)
