@@ -176,8 +176,9 @@ NAMED = {
     # A weight gradient whose input outweighs its weights splits the images between the threads, each
     # summing into its own copy (items of one image here, at two threads).
     "weight gradient, images split between threads": ((4, 8, 12, 12), (8, 8, 3, 3), 2, 1, 1, 1),
-    # Their input gradient over 64+ output channels per group: per phase, a 1x1 convolution over
-    # grad_output's im2col columns, written dense and then put in place.
+    # The strided input gradient per phase as a 1x1 convolution over grad_output's im2col columns,
+    # written dense and then put in place (the rule takes it with 64+ channels per group on both
+    # sides; these small cases run it when test_named_cases_over_columns_or_rows forces it).
     "strided input-gradient columns, 3x3 stride 2": ((2, 5, 17, 15), (64, 5, 3, 3), 2, 1, 1, 1),
     "strided input-gradient columns, 7x7 phases, batch 3 (gathered whole)": ((3, 4, 14, 14), (64, 4, 3, 3), 2, 1, 1, 1),
     "strided input-gradient columns, groups 2, 5x5 stride (2, 3)": ((1, 6, 20, 31), (128, 3, 5, 5), (2, 3), 2, 1, 2),
