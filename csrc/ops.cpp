@@ -76,18 +76,22 @@ TORCH_LIBRARY(fastdl, m) {
   // r,z,n: G = 3). reverse runs the steps from last to first. Returns the output (T, N, H) or
   // (sum(batch_sizes), H), the final states (N, H) and what backward needs (empty unless
   // keep_workspace): LSTM activated gates (rows, 4H) and cell states (rows, H; float32 for
-  // float16/bfloat16), GRU r, z, n and W_hn h + b_hn (rows, 4H).
+  // float16/bfloat16), GRU r, z, n and W_hn h + b_hn (rows, 4H). An LSTM with projections
+  // (torch.nn.LSTM's proj_size P) takes weight_hr (P, H): h0, the output, the final h and weight_hh's
+  // columns are then P wide, and backward also needs each step's o * tanh(c) (rows, H; the sixth
+  // output, else empty).
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, int[] batch_sizes, bool reverse, bool keep_workspace) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Gradients for input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh; output_mask: (input, weights,
-  // biases), an output not wanted is empty. A missing gradient of an output counts as zeros.
+      "Tensor? bias_hh, Tensor? weight_hr, int[] batch_sizes, bool reverse, bool keep_workspace) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients for input, h0, c0, weight_ih, weight_hh, weight_hr, bias_ih, bias_hh; output_mask: (input,
+  // weights, biases), an output not wanted (or weight_hr's, without it) is empty. A missing gradient of
+  // an output counts as zeros.
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, Tensor h0, "
-      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, "
-      "int[] batch_sizes, bool reverse, bool[3] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor output, Tensor gates, "
+      "Tensor cells, Tensor hidden, int[] batch_sizes, bool reverse, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gru_layer(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, int[] batch_sizes, bool reverse, bool keep_workspace) -> (Tensor, Tensor, Tensor)");

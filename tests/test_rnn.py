@@ -1,8 +1,8 @@
 """LSTM and GRU against torch.nn with the same weights: outputs, final states and every gradient
 (input, h0, c0, weights, biases) over a grid of sizes, layers, directions, batch_first, bias,
 sequence lengths and packed variable-length batches; unbatched input; cells; dropout between
-layers (statistically in training, exactly in eval); gradcheck, opcheck, torch.compile; bad input;
-proj_size fallback; convert. CUDA cases carry the cuda marker."""
+layers (statistically in training, exactly in eval); LSTM with projections (proj_size); gradcheck,
+opcheck, torch.compile; bad input; convert. CUDA cases carry the cuda marker."""
 
 import copy
 import warnings
@@ -43,10 +43,12 @@ def make_pair(kind, dtype, device, *args, **kwargs):
     return ref, ours
 
 
-def states_of(kind, num_states, batch, hidden, dtype, device, gen):
-    shape = (num_states, batch, hidden) if batch is not None else (num_states, hidden)
-    h = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    c = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+def states_of(kind, num_states, batch, hidden, dtype, device, gen, proj=0):
+    """h0 (and c0) for num_states layers and directions; with an LSTM's proj_size, h0 is proj wide."""
+    def shape(width):
+        return (num_states, batch, width) if batch is not None else (num_states, width)
+    h = torch.randn(shape(proj or hidden), generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    c = torch.randn(shape(hidden), generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     return (h, c) if kind == "LSTM" else h
 
 
@@ -155,12 +157,13 @@ def test_cpu_row_blocks_match_torch(kind, dtype):
         torch.set_num_threads(threads)
 
 
-def check_packed(kind, device, dtype, lengths, enforce_sorted, bidir, layers, given):
+def check_packed(kind, device, dtype, lengths, enforce_sorted, bidir, layers, given, proj=0):
     I, H = 3, 7
-    ref, ours = make_pair(kind, dtype, device, I, H, num_layers=layers, bidirectional=bidir)
+    ref, ours = make_pair(kind, dtype, device, I, H, num_layers=layers, bidirectional=bidir,
+                          **({"proj_size": proj} if proj else {}))
     gen = torch.Generator().manual_seed(sum(lengths))
     padded = torch.randn((max(lengths), len(lengths), I), generator=gen, dtype=dtype).to(device)
-    hx = states_of(kind, layers * (2 if bidir else 1), len(lengths), H, dtype, device, gen) if given else None
+    hx = states_of(kind, layers * (2 if bidir else 1), len(lengths), H, dtype, device, gen, proj) if given else None
     tol = tolerance("rnn", dtype)
     xa, xb = leaves(padded), leaves(padded)
     ha, hb = leaves(hx), leaves(hx)
@@ -280,8 +283,8 @@ def test_gradcheck_layer_ops(reverse, batch_sizes):
     lstm_w = (rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H))
     gru_w = (rand(3 * H, I), rand(3 * H, H), rand(3 * H), rand(3 * H))
 
-    def lstm(*a):
-        return torch.ops.fastdl.lstm_layer(*a, batch_sizes, reverse, False)[:3]
+    def lstm(*a, w_hr=None):
+        return torch.ops.fastdl.lstm_layer(*a, w_hr, batch_sizes, reverse, False)[:3]
 
     def gru(*a):
         return torch.ops.fastdl.gru_layer(*a, batch_sizes, reverse, False)[:2]
@@ -291,6 +294,13 @@ def test_gradcheck_layer_ops(reverse, batch_sizes):
     # Without biases, and gradients of the output alone (final states unused).
     assert torch.autograd.gradcheck(lambda *a: lstm(*a, None, None)[0], (x, h0, c0, *lstm_w[:2]))
     assert torch.autograd.gradcheck(lambda *a: gru(*a, None, None)[0], (x, h0, *gru_w[:2]))
+    # With projections (proj_size 2): h0 and weight_hh's columns 2 wide, weight_hr (2, H).
+    P = 2
+    proj_w = (lstm_w[0], rand(4 * H, P), *lstm_w[2:])
+    assert torch.autograd.gradcheck(lambda x, h0, c0, *w: lstm(x, h0, c0, *w[:4], w_hr=w[4]),
+                                    (x, rand(N, P), c0, *proj_w, rand(P, H)))
+    assert torch.autograd.gradcheck(lambda x, h0, c0, *w: lstm(x, h0, c0, w[0], w[1], None, None, w_hr=w[2])[1],
+                                    (x, rand(N, P), c0, *proj_w[:2], rand(P, H)))
 
 
 def test_opcheck():
@@ -305,28 +315,39 @@ def test_opcheck():
         h0, c0 = rand(N, H), rand(N, H)
         lw = (rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H))
         gw = (rand(3 * H, I), rand(3 * H, H), rand(3 * H), None)
+        P = 2  # projections: h0 and weight_hh's columns P wide, weight_hr (P, H)
+        pw = (lw[0], rand(4 * H, P), *lw[2:], rand(P, H))
         for reverse in (False, True):
-            torch.library.opcheck(fd.lstm_layer.default, (x, h0, c0, *lw, batch_sizes, reverse, False))
+            torch.library.opcheck(fd.lstm_layer.default, (x, h0, c0, *lw, None, batch_sizes, reverse, False))
+            torch.library.opcheck(fd.lstm_layer.default, (x, h0[:, :P], c0, *pw, batch_sizes, reverse, False))
             torch.library.opcheck(fd.gru_layer.default, (x, h0, *gw, batch_sizes, reverse, False))
-        out, hy, cy, gates, cells = fd.lstm_layer(x.detach(), h0.detach(), c0.detach(), *(w.detach() for w in lw),
-                                                  batch_sizes, False, True)
+        out, hy, cy, gates, cells, hidden = fd.lstm_layer(x.detach(), h0.detach(), c0.detach(),
+                                                          *(w.detach() for w in lw), None, batch_sizes, False, True)
+        pout, phy, pcy, pgates, pcells, phidden = fd.lstm_layer(x.detach(), h0[:, :P].detach(), c0.detach(),
+                                                                *(w.detach() for w in pw), batch_sizes, False, True)
         gout, ghy, saved = fd.gru_layer(x.detach(), h0.detach(), *(w.detach() for w in gw[:3]), None, batch_sizes,
                                         False, True)
         for mask in ([True, True, True], [False, True, False]):
             torch.library.opcheck(fd.lstm_layer_backward.default,
                                   (torch.randn_like(out), None, torch.randn_like(cy), x.detach(), h0.detach(),
-                                   c0.detach(), lw[0].detach(), lw[1].detach(), out, gates, cells, batch_sizes, False,
-                                   mask))
+                                   c0.detach(), lw[0].detach(), lw[1].detach(), None, out, gates, cells, hidden,
+                                   batch_sizes, False, mask))
+            torch.library.opcheck(fd.lstm_layer_backward.default,
+                                  (torch.randn_like(pout), torch.randn_like(phy), None, x.detach(),
+                                   h0[:, :P].detach(), c0.detach(), pw[0].detach(), pw[1].detach(), pw[4].detach(),
+                                   pout, pgates, pcells, phidden, batch_sizes, False, mask))
             torch.library.opcheck(fd.gru_layer_backward.default,
                                   (None, torch.randn_like(ghy), x.detach(), h0.detach(), gw[0].detach(),
                                    gw[1].detach(), gout, saved, batch_sizes, False, mask))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_torch_compile_training_step_matches_eager(kind):
+@pytest.mark.parametrize("kind,extra", [("LSTM", {}), ("GRU", {}), ("LSTM", {"proj_size": 3})],
+                         ids=["LSTM", "GRU", "LSTM-proj"])
+def test_torch_compile_training_step_matches_eager(kind, extra):
     # Dynamo refuses every module that is a torch.nn.LSTM/GRU (fastdl's are) unless allow_rnn is set;
     # the functional API compiles as it is.
-    ref, ours = make_pair(kind, torch.float32, "cpu", 4, 6, num_layers=2, bidirectional=True, batch_first=True)
+    ref, ours = make_pair(kind, torch.float32, "cpu", 4, 6, num_layers=2, bidirectional=True, batch_first=True,
+                          **extra)
     weights = [getattr(ours, n) for n in ours._flat_weights_names]
     run = fastdl.ops.lstm if kind == "LSTM" else fastdl.ops.gru
 
@@ -367,17 +388,29 @@ def test_bad_input_names_the_argument():
     x, h0, c0 = torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5)
     w_ih, w_hh, b = torch.randn(20, 4), torch.randn(20, 5), torch.randn(20)
     with pytest.raises(RuntimeError, match=r"expected weight_ih of shape \(20, 6\)"):
-        fd.lstm_layer(torch.randn(3, 2, 6), h0, c0, w_ih, w_hh, b, b, [], False, False)
+        fd.lstm_layer(torch.randn(3, 2, 6), h0, c0, w_ih, w_hh, b, b, None, [], False, False)
     with pytest.raises(RuntimeError, match=r"expected h0 of shape \[2, 5\]"):
-        fd.lstm_layer(x, torch.randn(3, 5), c0, w_ih, w_hh, b, b, [], False, False)
+        fd.lstm_layer(x, torch.randn(3, 5), c0, w_ih, w_hh, b, b, None, [], False, False)
     with pytest.raises(RuntimeError, match=r"expected c0 of shape \[2, 5\]"):
-        fd.lstm_layer(x, h0, torch.randn(2, 4), w_ih, w_hh, b, b, [], False, False)
+        fd.lstm_layer(x, h0, torch.randn(2, 4), w_ih, w_hh, b, b, None, [], False, False)
     with pytest.raises(RuntimeError, match="expected weight_hh of shape"):
         fd.gru_layer(x, h0, torch.randn(15, 4), torch.randn(20, 5), None, None, [], False, False)
     with pytest.raises(RuntimeError, match=r"expected bias_hh of shape \[20\]"):
-        fd.lstm_layer(x, h0, c0, w_ih, w_hh, b, torch.randn(15), [], False, False)
+        fd.lstm_layer(x, h0, c0, w_ih, w_hh, b, torch.randn(15), None, [], False, False)
     with pytest.raises(RuntimeError, match="expected h0 to have the dtype of input"):
-        fd.lstm_layer(x, h0.double(), c0, w_ih, w_hh, b, b, [], False, False)
+        fd.lstm_layer(x, h0.double(), c0, w_ih, w_hh, b, b, None, [], False, False)
+    # Projections (proj_size 3): weight_hh (20, 3), h0 (2, 3), weight_hr (3, 5).
+    w_hh3, h03, w_hr = torch.randn(20, 3), torch.randn(2, 3), torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match=r"expected weight_hh of shape \[20, 3\]"):
+        fd.lstm_layer(x, h03, c0, w_ih, w_hh, b, b, w_hr, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected h0 of shape \[2, 3\]"):
+        fd.lstm_layer(x, h0, c0, w_ih, w_hh3, b, b, w_hr, [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected weight_hr of shape \(proj_size, hidden_size\)"):
+        fd.lstm_layer(x, h03, c0, w_ih, w_hh3, b, b, torch.randn(15), [], False, False)
+    with pytest.raises(RuntimeError, match="expected weight_hr to have the dtype of input"):
+        fd.lstm_layer(x, h03, c0, w_ih, w_hh3, b, b, w_hr.double(), [], False, False)
+    with pytest.raises(RuntimeError, match=r"expected c0 of shape \[2, 5\]"):
+        fd.lstm_layer(x, h03, h03, w_ih, w_hh3, b, b, w_hr, [], False, False)
     with pytest.raises(RuntimeError, match="expected input to be float32 or float64"):
         fd.gru_layer(x.long(), h0, torch.randn(15, 4), torch.randn(15, 5), None, None, [], False, False)
     with pytest.raises(RuntimeError, match=r"expected input of shape \(T, N, input_size\)"):
@@ -420,15 +453,51 @@ def test_double_backward_raises():
         g.sum().backward()
 
 
-def test_proj_size_falls_back_to_torch_with_a_warning():
+# input_size, hidden_size, proj_size, num_layers, bidirectional, batch_first, bias, T, N, given states
+PROJ_GRID = [
+    (3, 6, 4, 1, False, False, True, 5, 3, True),
+    (5, 8, 3, 2, True, True, True, 4, 2, False),
+    (4, 7, 2, 2, True, False, False, 3, 9, True),
+    (6, 5, 1, 1, False, False, True, 1, 1, True),
+    (4, 9, 5, 2, False, False, True, 3, 40, True),  # 16+ rows per CPU thread: each runs its own rows
+    (3, 4, 2, 1, True, False, True, 3, 300, True),  # above the CPU packed product's batch limit: at::mm
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", PROJ_GRID, ids=[f"case{i}" for i in range(len(PROJ_GRID))])
+def test_lstm_with_projections_matches_torch(case, dtype, device):
+    """proj_size > 0: h = W_hr (o * tanh(c)), h0, h_n and the output proj_size wide, c hidden_size wide."""
     fastdl.nn.reset_fallback_counts()
-    ref, ours = make_pair("LSTM", torch.float32, "cpu", 4, 6, proj_size=3)
-    x = torch.randn(5, 2, 4)
-    with pytest.warns(UserWarning, match="proj_size"):
-        out_o, _ = ours(x)
-    torch.testing.assert_close(out_o, ref(x)[0])
-    ours(x)
-    assert fastdl.nn.fallback_counts()[("LSTM", "proj_size > 0 has no fastdl kernel")] == 2
+    I, H, P, L, bidir, batch_first, bias, T, N, given = case
+    ref, ours = make_pair("LSTM", dtype, device, I, H, num_layers=L, bidirectional=bidir, batch_first=batch_first,
+                          bias=bias, proj_size=P)
+    gen = torch.Generator().manual_seed(T * 100 + N)
+    shape = (N, T, I) if batch_first else (T, N, I)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    hx = states_of("LSTM", L * (2 if bidir else 1), N, H, dtype, device, gen, P) if given else None
+    compare("LSTM", ref, ours, x, hx, dtype)
+    assert fastdl.nn.fallback_counts() == {}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lengths,enforce_sorted,bidir,layers,given", [
+    ([5, 3, 3, 1], True, False, 1, True),
+    ([2, 6, 1, 4], False, True, 2, True),
+    ([1, 7, 2, 7, 5], False, False, 2, False),
+])
+def test_packed_lstm_with_projections_matches_torch(lengths, enforce_sorted, bidir, layers, given, device):
+    check_packed("LSTM", device, torch.float64, lengths, enforce_sorted, bidir, layers, given, proj=3)
+
+
+def test_unbatched_lstm_with_projections_matches_torch():
+    dtype = torch.float64
+    ref, ours = make_pair("LSTM", dtype, "cpu", 4, 6, num_layers=2, bidirectional=True, proj_size=2)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((5, 4), generator=gen, dtype=dtype)
+    compare("LSTM", ref, ours, x, states_of("LSTM", 4, None, 6, dtype, "cpu", gen, 2), dtype)
+    compare("LSTM", ref, ours, x, None, dtype)
 
 
 def test_modules_keep_torchs_interface_and_convert_maps_them():

@@ -150,6 +150,18 @@ def test_small_batch_steps_equal_the_cublas_path(kind, batch, monkeypatch):
         assert_small_batch_kernel_equals_cublas_path(ours, x, packed, monkeypatch, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize(("hidden", "batch"), [(1024, 8), (2048, 8), (1024, 32)])
+def test_small_batch_steps_with_several_units_per_block(kind, hidden, batch, monkeypatch):
+    """Hidden sizes past the device's resident blocks at one unit per block (about 6 blocks of 256
+    threads per SM at the kernel's registers: some 800 on an H100) run 2 or 4 hidden units per block
+    (rnn_small_batch.cu, units_per_block; at most 2 at batch 17-32), which hidden 40 never reaches."""
+    torch.manual_seed(0)
+    ours = getattr(fastdl.nn, kind)(16, hidden).cuda()
+    x = torch.randn(3, batch, 16, device="cuda")
+    assert_small_batch_kernel_equals_cublas_path(ours, x, None, monkeypatch, rtol=1e-4, atol=1e-5)
+
+
 def test_small_batch_steps_too_wide_for_one_resident_grid(monkeypatch):
     """Hidden 4608 needs 1152 blocks of 256 threads even at 4 units per block, more than an H100 holds
     at once (132 SMs x 8): the small-batch kernel then launches per step, with the same results."""

@@ -73,18 +73,28 @@ def as_double(args):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_emulated_small_batch_step_matches_the_cpu_layer(kind, case, bias, reverse, dtype):
     x, states, weights, biases, sizes = make(kind, case, dtype, bias)
-    args = (x, *states, *weights, *biases, sizes, reverse, True)
+    args = (x, *states, *weights, *biases, *no_projection(kind), sizes, reverse, True)
     got = getattr(torch.ops.fastdl_cuda_emulation, kind + "_layer")(*args)
     want = getattr(torch.ops.fastdl, kind + "_layer")(*args)
     exact = getattr(torch.ops.fastdl, kind + "_layer")(*as_double(args))
-    names = ["output", "h", "c", "gates", "cells"] if kind == "lstm" else ["output", "h", "saved"]
+    names = ["output", "h", "c", "gates", "cells", "hidden"] if kind == "lstm" else ["output", "h", "saved"]
     compare(names, got, want, exact, dtype)
 
 
-def test_emulation_takes_only_small_batches():
+def no_projection(kind):
+    """The LSTM ops' weight_hr argument (None: no projections), nothing for the GRU's."""
+    return [None] if kind == "lstm" else []
+
+
+def test_emulation_takes_only_small_batches_and_no_projections():
     x, states, weights, biases, _ = make("gru", (65, 4, 2, None), torch.float32, True)
     with pytest.raises(RuntimeError, match="batch up to 64"):
         torch.ops.fastdl_cuda_emulation.gru_layer(x, *states, *weights, *biases, [], False, False)
+    x, states, weights, biases, _ = make("lstm", (2, 4, 2, None), torch.float32, True)
+    weights[1] = weights[1][:, :3]  # (4H, P) for proj_size P = 3
+    with pytest.raises(RuntimeError, match="no LSTM with projections"):
+        torch.ops.fastdl_cuda_emulation.lstm_layer(x, states[0][:, :3], states[1], *weights, *biases,
+                                                   torch.randn(3, 4), [], False, False)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -97,16 +107,18 @@ def test_emulated_small_batch_backward_matches_the_cpu_layer(kind, case, grads, 
     processed before it) and the last product after the loop, against the CPU op on the same saved
     workspace."""
     x, states, weights, biases, sizes = make(kind, case, dtype, True)
-    saved = getattr(torch.ops.fastdl, kind + "_layer")(x, *states, *weights, *biases, sizes, reverse, True)
+    saved = getattr(torch.ops.fastdl, kind + "_layer")(x, *states, *weights, *biases, *no_projection(kind), sizes,
+                                                       reverse, True)
     g = torch.Generator().manual_seed(7)
     rand = lambda like: torch.randn(like.shape, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
     grad_out = rand(saved[0]) if grads != "final states only" else None
     grad_states = [rand(s) if grads != "output only" else None for s in states]
-    workspace = [saved[0], *(saved[3:] if kind == "lstm" else saved[2:])]  # output, gates and cells / saved
-    args = [grad_out, *grad_states, x, *states, *weights, *workspace, sizes, reverse, [True, True, True]]
+    workspace = [saved[0], *(saved[3:] if kind == "lstm" else saved[2:])]  # output, gates, cells, hidden / saved
+    args = [grad_out, *grad_states, x, *states, *weights, *no_projection(kind), *workspace, sizes, reverse,
+            [True, True, True]]
     got = getattr(torch.ops.fastdl_cuda_emulation, kind + "_layer_backward")(*args)
     want = getattr(torch.ops.fastdl, kind + "_layer_backward")(*args)
     exact = getattr(torch.ops.fastdl, kind + "_layer_backward")(*as_double(args))
-    names = (["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"] if kind == "lstm"
+    names = (["input", "h0", "c0", "weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh"] if kind == "lstm"
              else ["input", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"])
     compare(names, got, want, exact, dtype)

@@ -53,14 +53,14 @@ using WinogradBackwardSig = sig::Tensors3(const sig::Tensor&, const sig::Tensor&
                                           sig::IntArrayRef, int64_t, sig::Mask);
 
 // ---- LSTM / GRU layers
-using LstmSig = std::tuple<sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor>(
+using LstmSig = std::tuple<sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor>(
     const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::Tensor&,
-    const sig::OptTensor&, const sig::OptTensor&, sig::IntArrayRef, bool, bool);
+    const sig::OptTensor&, const sig::OptTensor&, const sig::OptTensor&, sig::IntArrayRef, bool, bool);
 using LstmBackwardSig = std::tuple<sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor,
-                                   sig::Tensor>(
+                                   sig::Tensor, sig::Tensor>(
     const sig::OptTensor&, const sig::OptTensor&, const sig::OptTensor&, const sig::Tensor&, const sig::Tensor&,
-    const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::Tensor&,
-    const sig::Tensor&, sig::IntArrayRef, bool, sig::Mask);
+    const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::OptTensor&, const sig::Tensor&,
+    const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, sig::IntArrayRef, bool, sig::Mask);
 using GruSig = sig::Tensors3(const sig::Tensor&, const sig::Tensor&, const sig::Tensor&, const sig::Tensor&,
                              const sig::OptTensor&, const sig::OptTensor&, sig::IntArrayRef, bool, bool);
 using GruBackwardSig = std::tuple<sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor, sig::Tensor>(

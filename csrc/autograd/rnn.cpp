@@ -43,35 +43,39 @@ Tensor if_needed(bool needed, const Tensor& t) { return needed ? t : Tensor(); }
 struct LstmLayer : torch::autograd::Function<LstmLayer> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                               std::vector<int64_t> batch_sizes, bool reverse) {
+                               const OptTensor& w_hr, std::vector<int64_t> batch_sizes, bool reverse) {
     static const auto forward_op = op<LstmSig>("fastdl::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, hy, cy, gates, cells] = forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, true);
-    ctx->save_for_backward({input, h0, c0, w_ih, w_hh, out, gates, cells});
+    auto [out, hy, cy, gates, cells, hidden] =
+        forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, true);
+    ctx->save_for_backward({input, h0, c0, w_ih, w_hh, w_hr.value_or(Tensor()), out, gates, cells, hidden});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["reverse"] = reverse;
     save_bias_edges(ctx, 5, b_ih, b_hh);
-    ctx->mark_non_differentiable({gates, cells});
+    // w_hr's edge follows the biases'.
+    ctx->saved_data["weight_hr_edge"] = given(w_hr) ? 5 + int64_t(given(b_ih)) + int64_t(given(b_hh)) : int64_t{-1};
+    ctx->mark_non_differentiable({gates, cells, hidden});
     // Else every backward allocates and zero-fills gradients for gates and cells (T N 4H and T N H
     // values) and for unused final states; the backward op takes absent gradients as zeros itself.
     ctx->set_materialize_grads(false);
-    return {out, hy, cy, gates, cells};
+    return {out, hy, cy, gates, cells, hidden};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto backward_op = op<LstmBackwardSig>("fastdl::lstm_layer_backward");
     const auto s = ctx->get_saved_variables();
     const bool bias_ih = needs_edge(ctx, "bias_ih_edge"), bias_hh = needs_edge(ctx, "bias_hh_edge");
-    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(3) || ctx->needs_input_grad(4),
-                                   bias_ih || bias_hh};
+    const bool w_hr = needs_edge(ctx, "weight_hr_edge");
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0),
+                                   ctx->needs_input_grad(3) || ctx->needs_input_grad(4) || w_hr, bias_ih || bias_hh};
     const auto batch_sizes = ctx->saved_data["batch_sizes"].toIntVector();
     const BelowAutogradUnlessRecording below_autograd;
-    auto [gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh] =
-        backward_op.call(maybe(grads[0]), maybe(grads[1]), maybe(grads[2]), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                         s[7], batch_sizes, ctx->saved_data["reverse"].toBool(), mask);
+    auto [gx, gh0, gc0, gw_ih, gw_hh, gw_hr, gb_ih, gb_hh] =
+        backward_op.call(maybe(grads[0]), maybe(grads[1]), maybe(grads[2]), s[0], s[1], s[2], s[3], s[4], maybe(s[5]),
+                         s[6], s[7], s[8], s[9], batch_sizes, ctx->saved_data["reverse"].toBool(), mask);
     return {if_needed(mask[0], gx), if_needed(ctx->needs_input_grad(1), gh0), if_needed(ctx->needs_input_grad(2), gc0),
             if_needed(ctx->needs_input_grad(3), gw_ih), if_needed(ctx->needs_input_grad(4), gw_hh),
-            if_needed(bias_ih, gb_ih), if_needed(bias_hh, gb_hh), Tensor(), Tensor()};
+            if_needed(bias_ih, gb_ih), if_needed(bias_hh, gb_hh), if_needed(w_hr, gw_hr), Tensor(), Tensor()};
   }
 };
 
@@ -116,16 +120,17 @@ bool any_grad(std::initializer_list<const Tensor*> tensors, const OptTensor& b_i
   return wants(b_ih) || wants(b_hh);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-    const OptTensor& b_ih, const OptTensor& b_hh, at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
-  if (!any_grad({&input, &h0, &c0, &w_ih, &w_hh}, b_ih, b_hh)) {
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, at::IntArrayRef batch_sizes, bool reverse,
+    bool keep_workspace) {
+  if (!any_grad({&input, &h0, &c0, &w_ih, &w_hh}, b_ih, b_hh) && !wants(w_hr)) {
     static const auto forward_op = op<LstmSig>("fastdl::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, keep_workspace);
+    return forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep_workspace);
   }
-  auto o = LstmLayer::apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes.vec(), reverse);
-  return {o[0], o[1], o[2], o[3], o[4]};
+  auto o = LstmLayer::apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes.vec(), reverse);
+  return {o[0], o[1], o[2], o[3], o[4], o[5]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input, const Tensor& h0, const Tensor& w_ih,

@@ -5,6 +5,7 @@
 // work on the backend's fused kernels. A backend is a struct with
 //
 //   static constexpr bool kReducedPrecision;  // whether it takes float16 / bfloat16
+//   static constexpr bool kProjections;  // whether it runs LSTMs with projections (weight_hr)
 //   static void lstm_forward(const rnn::LstmStepForward&, at::ScalarType);
 //   static void lstm_backward(const rnn::LstmStepBackward&, at::ScalarType);
 //   static void gru_forward(const rnn::GruStepForward&, at::ScalarType);
@@ -24,7 +25,9 @@
 // Shapes: input (T, N, I) with batch_sizes empty, or the data of a PackedSequence (sum of
 // batch_sizes, I) with batch_sizes (T values, non-increasing): step t then runs the first
 // batch_sizes[t] sequences, whose rows are consecutive in the data. h0, c0 (N, H); weight_ih (G H, I),
-// weight_hh (G H, H), biases (G H) with G = 4 (LSTM) or 3 (GRU). Outputs keep input's layout.
+// weight_hh (G H, H), biases (G H) with G = 4 (LSTM) or 3 (GRU). Outputs keep input's layout. An LSTM
+// with projections (torch.nn.LSTM's proj_size P) also takes weight_hr (P, H): its hidden state, h0,
+// output and weight_hh's columns are P wide, h = W_hr (o * tanh(c)) (lstm_projected_*, below).
 //
 // The state buffers are updated in place on the first batch_sizes[t] rows, so with packed input each
 // sequence's final state stays where its last step left it, and in reverse a sequence that starts
@@ -34,6 +37,7 @@
 // fused kernel and the recurrent gradient product, then one product for each weight gradient.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -58,8 +62,12 @@ namespace fastdl {
 // Where each step's rows lie in the (rows, I) view of the input.
 struct RnnSteps {
   int64_t steps = 0, batch = 0, rows = 0, input_size = 0, hidden = 0;
+  int64_t proj = 0;  // an LSTM's projection size, 0 without weight_hr
   bool packed = false;
   std::vector<int64_t> sizes, offsets;
+
+  // The width of the hidden state h (h0, the output, weight_hh's columns): P with projections, else H.
+  int64_t state_size() const { return proj > 0 ? proj : hidden; }
 };
 
 // The recurrent products of one layer call, out (+)= a @ b with the same b (K, N) at every step:
@@ -117,10 +125,11 @@ inline void check_like_input(const char* op, const char* name, const Tensor& t, 
   check_same_dtype(op, name, t, "input", input);
 }
 
-// Checks input, batch_sizes, the weights and the biases; hidden size from weight_hh.
+// Checks input, batch_sizes, the weights and the biases; hidden size from weight_hh, or with an LSTM's
+// w_hr (P, H) from w_hr, weight_hh then (4H, P).
 inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, at::IntArrayRef batch_sizes,
                             const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                            bool reduced_precision) {
+                            bool reduced_precision, const OptTensor& w_hr = std::nullopt) {
   TORCH_CHECK(input.defined(), op, ": expected input to be a tensor, but got None");
   check_floating(op, "input", input, reduced_precision);
   RnnSteps s;
@@ -154,9 +163,18 @@ inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, 
   s.rows = s.packed ? input.size(0) : s.steps * s.batch;
   s.input_size = input.size(-1);
   check_like_input(op, "weight_hh", w_hh, input);
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op, ": expected weight_hh of shape (",
-              gates, " * hidden_size, hidden_size), but got shape ", w_hh.sizes());
-  s.hidden = w_hh.size(1);
+  if (given(w_hr)) {
+    check_like_input(op, "weight_hr", *w_hr, input);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(0) > 0, op, ": expected weight_hr of shape (proj_size, hidden_size) ",
+                "with proj_size > 0, but got shape ", w_hr->sizes());
+    s.proj = w_hr->size(0);
+    s.hidden = w_hr->size(1);
+    check_sizes(op, "weight_hh", w_hh, {gates * s.hidden, s.proj});
+  } else {
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op, ": expected weight_hh of shape (",
+                gates, " * hidden_size, hidden_size), but got shape ", w_hh.sizes());
+    s.hidden = w_hh.size(1);
+  }
   check_like_input(op, "weight_ih", w_ih, input);
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == gates * s.hidden && w_ih.size(1) == s.input_size, op,
               ": expected weight_ih of shape (", gates * s.hidden, ", ", s.input_size,
@@ -169,9 +187,11 @@ inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, 
   return s;
 }
 
-inline void check_state(const char* op, const char* name, const Tensor& t, const Tensor& input, const RnnSteps& s) {
+// A state of `width` values per sequence (default: the hidden size).
+inline void check_state(const char* op, const char* name, const Tensor& t, const Tensor& input, const RnnSteps& s,
+                        int64_t width = -1) {
   check_like_input(op, name, t, input);
-  check_sizes(op, name, t, {s.batch, s.hidden});
+  check_sizes(op, name, t, {s.batch, width < 0 ? s.hidden : width});
 }
 
 // An optional gradient of shape `sizes`: checked, or undefined when absent.
@@ -350,17 +370,22 @@ struct RnnLayerOps {
   using Tensor = at::Tensor;
   using OptTensor = std::optional<at::Tensor>;
 
-  // -> output, hy, cy, gates (rows, 4H) and cells (rows, H) for backward (empty unless keep_workspace)
-  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
+  // -> output, hy, cy, and for backward (empty unless keep_workspace) gates (rows, 4H), cells (rows, H)
+  // and, with w_hr, hidden (rows, H): each step's o * tanh(c) before the projection
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
       const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-      const OptTensor& b_ih, const OptTensor& b_hh, at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
+      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, at::IntArrayRef batch_sizes, bool reverse,
+      bool keep_workspace) {
     using namespace rnn_detail;
     const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm";
-    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision);
-    check_state(op, "h0", h0, input, s);
+    const RnnSteps s =
+        check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision, w_hr);
+    check_state(op, "h0", h0, input, s, s.state_size());
     check_state(op, "c0", c0, input, s);
+    TORCH_CHECK(Backend::kProjections || s.proj == 0, op, ": this backend has no LSTM with projections (weight_hr)");
     const c10::DeviceGuard guard(input.device());
+    if (s.proj > 0) return lstm_projected(input, h0, c0, w_ih, w_hh, b_ih, b_hh, *w_hr, s, reverse, keep_workspace);
     const int64_t H = s.hidden;
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
@@ -377,46 +402,54 @@ struct RnnLayerOps {
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
       if (H > 0) step(f, off, first, h, input.scalar_type());
     });
-    return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells};
+    return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells, at::empty({0}, opts)};
   }
 
-  // -> grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh;
-  // output_mask: (input, weights, biases); what is not wanted is empty.
-  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+  // -> grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_weight_hr, grad_bias_ih,
+  // grad_bias_hh; output_mask: (input, weights, biases); what is not wanted (or w_hr, not given) is empty.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
       const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy, const Tensor& input,
-      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-      const Tensor& gates, const Tensor& cells, at::IntArrayRef batch_sizes, bool reverse,
-      std::array<bool, 3> mask) {
+      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
+      const Tensor& output, const Tensor& gates, const Tensor& cells, const Tensor& hidden,
+      at::IntArrayRef batch_sizes, bool reverse, std::array<bool, 3> mask) {
     using namespace rnn_detail;
     const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm_backward";
-    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision);
-    check_state(op, "h0", h0, input, s);
+    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision, w_hr);
+    const int64_t H = s.hidden, P = s.state_size();
+    check_state(op, "h0", h0, input, s, P);
     check_state(op, "c0", c0, input, s);
+    TORCH_CHECK(Backend::kProjections || s.proj == 0, op, ": this backend has no LSTM with projections (weight_hr)");
     const c10::DeviceGuard guard(input.device());
-    const int64_t H = s.hidden;
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
-    const Tensor out = saved_rows(op, "output", output, input, s, H, input.scalar_type());
+    const Tensor out = saved_rows(op, "output", output, input, s, P, input.scalar_type());
     const Tensor g_all = saved_rows(op, "gates", gates, input, s, 4 * H, input.scalar_type());
     const Tensor c_all = saved_rows(op, "cells", cells, input, s, H, ct);
-    const Tensor go = grad_or_none(op, "grad_output", grad_output, input, output_shape(input, s, H));
-    const Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, H}).clone()
-                                     : at::zeros({s.batch, H}, opts);
+    const Tensor go = grad_or_none(op, "grad_output", grad_output, input, output_shape(input, s, P));
+    const Tensor dh = given(grad_hy) ? grad_or_none(op, "grad_hy", grad_hy, input, {s.batch, P}).clone()
+                                     : at::zeros({s.batch, P}, opts);
     Tensor dc = given(grad_cy) ? grad_or_none(op, "grad_cy", grad_cy, input, {s.batch, H}).to(ct).clone()
                                : at::zeros({s.batch, H}, copts);
     const PreviousStates c_prev(c_all, c0.to(ct).contiguous(), s, reverse);
-    const typename Backend::BackwardSteps steps(w_hh, s);
     Tensor dgates = new_output({s.rows, 4 * H}, opts);
-    const Tensor go_rows = go.defined() ? go.view({s.rows, H}) : go;
-    for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), c_prev.rows(off, first),
-                                    row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
-                                    row_ptr(dgates, off)};
-      steps(b, off, first, dh, dgates, input.scalar_type());
-    });
-    steps.finish(dh, dgates, input.scalar_type());
+    const Tensor go_rows = go.defined() ? go.view({s.rows, P}) : go;
+    Tensor gw_hr;
+    if (s.proj > 0) {
+      const Tensor h_all = saved_rows(op, "hidden", hidden, input, s, H, input.scalar_type());
+      gw_hr = lstm_projected_backward(s, *w_hr, w_hh, h_all, go_rows, g_all, c_all, c_prev, dh, dc, dgates, reverse,
+                                      mask[1]);
+    } else {
+      const typename Backend::BackwardSteps steps(w_hh, s);
+      for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
+        const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), c_prev.rows(off, first),
+                                      row_ptr(go_rows, off), row_ptr(dh, first), row_ptr(dc, first),
+                                      row_ptr(dgates, off)};
+        steps(b, off, first, dh, dgates, input.scalar_type());
+      });
+      steps.finish(dh, dgates, input.scalar_type());
+    }
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
     if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
@@ -427,7 +460,7 @@ struct RnnLayerOps {
     if (mask[2]) gb = dgates.sum(0);
     // b_ih and b_hh enter the same sums: equal gradients (two tensors, as outputs must not alias).
     return {or_empty(mask[0], gx, input), dh, dc.to(input.scalar_type()), or_empty(mask[1], gw_ih, input),
-            or_empty(mask[1], gw_hh, input), or_empty(mask[2], gb, input),
+            or_empty(mask[1], gw_hh, input), or_empty(mask[1], gw_hr, input), or_empty(mask[2], gb, input),
             or_empty(mask[2], mask[2] ? gb.clone() : gb, input)};
   }
 
@@ -510,6 +543,73 @@ struct RnnLayerOps {
   }
 
  private:
+  // An LSTM with projections, forward: per step the generic steps (LstmProjectFirst: the recurrent
+  // product from the P-wide state, the cell kernel writing o * tanh(c) to `hidden`), then the state
+  // h = hidden @ W_hr^T, copied to the output. The backends' own LSTM steps (the CPU's per-step input
+  // projection, CUDA's small-batch kernel) assume an H-wide state and are not used.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_projected(
+      const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+      const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_hr, const RnnSteps& s, bool reverse,
+      bool keep_workspace) {
+    using namespace rnn_detail;
+    const int64_t H = s.hidden, P = s.proj;
+    const auto opts = input.options();
+    const at::ScalarType ct = cell_type(input);
+    const auto copts = opts.dtype(ct);
+    const LstmProjectFirst<Backend> step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
+    const typename Backend::Product projection(w_hr.t(), s.batch);
+    Tensor out = new_output({s.rows, P}, opts);
+    Tensor h = h0.contiguous().clone();
+    Tensor c = c0.to(ct).contiguous().clone();
+    Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
+    Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
+    // o * tanh(c): every step's rows for backward, else the current step's (by batch row)
+    Tensor hidden = new_output({keep_workspace ? s.rows : s.batch, H}, opts);
+    for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      const int64_t at_row = keep_workspace ? off : first;
+      const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), row_ptr(hidden, at_row),
+                                   row_ptr(hidden, at_row), keep_workspace ? row_ptr(gates, off) : nullptr,
+                                   keep_workspace ? row_ptr(cells, off) : nullptr};
+      if (H > 0) step(f, off, first, h, input.scalar_type());
+      const Tensor state = h.narrow(0, first, bs);
+      projection(state, hidden.narrow(0, at_row, bs), false);
+      out.narrow(0, off, bs).copy_(state);
+    });
+    if (!keep_workspace) hidden = at::empty({0}, opts);
+    return {out.view(output_shape(input, s, P)), h, c.to(input.scalar_type()), gates, cells, hidden};
+  }
+
+  // Its backward through time, per step in processing order: dp = this step's output gradient plus
+  // the later steps' dh (P wide, kept in dp for W_hr's gradient), its gradient for o * tanh(c),
+  // dp @ W_hr, into the cell's backward kernel, then dh = dgates @ W_hh (BackwardThenProduct). Fills
+  // dh, dc and dgates; returns W_hr's gradient (when `weights`): sum over steps of dp^T @ hidden.
+  static Tensor lstm_projected_backward(const RnnSteps& s, const Tensor& w_hr, const Tensor& w_hh, const Tensor& h_all,
+                                        const Tensor& go_rows, const Tensor& g_all, const Tensor& c_all,
+                                        const rnn_detail::PreviousStates& c_prev, const Tensor& dh, const Tensor& dc,
+                                        const Tensor& dgates, bool reverse, bool weights) {
+    using namespace rnn_detail;
+    const int64_t H = s.hidden;
+    const at::ScalarType dt = h_all.scalar_type();
+    const BackwardThenProduct<Backend> steps(w_hh, s);
+    const typename Backend::Product projection(w_hr, s.batch);
+    Tensor dp = new_output({s.rows, s.proj}, h_all.options()), dhidden = new_output({s.batch, H}, h_all.options());
+    for_each_step<Backend>(s, !reverse, [&](int64_t first, int64_t bs, int64_t off) {
+      Tensor dp_rows = dp.narrow(0, off, bs);
+      const Tensor later = dh.narrow(0, first, bs);
+      if (go_rows.defined()) {
+        at::add_out(dp_rows, later, go_rows.narrow(0, off, bs));
+      } else {
+        dp_rows.copy_(later);
+      }
+      projection(dhidden.narrow(0, first, bs), dp_rows, false);
+      const rnn::LstmStepBackward b{bs, H, row_ptr(g_all, off), row_ptr(c_all, off), c_prev.rows(off, first),
+                                    nullptr, row_ptr(dhidden, first), row_ptr(dc, first), row_ptr(dgates, off)};
+      steps(b, off, first, dh, dgates, dt);
+    });
+    steps.finish(dh, dgates, dt);
+    return weights ? dp.t().mm(h_all) : Tensor();
+  }
+
   static std::vector<int64_t> output_shape(const Tensor& input, const RnnSteps& s, int64_t width = -1) {
     const int64_t w = width < 0 ? s.hidden : width;
     return s.packed ? std::vector<int64_t>{s.rows, w} : std::vector<int64_t>{s.steps, s.batch, w};

@@ -240,6 +240,7 @@ constexpr int64_t kMinRowsPerThread = 16;
 
 struct CpuRnn {
   static constexpr bool kReducedPrecision = false;
+  static constexpr bool kProjections = true;
   using Product = CpuRecurrent;
   using LstmForward = CpuLstmForward<CpuRnn>;
   using GruForward = GruProjectFirst<CpuRnn>;

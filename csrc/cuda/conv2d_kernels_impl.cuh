@@ -764,7 +764,7 @@ struct MmaThread : GemmThread<Cfg, P> {
       }
     }
 #else
-    __trap();  // launch_gemm takes this tile only on devices with mma.sync m16n8k16 (sm_80 and up)
+    __trap();  // launch_gemm takes this tile only where it was compiled for sm_80 or later (runs_mma)
 #endif
   }
 #else
@@ -807,15 +807,31 @@ struct MmaThread : GemmThread<Cfg, P> {
 template <typename T>
 constexpr bool kTensorCoreType = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
 
-// Whether the current device has mma.sync m16n8k16 for float16 and bfloat16 (sm_80 and up), looked up
-// once per device.
-inline bool device_has_mma() {
-  static int majors[64] = {};
+// Whether `kernel`, a tensor-core tile, runs its mma.sync m16n8k16 on the current device: the device
+// has it (sm_80 and up) and the kernel's code for it was compiled for sm_80 or later (a build for older
+// architectures with PTX, compiled just in time on a newer device, holds the tile's __trap instead).
+// Looked up once per kernel and device.
+template <typename Kernel>
+bool runs_mma(Kernel kernel) {
+  static signed char known[64] = {};  // 0: not yet looked up, 1: yes, -1: no
   int device = 0;
   cudaGetDevice(&device);
   if (device >= 64) device = 63;
-  if (majors[device] == 0) cudaDeviceGetAttribute(&majors[device], cudaDevAttrComputeCapabilityMajor, device);
-  return majors[device] >= 8;
+  if (known[device] == 0) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaFuncAttributes attr{};
+    bool yes = false;
+    if (major >= 8) {
+      if (cudaFuncGetAttributes(&attr, kernel) == cudaSuccess) {
+        yes = attr.ptxVersion >= 80;
+      } else {
+        (void)cudaGetLastError();  // no image for this device: the FFMA tile's launch reports it
+      }
+    }
+    known[device] = yes ? 1 : -1;
+  }
+  return known[device] > 0;
 }
 
 // Tiles are numbered with m fastest, so that neighbouring blocks share their B tile; the grid is
@@ -856,9 +872,9 @@ void launch_gemm(const P& p, cudaStream_t stream) {
   const int64_t cap = int64_t(sm_count()) * Cfg::kMinBlocks * 16;
   const unsigned blocks = unsigned(min_of(tiles, cap));
   if constexpr (kTensorCoreType<typename P::T> && Cfg::BK == 16) {
-    if (device_has_mma()) {
-      implicit_gemm_kernel<Cfg, MmaThread<Cfg, P, typename P::T>><<<blocks, kThreads, 0, stream>>>(p, m_tiles, n_tiles,
-                                                                                                   tiles);
+    const auto mma_kernel = implicit_gemm_kernel<Cfg, MmaThread<Cfg, P, typename P::T>, P>;
+    if (runs_mma(mma_kernel)) {
+      mma_kernel<<<blocks, kThreads, 0, stream>>>(p, m_tiles, n_tiles, tiles);
       return;
     }
   }

@@ -205,6 +205,8 @@ struct CudaRnn : SerialRows {
   static constexpr cuda::Execution kExecution = kExecution_;
   static constexpr bool kDevice = kExecution == cuda::Execution::device;
   static constexpr bool kReducedPrecision = kDevice;
+  // The host emulation runs the small-batch kernel only; projections take the per-step kernels.
+  static constexpr bool kProjections = kDevice;
   using Product = RecurrentMm;
   using LstmForward = SmallBatchForward<CudaRnn, LstmProjectFirst<CudaRnn>, 4>;
   using GruForward = SmallBatchForward<CudaRnn, GruProjectFirst<CudaRnn>, 3>;

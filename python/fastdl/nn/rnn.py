@@ -1,8 +1,8 @@
 """Drop-in LSTM and GRU layers and cells: subclasses of torch.nn.LSTM, GRU, LSTMCell and GRUCell
 (same constructor, parameters, state_dict keys, flatten_parameters, repr) whose forward runs
 fastdl's kernels. Layers take (T, N, I), (N, T, I) with batch_first, unbatched (T, I) or a
-PackedSequence (enforce_sorted or not); cells (N, I) or unbatched (I,). LSTM with proj_size > 0
-and inputs no kernel covers fall back to torch.nn, visibly (nn/_fallback.py)."""
+PackedSequence (enforce_sorted or not), LSTM with proj_size too; cells (N, I) or unbatched (I,).
+Inputs no kernel covers fall back to torch.nn, visibly (nn/_fallback.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from fastdl.nn._fallback import fall_back, kernel_gap
 def _layer_forward(module: torch.nn.RNNBase, input, hx, parent_forward):
     is_lstm = module.mode == "LSTM"
     data = input.data if isinstance(input, PackedSequence) else input
-    gap = "proj_size > 0 has no fastdl kernel" if getattr(module, "proj_size", 0) > 0 else kernel_gap(data)
-    if gap is not None:
+    if (gap := kernel_gap(data)) is not None:
         fall_back(module, gap)
         return parent_forward(input, hx)
     name = type(module).__name__
@@ -39,8 +38,9 @@ def _layer_forward(module: torch.nn.RNNBase, input, hx, parent_forward):
         if hx is not None:
             hx = _batched_states(name, hx, is_lstm, unbatched)
     if hx is None:
-        zeros = data.new_zeros((module.num_layers * directions, batch, module.hidden_size))
-        hx = (zeros, zeros) if is_lstm else zeros
+        proj = getattr(module, "proj_size", 0)
+        h0 = data.new_zeros((module.num_layers * directions, batch, proj or module.hidden_size))
+        hx = (h0, data.new_zeros((module.num_layers * directions, batch, module.hidden_size))) if is_lstm else h0
     else:
         hx = module.permute_hidden(hx, sorted_indices)
     module.check_forward_args(data, hx, batch_sizes)

@@ -8,8 +8,10 @@ Shapes (T time steps, N sequences, I input features, H hidden units, L layers, D
     cells:       input (N, I), h and c (N, H).
 Weights are torch.nn's: per layer and direction weight_ih (G*H, I), weight_hh (G*H, H) and, with
 bias, bias_ih and bias_hh (G*H), in the order of torch.nn.LSTM's _flat_weights (G = 4, gates
-i,f,g,o; GRU: G = 3, gates r,z,n). Dtypes: float32 and float64 on CPU and CUDA, float16 and
-bfloat16 on CUDA.
+i,f,g,o; GRU: G = 3, gates r,z,n). An LSTM with projections (torch.nn.LSTM's proj_size P) has a
+fifth (third without bias) weight per layer and direction, weight_hr (P, H): h = W_hr (o * tanh(c)),
+so h0, h_n and the output are P wide per direction (c0 and c_n stay H wide) and weight_hh is
+(4H, P). Dtypes: float32 and float64 on CPU and CUDA, float16 and bfloat16 on CUDA.
 
 Each layer and direction is one op call (torch.ops.fastdl.lstm_layer / gru_layer) whose time loop
 runs in C++; layers, directions and dropout between layers are composed here (on CUDA the two
@@ -35,8 +37,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], weight_ih: Tensor, weigh
               bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step, as torch.nn.LSTMCell: input (N, I), hx = (h, c) each (N, H) -> (h', c')."""
     _check_cell("lstm_cell", input, {"hx[0]": hx[0], "hx[1]": hx[1]}, weight_hh)
-    _, h, c, _, _ = ops_for(input).lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
-                                              bias_hh, [], False, False)
+    _, h, c, _, _, _ = ops_for(input).lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
+                                                 bias_hh, None, [], False, False)
     return h, c
 
 
@@ -62,7 +64,8 @@ def _check_cell(name, input, states, weight_hh):
 def lstm(input: Tensor, weights: Sequence[Tensor], hx: tuple[Tensor, Tensor] | None = None, *, num_layers: int = 1,
          dropout: float = 0.0, training: bool = False, bidirectional: bool = False, batch_first: bool = False,
          batch_sizes: Sequence[int] | Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Multi-layer LSTM as torch.nn.LSTM (without proj_size) -> output, (h_n, c_n)."""
+    """Multi-layer LSTM as torch.nn.LSTM -> output, (h_n, c_n); weights as torch.nn.LSTM's _flat_weights
+    (with proj_size, weight_hr last per layer and direction)."""
     out, (h, c) = _layers("lstm", input, weights, hx, num_layers, dropout, training, bidirectional, batch_first,
                           batch_sizes)
     return out, (h, c)
@@ -79,8 +82,10 @@ def gru(input: Tensor, weights: Sequence[Tensor], hx: Tensor | None = None, *, n
 
 def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirectional, batch_first, batch_sizes):
     directions = 2 if bidirectional else 1
-    if num_layers < 1 or len(weights) not in (2 * num_layers * directions, 4 * num_layers * directions):
-        raise ValueError(f"fastdl.{kind}: expected 2 or 4 weights per layer and direction ({num_layers} layers, "
+    counts = (2, 3, 4, 5) if kind == "lstm" else (2, 4)  # LSTM: 3 or 5 with weight_hr (projections)
+    if num_layers < 1 or len(weights) not in [n * num_layers * directions for n in counts]:
+        names = "2 or 4 (3 or 5 with projections)" if kind == "lstm" else "2 or 4"
+        raise ValueError(f"fastdl.{kind}: expected {names} weights per layer and direction ({num_layers} layers, "
                          f"{directions} directions), but got {len(weights)} weights")
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"fastdl.{kind}: expected dropout in [0, 1], but got {dropout}")
@@ -92,17 +97,16 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
     if not packed and batch_first:
         input = input.transpose(0, 1)
     batch = sizes[0] if packed else input.shape[1]
-    hidden = weights[1].shape[-1]
-    if hx is None:
-        zeros = input.new_zeros((num_layers * directions, batch, hidden))
-        hx = (zeros,) * (2 if kind == "lstm" else 1)
+    if hx is None:  # h0 as wide as weight_hh's columns (P with projections), c0 as the hidden size
+        widths = (weights[1].shape[-1], weights[1].shape[0] // 4) if kind == "lstm" else (weights[1].shape[-1],)
+        hx = tuple(input.new_zeros((num_layers * directions, batch, w)) for w in widths)
     finals = [[] for _ in hx]
     x = input
     for layer in range(num_layers):
         calls = []
         for direction in range(directions):
             k = layer * directions + direction
-            calls.append((x, [state[k] for state in hx], list(weights[k * per:(k + 1) * per]) + [None, None],
+            calls.append((x, [state[k] for state in hx], _layer_weights(weights[k * per:(k + 1) * per]),
                           direction == 1))
         if directions == 2 and _concurrent_directions(x):
             in_order, reversed_ = (lambda call=call: _direction(kind, *call, sizes) for call in calls)
@@ -121,10 +125,17 @@ def _layers(kind, input, weights, hx, num_layers, dropout, training, bidirection
     return x, tuple(torch.stack(final) for final in finals)
 
 
+def _layer_weights(w):
+    """One layer and direction's weights in torch's order -> [w_ih, w_hh, b_ih, b_hh, w_hr], absent ones None."""
+    w = list(w)
+    w_hr = w.pop() if len(w) in (3, 5) else None
+    return w + [None] * (4 - len(w)) + [w_hr]
+
+
 def _direction(kind, x, states, w, reverse, sizes):
     """One layer and direction: its output and final states."""
     if kind == "lstm":
-        out, h, c, _, _ = ops_for(x).lstm_layer(x, *states, w[0], w[1], w[2], w[3], sizes, reverse, False)
+        out, h, c, _, _, _ = ops_for(x).lstm_layer(x, *states, *w, sizes, reverse, False)
         return out, (h, c)
     out, h, _ = ops_for(x).gru_layer(x, *states, w[0], w[1], w[2], w[3], sizes, reverse, False)
     return out, (h,)
@@ -180,22 +191,25 @@ def _cell_dtype(input):
 
 
 @torch.library.register_fake("fastdl::lstm_layer")
-def _lstm_layer_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, keep_workspace):
-    hidden, rows = weight_hh.shape[1], _rows(input, batch_sizes)
-    out = input.new_empty(_out_shape(input, batch_sizes, hidden))
+def _lstm_layer_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse,
+                     keep_workspace):
+    hidden, state, rows = weight_ih.shape[0] // 4, weight_hh.shape[1], _rows(input, batch_sizes)
+    out = input.new_empty(_out_shape(input, batch_sizes, state))
     gates = input.new_empty((rows, 4 * hidden) if keep_workspace else (0,))
     cells = input.new_empty((rows, hidden) if keep_workspace else (0,), dtype=_cell_dtype(input))
-    return out, h0.new_empty(h0.shape), c0.new_empty(c0.shape), gates, cells
+    before_projection = input.new_empty((rows, hidden) if keep_workspace and weight_hr is not None else (0,))
+    return out, h0.new_empty(h0.shape), c0.new_empty(c0.shape), gates, cells, before_projection
 
 
 @torch.library.register_fake("fastdl::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, h0, c0, weight_ih, weight_hh, output, gates,
-                              cells, batch_sizes, reverse, output_mask):
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, h0, c0, weight_ih, weight_hh, weight_hr, output,
+                              gates, cells, hidden, batch_sizes, reverse, output_mask):
     def grad(like, wanted):
         return like.new_empty(like.shape) if wanted else input.new_empty((0,))
     bias = weight_ih.new_empty((weight_ih.shape[0],))
     return (grad(input, output_mask[0]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
-            grad(weight_ih, output_mask[1]), grad(weight_hh, output_mask[1]), grad(bias, output_mask[2]),
+            grad(weight_ih, output_mask[1]), grad(weight_hh, output_mask[1]),
+            grad(weight_hr, output_mask[1] and weight_hr is not None), grad(bias, output_mask[2]),
             grad(bias, output_mask[2]))
 
 
