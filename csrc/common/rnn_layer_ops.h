@@ -12,6 +12,8 @@
 //   static void gru_backward(const rnn::GruStepBackward&, at::ScalarType);
 //   using Product = ...;  // the recurrent products: RecurrentMm, or the backend's own
 //   using LstmForward = ...;  // an LSTM layer's forward steps: LstmProjectFirst<Backend>, or its own
+//   using LstmProjectedForward = ...;  // the same with projections (the state h is P wide; the cell
+//                                      // kernel's f.h points elsewhere): LstmProjectFirst<Backend>, or its own
 //   using GruForward = ...;   // a GRU layer's forward steps: GruProjectFirst<Backend>, or its own
 //   using BackwardSteps = ...;  // backward through time: BackwardThenProduct<Backend>, or its own
 //   template <typename Fn>  // runs fn(first, last) on blocks of batch rows that together cover
@@ -303,7 +305,7 @@ struct LstmProjectFirst {
       : gi(rnn_detail::project(x, w_ih, rnn_detail::summed_bias(b_ih, b_hh))), recurrent(w_hh.t(), s.batch) {}
 
   // f: this step's kernel arguments, pre still to fill; its rows start at row `off` of x and at batch
-  // row `first` of h, the state (batch, H) that f.h points into.
+  // row `first` of h, the state (batch, H), or (batch, P) with projections, where f.h points elsewhere.
   void operator()(rnn::LstmStepForward f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
     at::Tensor pre = gi.narrow(0, off, f.rows);
     recurrent(pre, h.narrow(0, first, f.rows), true);
@@ -543,10 +545,10 @@ struct RnnLayerOps {
   }
 
  private:
-  // An LSTM with projections, forward: per step the generic steps (LstmProjectFirst: the recurrent
+  // An LSTM with projections, forward: per step the backend's LstmProjectedForward (the recurrent
   // product from the P-wide state, the cell kernel writing o * tanh(c) to `hidden`), then the state
-  // h = hidden @ W_hr^T, copied to the output. The backends' own LSTM steps (the CPU's per-step input
-  // projection, CUDA's small-batch kernel) assume an H-wide state and are not used.
+  // h = hidden @ W_hr^T, copied to the output. CUDA's small-batch kernel assumes an H-wide state and
+  // is not used.
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_projected(
       const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
       const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_hr, const RnnSteps& s, bool reverse,
@@ -556,7 +558,8 @@ struct RnnLayerOps {
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
-    const LstmProjectFirst<Backend> step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
+    const typename Backend::LstmProjectedForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh,
+                                                      s);
     const typename Backend::Product projection(w_hr.t(), s.batch);
     Tensor out = new_output({s.rows, P}, opts);
     Tensor h = h0.contiguous().clone();

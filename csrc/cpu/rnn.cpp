@@ -175,8 +175,8 @@ struct CpuRecurrent {
 
 // The forward steps of one LSTM layer call of up to kSmallBatch rows, when re-reading W_ih every
 // step costs at most kStepProjectionRowBytes per batch row: per step one product of [x_t | h | 1]
-// (rows, I + H + 1) with [W_ih^T; W_hh^T; b_ih + b_hh], packed once per call, into a buffer of the
-// step's rows, then the cell kernel. LstmProjectFirst's product of every step's input up front
+// (rows, I + S + 1; S the state's width, H or an LSTM's projection size P) with [W_ih^T; W_hh^T;
+// b_ih + b_hh], packed once per call, into a buffer of the step's rows, then the cell kernel. LstmProjectFirst's product of every step's input up front
 // writes (T N, 4H) values to freshly allocated memory: at batch 64 (input and hidden 256, 200
 // steps, one thread) at::mm ran that product at 64 GFLOP/s where it runs one of 256 rows at 90, the
 // difference being the first touch of 52 MB (page faults, zeroing); here the pre-activations stay
@@ -207,15 +207,17 @@ class CpuLstmForward {
     pre_ = at::empty({batch, w_hh.size(0)}, x.options());
   }
 
+  // h: the state (batch, S), S = H, or P with projections (then f.h, the kernel's output, is elsewhere).
   void operator()(rnn::LstmStepForward f, int64_t off, int64_t first, const at::Tensor& h, at::ScalarType dt) const {
     if (generic_) return (*generic_)(f, off, first, h, dt);
     AT_DISPATCH_FLOATING_TYPES(dt, "fastdl.lstm", [&] {
       using T = scalar_t;
-      const int64_t I = inputs_, H = f.hidden, W = width_;
+      const int64_t I = inputs_, H = f.hidden, S = h.size(1), W = width_;
       T* a = rows_.data_ptr<T>() + first * W;
+      const T* state = h.const_data_ptr<T>() + first * S;
       for (int64_t r = 0; r < f.rows; ++r) {
         std::copy_n(x_.const_data_ptr<T>() + (off + r) * I, I, a + r * W);
-        std::copy_n(typed<T>(f.h) + r * H, H, a + r * W + I);
+        std::copy_n(state + r * S, S, a + r * W + I);
       }
       T* pre = pre_.data_ptr<T>() + first * 4 * H;
       packed_product<T>(a, f.rows, W, packed_.const_data_ptr<T>(), W, 4 * H, pre, 4 * H, false);
@@ -243,6 +245,7 @@ struct CpuRnn {
   static constexpr bool kProjections = true;
   using Product = CpuRecurrent;
   using LstmForward = CpuLstmForward<CpuRnn>;
+  using LstmProjectedForward = CpuLstmForward<CpuRnn>;
   using GruForward = GruProjectFirst<CpuRnn>;
   using BackwardSteps = BackwardThenProduct<CpuRnn>;
 

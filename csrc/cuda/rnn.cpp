@@ -209,6 +209,7 @@ struct CudaRnn : SerialRows {
   static constexpr bool kProjections = kDevice;
   using Product = RecurrentMm;
   using LstmForward = SmallBatchForward<CudaRnn, LstmProjectFirst<CudaRnn>, 4>;
+  using LstmProjectedForward = LstmProjectFirst<CudaRnn>;
   using GruForward = SmallBatchForward<CudaRnn, GruProjectFirst<CudaRnn>, 3>;
   using BackwardSteps = SmallBatchBackward<CudaRnn>;
 
