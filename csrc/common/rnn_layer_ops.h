@@ -29,7 +29,8 @@
 // batch_sizes[t] sequences, whose rows are consecutive in the data. h0, c0 (N, H); weight_ih (G H, I),
 // weight_hh (G H, H), biases (G H) with G = 4 (LSTM) or 3 (GRU). Outputs keep input's layout. An LSTM
 // with projections (torch.nn.LSTM's proj_size P) also takes weight_hr (P, H): its hidden state, h0,
-// output and weight_hh's columns are P wide, h = W_hr (o * tanh(c)) (lstm_projected_*, below).
+// output and weight_hh's columns are P wide, h = W_hr (o * tanh(c)) (lstm_steps and
+// lstm_projected_backward, below).
 //
 // The state buffers are updated in place on the first batch_sizes[t] rows, so with packed input each
 // sequence's final state stays where its last step left it, and in reverse a sequence that starts
@@ -128,10 +129,10 @@ inline void check_like_input(const char* op, const char* name, const Tensor& t, 
 }
 
 // Checks input, batch_sizes, the weights and the biases; hidden size from weight_hh, or with an LSTM's
-// w_hr (P, H) from w_hr, weight_hh then (4H, P).
+// w_hr (P, H) from w_hr, weight_hh then (4H, P), where the backend runs projections.
 inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, at::IntArrayRef batch_sizes,
                             const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                            bool reduced_precision, const OptTensor& w_hr = std::nullopt) {
+                            bool reduced_precision, const OptTensor& w_hr = std::nullopt, bool projections = false) {
   TORCH_CHECK(input.defined(), op, ": expected input to be a tensor, but got None");
   check_floating(op, "input", input, reduced_precision);
   RnnSteps s;
@@ -166,6 +167,7 @@ inline RnnSteps check_layer(const char* op, int64_t gates, const Tensor& input, 
   s.input_size = input.size(-1);
   check_like_input(op, "weight_hh", w_hh, input);
   if (given(w_hr)) {
+    TORCH_CHECK(projections, op, ": this backend has no LSTM with projections (weight_hr)");
     check_like_input(op, "weight_hr", *w_hr, input);
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(0) > 0, op, ": expected weight_hr of shape (proj_size, hidden_size) ",
                 "with proj_size > 0, but got shape ", w_hr->sizes());
@@ -381,30 +383,17 @@ struct RnnLayerOps {
     using namespace rnn_detail;
     const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm";
-    const RnnSteps s =
-        check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision, w_hr);
+    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, b_ih, b_hh, Backend::kReducedPrecision,
+                                   w_hr, Backend::kProjections);
     check_state(op, "h0", h0, input, s, s.state_size());
     check_state(op, "c0", c0, input, s);
-    TORCH_CHECK(Backend::kProjections || s.proj == 0, op, ": this backend has no LSTM with projections (weight_hr)");
     const c10::DeviceGuard guard(input.device());
-    if (s.proj > 0) return lstm_projected(input, h0, c0, w_ih, w_hh, b_ih, b_hh, *w_hr, s, reverse, keep_workspace);
-    const int64_t H = s.hidden;
-    const auto opts = input.options();
-    const at::ScalarType ct = cell_type(input);
-    const auto copts = opts.dtype(ct);
-    const typename Backend::LstmForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
-    Tensor out = new_output({s.rows, H}, opts);
-    Tensor h = h0.contiguous().clone();
-    Tensor c = c0.to(ct).contiguous().clone();
-    Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
-    Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
-    for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
-      const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), row_ptr(h, first),
-                                   row_ptr(out, off), keep_workspace ? row_ptr(gates, off) : nullptr,
-                                   keep_workspace ? row_ptr(cells, off) : nullptr};
-      if (H > 0) step(f, off, first, h, input.scalar_type());
-    });
-    return {out.view(output_shape(input, s)), h, c.to(input.scalar_type()), gates, cells, at::empty({0}, opts)};
+    if (s.proj > 0) {
+      return lstm_steps<typename Backend::LstmProjectedForward>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, s, reverse,
+                                                                keep_workspace);
+    }
+    return lstm_steps<typename Backend::LstmForward>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, s, reverse,
+                                                     keep_workspace);
   }
 
   // -> grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_weight_hr, grad_bias_ih,
@@ -417,11 +406,11 @@ struct RnnLayerOps {
     using namespace rnn_detail;
     const NoAutocast no_autocast;
     constexpr const char* op = "fastdl.lstm_backward";
-    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision, w_hr);
+    const RnnSteps s = check_layer(op, 4, input, batch_sizes, w_ih, w_hh, {}, {}, Backend::kReducedPrecision, w_hr,
+                                   Backend::kProjections);
     const int64_t H = s.hidden, P = s.state_size();
     check_state(op, "h0", h0, input, s, P);
     check_state(op, "c0", c0, input, s);
-    TORCH_CHECK(Backend::kProjections || s.proj == 0, op, ": this backend has no LSTM with projections (weight_hr)");
     const c10::DeviceGuard guard(input.device());
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
@@ -545,47 +534,53 @@ struct RnnLayerOps {
   }
 
  private:
-  // An LSTM with projections, forward: per step the backend's LstmProjectedForward (the recurrent
-  // product from the P-wide state, the cell kernel writing o * tanh(c) to `hidden`), then the state
-  // h = hidden @ W_hr^T, copied to the output. CUDA's small-batch kernel assumes an H-wide state and
-  // is not used.
-  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_projected(
+  // An LSTM layer's forward steps: per step `Step` (the backend's LstmForward, or its
+  // LstmProjectedForward with w_hr: CUDA's small-batch kernel assumes an H-wide state) runs the
+  // recurrent product and the cell kernel; with projections the kernel writes o * tanh(c) to `hidden`
+  // and the state is then h = hidden @ W_hr^T, copied to the output.
+  template <typename Step>
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_steps(
       const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-      const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_hr, const RnnSteps& s, bool reverse,
+      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const RnnSteps& s, bool reverse,
       bool keep_workspace) {
     using namespace rnn_detail;
-    const int64_t H = s.hidden, P = s.proj;
+    const int64_t H = s.hidden;
+    const bool projected = s.proj > 0;
     const auto opts = input.options();
     const at::ScalarType ct = cell_type(input);
     const auto copts = opts.dtype(ct);
-    const typename Backend::LstmProjectedForward step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh,
-                                                      s);
-    const typename Backend::Product projection(w_hr.t(), s.batch);
-    Tensor out = new_output({s.rows, P}, opts);
+    const Step step(input.reshape({s.rows, s.input_size}), w_ih, w_hh, b_ih, b_hh, s);
+    std::optional<typename Backend::Product> projection;
+    if (projected) projection.emplace(w_hr->t(), s.batch);
+    Tensor out = new_output({s.rows, s.state_size()}, opts);
     Tensor h = h0.contiguous().clone();
     Tensor c = c0.to(ct).contiguous().clone();
     Tensor gates = keep_workspace ? new_output({s.rows, 4 * H}, opts) : at::empty({0}, opts);
     Tensor cells = keep_workspace ? new_output({s.rows, H}, copts) : at::empty({0}, copts);
-    // o * tanh(c): every step's rows for backward, else the current step's (by batch row)
-    Tensor hidden = new_output({keep_workspace ? s.rows : s.batch, H}, opts);
+    // o * tanh(c) with projections: every step's rows for backward, else the current step's (by batch row)
+    Tensor hidden = projected ? new_output({keep_workspace ? s.rows : s.batch, H}, opts) : at::empty({0}, opts);
     for_each_step<Backend>(s, reverse, [&](int64_t first, int64_t bs, int64_t off) {
       const int64_t at_row = keep_workspace ? off : first;
-      const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), row_ptr(hidden, at_row),
-                                   row_ptr(hidden, at_row), keep_workspace ? row_ptr(gates, off) : nullptr,
+      void* h_out = projected ? row_ptr(hidden, at_row) : row_ptr(h, first);
+      void* out_rows = projected ? h_out : row_ptr(out, off);
+      const rnn::LstmStepForward f{bs, H, nullptr, row_ptr(c, first), h_out, out_rows,
+                                   keep_workspace ? row_ptr(gates, off) : nullptr,
                                    keep_workspace ? row_ptr(cells, off) : nullptr};
       if (H > 0) step(f, off, first, h, input.scalar_type());
+      if (!projected) return;
       const Tensor state = h.narrow(0, first, bs);
-      projection(state, hidden.narrow(0, at_row, bs), false);
+      (*projection)(state, hidden.narrow(0, at_row, bs), false);
       out.narrow(0, off, bs).copy_(state);
     });
-    if (!keep_workspace) hidden = at::empty({0}, opts);
-    return {out.view(output_shape(input, s, P)), h, c.to(input.scalar_type()), gates, cells, hidden};
+    if (projected && !keep_workspace) hidden = at::empty({0}, opts);
+    return {out.view(output_shape(input, s, s.state_size())), h, c.to(input.scalar_type()), gates, cells, hidden};
   }
 
-  // Its backward through time, per step in processing order: dp = this step's output gradient plus
-  // the later steps' dh (P wide, kept in dp for W_hr's gradient), its gradient for o * tanh(c),
-  // dp @ W_hr, into the cell's backward kernel, then dh = dgates @ W_hh (BackwardThenProduct). Fills
-  // dh, dc and dgates; returns W_hr's gradient (when `weights`): sum over steps of dp^T @ hidden.
+  // An LSTM with projections, backward through time, per step in processing order: dp = this step's
+  // output gradient plus the later steps' dh (P wide, kept in dp for W_hr's gradient), its gradient for
+  // o * tanh(c), dp @ W_hr, into the cell's backward kernel, then dh = dgates @ W_hh
+  // (BackwardThenProduct). Fills dh, dc and dgates; returns W_hr's gradient (when `weights`): sum over
+  // steps of dp^T @ hidden.
   static Tensor lstm_projected_backward(const RnnSteps& s, const Tensor& w_hr, const Tensor& w_hh, const Tensor& h_all,
                                         const Tensor& go_rows, const Tensor& g_all, const Tensor& c_all,
                                         const rnn_detail::PreviousStates& c_prev, const Tensor& dh, const Tensor& dc,

@@ -176,13 +176,14 @@ struct CpuRecurrent {
 // The forward steps of one LSTM layer call of up to kSmallBatch rows, when re-reading W_ih every
 // step costs at most kStepProjectionRowBytes per batch row: per step one product of [x_t | h | 1]
 // (rows, I + S + 1; S the state's width, H or an LSTM's projection size P) with [W_ih^T; W_hh^T;
-// b_ih + b_hh], packed once per call, into a buffer of the step's rows, then the cell kernel. LstmProjectFirst's product of every step's input up front
-// writes (T N, 4H) values to freshly allocated memory: at batch 64 (input and hidden 256, 200
-// steps, one thread) at::mm ran that product at 64 GFLOP/s where it runs one of 256 rows at 90, the
-// difference being the first touch of 52 MB (page faults, zeroing); here the pre-activations stay
-// in cache (two threads: inference 1.28x as fast at that shape). Measured against projecting first
-// (two threads, float32), by W_ih bytes per row: 128-256 KB 1.00-1.05x; 1 MB 0.96x (second layer
-// of a bidirectional LSTM, hidden 512, batch 8) and 0.65x (hidden 256, batch 1).
+// b_ih + b_hh], packed once per call, into a buffer of the step's rows, then the cell kernel.
+// LstmProjectFirst's product of every step's input up front writes (T N, 4H) values to freshly
+// allocated memory: at batch 64 (input and hidden 256, 200 steps, one thread) at::mm ran that
+// product at 64 GFLOP/s where it runs one of 256 rows at 90, the difference being the first touch
+// of 52 MB (page faults, zeroing); here the pre-activations stay in cache (two threads: inference
+// 1.28x as fast at that shape). Measured against projecting first (two threads, float32), by W_ih
+// bytes per row: 128-256 KB 1.00-1.05x; 1 MB 0.96x (second layer of a bidirectional LSTM, hidden
+// 512, batch 8) and 0.65x (hidden 256, batch 1).
 constexpr int64_t kStepProjectionRowBytes = 256 << 10;
 
 template <typename Backend>
