@@ -6,6 +6,10 @@ one run, to set or confirm their rules (bench/NOTES.md):
 - rnn: LSTM/GRU steps in the small-batch kernel, all steps of a layer in one persistent launch
   (shipped at batch <= 16; here forced on with FASTDL_RNN_SMALL_BATCH=always, up to the kernel's 64,
   against =never: cuBLAS and the cell kernel per step), hidden 256, 50 steps, batch 1 to 64;
+- winograd fused: the CUDA Winograd forward and input gradient in one kernel (csrc/cuda/winograd_fused.cu,
+  FASTDL_WINOGRAD_FUSED=always) against the staged kernels (=never, the shipped default until this
+  table says otherwise), on the 3x3 layers of VGG-16 and ResNet-50 (forward with each tile, and
+  forward+backward with F(4x4,3x3));
 - winograd: on CUDA 'auto' takes Winograd for maps under 14x14 (ResNet-50's 7x7) from batch 8 only
   (fastdl/ops/conv.py, winograd_rule): each algorithm's time on ResNet-50's 7x7 and 14x14 3x3 layers,
   a second table.
@@ -29,6 +33,8 @@ from fastdl.bench.timing import time_pair, with_env
 
 CONV_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv1", "AlexNet/features.3"]
 WINOGRAD_MAP_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv2"]
+WINOGRAD_FUSED_LAYERS = ["VGG-16/features.12", "VGG-16/features.19", "VGG-16/features.24", "ResNet-50/layer1.0.conv2",
+                         "ResNet-50/layer2.1.conv2", "ResNet-50/layer3.1.conv2", "ResNet-50/layer4.1.conv2"]
 
 
 def conv_steps(layer, batch, device, backward, algorithm="direct"):
@@ -93,13 +99,14 @@ def main(argv=None):
     parser.add_argument("--conv-batches", default="1,8")
     parser.add_argument("--rnn-batches", default="1,8,16,32,64")
     parser.add_argument("--winograd-batches", default="8,32,128")
+    parser.add_argument("--fused-batches", default="32")
     args = parser.parse_args(argv)
     true_float32()
     print(f"fastdl's CUDA path rules, float32, {args.device} "
           f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}, torch {torch.__version__}); "
           "ms (medians); 'rule' = fastdl as shipped (rnn rows: the small-batch kernel forced on with "
-          "FASTDL_RNN_SMALL_BATCH=always, the shipped path up to batch 16), 'off' = the rule's override set to "
-          "never.\n")
+          "FASTDL_RNN_SMALL_BATCH=always, the shipped path up to batch 16; winograd fused rows: the fused kernel "
+          "forced on with FASTDL_WINOGRAD_FUSED=always, shipped off), 'off' = the rule's override set to never.\n")
     print("| case | rule ms | off ms | torch ms | off / rule | torch / rule | torch / off |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     layers = {f"{layer.network}/{layer.layer}": layer for layer in conv_layers()}
@@ -118,6 +125,14 @@ def main(argv=None):
                 mode = "training" if training else "inference"
                 row(f"rnn {kind} h256 T50 b{batch} {mode}", ours, theirs, "FASTDL_RNN_SMALL_BATCH", args.device,
                     args.budget, on="always")
+    for name in WINOGRAD_FUSED_LAYERS:
+        layer = layers[name]
+        for batch in (int(b) for b in args.fused_batches.split(",") if b):
+            for algorithm, backward in (("winograd2", False), ("winograd4", False), ("winograd4", True)):
+                ours, theirs = conv_steps(layer, batch, args.device, backward, algorithm)
+                mode = "forward+backward" if backward else "forward"
+                row(f"winograd fused {name} {layer.describe()} {algorithm} b{batch} {mode}", ours, theirs,
+                    "FASTDL_WINOGRAD_FUSED", args.device, args.budget, on="always")
     winograd_maps(args.device, args.budget, [int(b) for b in args.winograd_batches.split(",") if b])
 
 

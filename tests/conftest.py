@@ -63,6 +63,14 @@ def true_float32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+@pytest.fixture(params=["staged", "fused"])
+def winograd_kernel(request, monkeypatch):
+    """The CUDA Winograd forward and input gradient through the staged kernels (transforms and a batched
+    GEMM) or the fused one (csrc/cuda/winograd_fused.cu), chosen by FASTDL_WINOGRAD_FUSED."""
+    monkeypatch.setenv("FASTDL_WINOGRAD_FUSED", "always" if request.param == "fused" else "never")
+    return request.param
+
+
 def tolerance(family: str, dtype: torch.dtype) -> dict:
     rtol, atol = TOLERANCES[(family, dtype)]
     return {"rtol": rtol, "atol": atol}

@@ -178,9 +178,10 @@ def test_winograd_weight_grad_script_prints_a_row_per_layer_and_batch():
 
 def test_ab_rules_script_prints_both_sides_of_every_rule():
     """bench/ab_rules.py, where neither rule exists."""
-    rows = run_bench_script("ab_rules.py", "--conv-batches", "1", "--rnn-batches", "1", "--winograd-batches", "1")
-    rules = [row for row in rows if row[0].startswith(("conv ", "rnn "))]
-    assert len(rules) == 3 * 2 + 2 * 2
+    rows = run_bench_script("ab_rules.py", "--conv-batches", "1", "--rnn-batches", "1", "--winograd-batches", "1",
+                            "--fused-batches", "1")
+    rules = [row for row in rows if row[0].startswith(("conv ", "rnn ", "winograd fused "))]
+    assert len(rules) == 3 * 2 + 2 * 2 + 7 * 3
     for row in rules:
         assert all(float(cell) > 0 for cell in row[1:4]), row
     maps = [row for row in rows if row[0].startswith("ResNet-50/")]

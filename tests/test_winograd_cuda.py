@@ -2,7 +2,8 @@
 torch.nn.functional.conv2d (cuDNN, TF32 off): float32 and float64 values and gradients for both tiles,
 padding 0-3, both memory formats, with and without bias; the issue's float32 error bounds against
 float64; float16/bfloat16 within twice PyTorch's own error against float64; the Winograd weight
-gradient forced on every shape, and the rule that picks it; empty batches and the current stream."""
+gradient forced on every shape, and the rule that picks it; empty batches and the current stream. The
+forward and input-gradient tests run the staged kernels and the fused one (the winograd_kernel fixture)."""
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def usable(case, padding):
 @pytest.mark.parametrize("memory_format", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("padding", [0, 1, 2, 3])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_values_and_gradients_match_torch(case, padding, memory_format, bias, dtype, tile):
+def test_values_and_gradients_match_torch(case, padding, memory_format, bias, dtype, tile, winograd_kernel):
     if not usable(case, padding):
         pytest.skip("the 3x3 kernel does not fit the padded input")
     x, w, b, grad_out = make_inputs(case, dtype, bias, memory_format, padding)
@@ -102,7 +103,7 @@ def test_values_and_gradients_match_torch(case, padding, memory_format, bias, dt
 @pytest.mark.parametrize("memory_format", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("padding", [0, 1, 2, 3])
 @pytest.mark.parametrize("case", CASES[1:], ids=str)
-def test_reduced_precision_within_twice_torch_error(case, padding, memory_format, dtype, tile):
+def test_reduced_precision_within_twice_torch_error(case, padding, memory_format, dtype, tile, winograd_kernel):
     x, w, b, grad_out = make_inputs(case, dtype, True, memory_format, padding)
     mine = run(ours(padding, tile), x, w, b, grad_out)
     torch_own = run(theirs(padding), x, w, b, grad_out)
@@ -163,7 +164,7 @@ def test_weight_gradient_rule_takes_winograd_on_a_64_channel_layer(monkeypatch):
 
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("memory_format", FORMATS, ids=FORMAT_IDS)
-def test_empty_batch(memory_format, tile):
+def test_empty_batch(memory_format, tile, winograd_kernel):
     x = torch.randn(0, 4, 9, 9, device=DEVICE).contiguous(memory_format=memory_format).requires_grad_()
     w = torch.randn(6, 4, 3, 3, device=DEVICE, requires_grad=True)
     b = torch.randn(6, device=DEVICE, requires_grad=True)
@@ -175,7 +176,7 @@ def test_empty_batch(memory_format, tile):
 
 
 @pytest.mark.parametrize("tile", [2, 4])
-def test_runs_on_the_current_stream(tile):
+def test_runs_on_the_current_stream(tile, winograd_kernel):
     x, w, b, grad_out = make_inputs((16, 64, 56, 56, 128), torch.float32, True, torch.contiguous_format, 1)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -193,7 +194,7 @@ def test_runs_on_the_current_stream(tile):
 
 
 @pytest.mark.parametrize("tile", [2, 4])
-def test_input_past_2_31_elements_uses_64_bit_indexing(tile):
+def test_input_past_2_31_elements_uses_64_bit_indexing(tile, winograd_kernel):
     if torch.cuda.mem_get_info()[0] < 40 * 2**30:
         pytest.skip("needs 40 GiB of free GPU memory")
     torch.manual_seed(0)

@@ -2,7 +2,9 @@
 torch.nn.functional.conv2d and its input gradient on the CPU: the filter, input and output transforms
 and the batched GEMM tile logic, run on the host. `conv2d_winograd` uses chunks of a few tiles (chunk
 boundaries inside images and tile rows); `conv2d_winograd_int64` uses 64-bit indices and the device's
-chunk plan (whole GEMM column tiles). tests/test_winograd_cuda.py runs the kernels themselves."""
+chunk plan (whole GEMM column tiles). The forward tests run the staged kernels and the fused one
+(winograd_fused.cu: blocks of tiles and outputs, slices of channels; the winograd_kernel fixture).
+tests/test_winograd_cuda.py runs the kernels themselves."""
 
 import random
 
@@ -94,7 +96,7 @@ def check(got, want64, dtype, tile, memory_format):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_emulated_winograd_matches_torch(case, memory_format, dtype, tile):
+def test_emulated_winograd_matches_torch(case, memory_format, dtype, tile, winograd_kernel):
     bias = CASES.index(case) % 2 == 0
     x, weight, b, padding, grad_out = make_inputs(case, dtype, bias, memory_format)
     # The float64 reference on the same (rounded) inputs.
@@ -115,7 +117,7 @@ def random_cases(count, seed):
 
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("case", random_cases(8, seed=5), ids=case_id)
-def test_emulated_winograd_random_shapes(case, tile):
+def test_emulated_winograd_random_shapes(case, tile, winograd_kernel):
     memory_format = torch.channels_last if case[0] % 2 else torch.contiguous_format
     x, weight, b, padding, grad_out = make_inputs(case, torch.float64, case[1] % 2 == 1, memory_format, seed=1)
     want = reference(x, weight, b, padding, grad_out)
@@ -130,7 +132,7 @@ LARGE = [(2, 12, 30, 26, 70, (1, 1)), (1, 9, 41, 37, 66, (0, 2))]
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", LARGE + CASES[2:4], ids=case_id)
-def test_emulated_winograd_int64_device_plan(case, memory_format, tile):
+def test_emulated_winograd_int64_device_plan(case, memory_format, tile, winograd_kernel):
     x, weight, b, padding, grad_out = make_inputs(case, torch.float32, True, memory_format, seed=2)
     want = reference(x.double(), weight.double(), b.double(), padding, grad_out.double())
     for got, ref in zip(emulated(x, weight, b, padding, grad_out, tile, "_int64"), want):
@@ -202,7 +204,7 @@ def test_emulated_weight_gradient_choice(mode, monkeypatch):
     assert torch.equal(got, direct) == (mode != "always")
 
 
-def test_emulated_winograd_unbatched_input_and_weight_gradients_through_the_direct_kernel():
+def test_emulated_winograd_unbatched_input_and_weight_gradients_through_the_direct_kernel(winograd_kernel):
     x, weight, b, padding, grad_out = make_inputs(CASES[2], torch.float64, True, torch.contiguous_format)
     x, grad_out = x[0], grad_out[0]
     y_ref, gx_ref = reference(x, weight, b, padding, grad_out)

@@ -5,6 +5,8 @@
 // run time. No torch headers (the .cu files include this).
 //
 //   FASTDL_WINOGRAD_WEIGHT_GRAD  always | never   the Winograd weight gradient (CPU and CUDA)
+//   FASTDL_WINOGRAD_FUSED        always | never   CUDA Winograd forward and input gradient in one kernel
+//                                                 (winograd_fused.cu; shipped off until measured)
 //   FASTDL_RNN_SMALL_BATCH       always | never   CUDA LSTM/GRU small-batch kernel (shipped to batch 16, kernel 64)
 //   FASTDL_CONV_SPLIT            never            CUDA forward/grad_input split reductions
 //   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU convolution tiles reading the weights in place

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "common/overrides.h"
 #include "common/winograd_ops.h"
 #include "cuda/host_utils.h"
 #include "cuda/winograd_kernels.h"
@@ -25,7 +26,10 @@ struct CudaWinograd {
   static constexpr bool kReducedPrecision = kDevice;
   static constexpr bool kFiveByFive = false;  // F(2x2,5x5) is CPU-only
 
+  // The fused kernel (winograd_fused.cu) has not run on a GPU yet: the staged path stays the default
+  // until bench/ab_rules.py has measured both (FASTDL_WINOGRAD_FUSED=always forces the fused one).
   static void run(const char* op, cuda::WinogradArgs args, const at::Tensor& like) {
+    args.fused = override_or("FASTDL_WINOGRAD_FUSED", false);
     const at::Tensor ws = at::empty({int64_t(cuda::winograd_workspace_bytes(args))}, like.options().dtype(at::kByte));
     args.workspace = ws.data_ptr();
     cuda::check_launch(op, cuda::winograd_conv(args, kDevice ? cuda::current_stream() : nullptr));

@@ -1,5 +1,6 @@
-// CUDA kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4, non-fused: four kernels per call,
-// through float (double for float64) workspaces. The transforms and their algebra are in
+// CUDA kernels of Winograd convolution F(m x m, 3x3), m = 2 or 4, non-fused ("staged"): four kernels
+// per call, through float (double for float64) workspaces. A forward call with `fused` set goes to
+// winograd_fused.cu instead (steps 2-4 in one kernel). The transforms and their algebra are in
 // common/winograd.h; with alpha = m + 2 and xi one of the alpha^2 positions of a transformed tile:
 //
 //   1. filter transform   U[xi][k][c]  = (G g[k][c] G^T)[xi]             once per call, in double
@@ -20,15 +21,13 @@
 // first chunk and added to by the next ones, and summed in a fixed order by step 5': deterministic,
 // no atomics.
 //
-// Tiles (m x m blocks of one image's outputs) are numbered over the batch, then tile rows, then tile
-// columns, and steps 2-4 run per chunk of consecutive tiles so that V and M stay within a fixed
-// budget whatever the batch. Steps 1, 2 and 4 are one thread per item (grid-stride loops over a
+// Tiles are numbered as in winograd_tiles.cuh, and steps 2-4 run per chunk of consecutive tiles so
+// that V and M stay within a fixed budget whatever the batch. Steps 1, 2 and 4 are one thread per item (grid-stride loops over a
 // capped grid); their item order follows the layout, so that consecutive threads touch consecutive
 // addresses of the activation tensor (tiles for N,C,H,W, channels for N,H,W,C).
 //
 // The GEMM kernel: 256 threads compute a 64 (output channels) x 128 (tiles, or channels for the weight
-// gradient) block of one product,
-// each a 4 x 8 register tile (columns in two runs of 4, 64 apart, so that shared-memory reads are
+// gradient) block of one product, each a 4 x 8 register tile (columns in two runs of 4, 64 apart, so that shared-memory reads are
 // 16-byte vectors). Slices of BK = 8 channels of U and V are staged in shared memory, double-buffered:
 // the next slice's global loads are in flight in registers while the current one is multiplied.
 // Rows, columns and channels past the end are loaded as zeros and not written.
@@ -40,16 +39,15 @@
 #include "cuda/winograd_kernels.h"
 
 #include <memory>
-#include <type_traits>
 #include <vector>
 
-#include "common/winograd.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/winograd_fused.h"
+#include "cuda/winograd_tiles.cuh"
 
 namespace fastdl::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+using namespace winograd_detail;
 
 // V and M of one chunk of tiles: large enough to fill an H100 many times over (a VGG layer of 256
 // channels at F(4x4,3x3) gets ~3600 tiles per chunk); small enough for any device memory.
@@ -58,72 +56,6 @@ constexpr int64_t kChunkBytes = int64_t{256} << 20;
 // gradient's a few more, so that they are split (weight_grad_splits).
 constexpr int64_t kEmulatedChunkBytes = int64_t{16} << 10;
 constexpr int64_t kEmulatedWeightGradChunkBytes = int64_t{64} << 10;
-
-// ---- tiles ------------------------------------------------------------------------------------------
-
-template <typename I>
-struct Geometry {
-  I batch, channels, in_h, in_w, outs, out_h, out_w, pad_h, pad_w;
-  I tiles_h, tiles_w;  // per image
-};
-
-template <typename I>
-struct TileOrigin {
-  I n, oh, ow;  // image, first output row and column
-};
-
-template <int M, typename I>
-FASTDL_HOST_DEVICE TileOrigin<I> tile_origin(const Geometry<I>& g, I tile) {
-  const I per_image = g.tiles_h * g.tiles_w, n = tile / per_image, rest = tile - n * per_image;
-  const I th = rest / g.tiles_w;
-  return {n, th * M, (rest - th * g.tiles_w) * M};
-}
-
-// ---- per-item work: the transforms ----------------------------------------------------------------
-//
-// A work type has Index, items() and operator()(e) for e < items(); elementwise_kernel runs it.
-
-// Item e = (k, c), c fastest: consecutive threads store consecutive U. Computed in double: G's 1/6,
-// 1/12 and 1/24 would round in float, and the filters are transformed once per call.
-template <typename T, typename I, int M>
-struct FilterTransform {
-  using Index = I;
-  const T* w;
-  Acc<T>* u;  // [alpha^2][outs][channels]
-  I outs, channels;
-  bool transposed;
-
-  FASTDL_HOST_DEVICE I items() const { return outs * channels; }
-  FASTDL_HOST_DEVICE void operator()(I e) const {
-    constexpr int A = M + 2;
-    const I k = e / channels, c = e - k * channels;
-    double g[3][3], v[A][A];
-    FASTDL_UNROLL
-    for (int r = 0; r < 3; ++r) {
-      FASTDL_UNROLL
-      for (int s = 0; s < 3; ++s) {
-        const I at = transposed ? (c * outs + k) * 9 + (2 - r) * 3 + (2 - s) : (k * channels + c) * 9 + r * 3 + s;
-        g[r][s] = double(read(w, at));
-      }
-    }
-    winograd_filter_transform<M, double>(g, v);
-    FASTDL_UNROLL
-    for (int xi = 0; xi < A * A; ++xi) u[(I(xi) * outs + k) * channels + c] = Acc<T>(v[xi / A][xi % A]);
-  }
-};
-
-// Item e of a (channel, tile) grid as (c, t), ordered so that neighbouring threads touch neighbouring
-// memory: tiles fastest for N,C,H,W (a row of tiles), channels fastest for N,H,W,C.
-template <Layout L, typename I>
-FASTDL_HOST_DEVICE void split_item(I e, I channels, I count, I& c, I& t) {
-  if constexpr (L == Layout::nchw) {
-    c = e / count;
-    t = e - c * count;
-  } else {
-    t = e / channels;
-    c = e - t * channels;
-  }
-}
 
 // Item e = (c, tile t of the chunk).
 template <typename T, typename I, Layout L, int M>
@@ -140,21 +72,8 @@ struct InputTransform {
     using Ac = Acc<T>;
     I c, t;
     split_item<L>(e, g.channels, count, c, t);
-    const TileOrigin<I> o = tile_origin<M>(g, first + t);
-    const I row0 = o.oh - g.pad_h, col0 = o.ow - g.pad_w;
     Ac d[A][A], out[A][A];
-    FASTDL_UNROLL
-    for (int i = 0; i < A; ++i) {
-      const I ih = row0 + i;
-      FASTDL_UNROLL
-      for (int j = 0; j < A; ++j) {
-        const I iw = col0 + j;
-        const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-        const I at = L == Layout::nchw ? ((o.n * g.channels + c) * g.in_h + ih) * g.in_w + iw
-                                       : ((o.n * g.in_h + ih) * g.in_w + iw) * g.channels + c;
-        d[i][j] = inside ? read(x, at) : Ac(0);
-      }
-    }
+    load_patch<T, I, L, M>(x, g, tile_origin<M>(g, first + t), c, d);
     winograd_input_transform<M, Ac>(d, out);
     FASTDL_UNROLL
     for (int xi = 0; xi < A * A; ++xi) v[(I(xi) * g.channels + c) * count + t] = out[xi / A][xi % A];
@@ -181,20 +100,7 @@ struct OutputTransform {
     FASTDL_UNROLL
     for (int xi = 0; xi < A * A; ++xi) sums[xi / A][xi % A] = m[(I(xi) * g.outs + k) * count + t];
     winograd_output_transform<M, Ac>(sums, out);
-    const Ac b = bias != nullptr ? read(bias, k) : Ac(0);
-    const TileOrigin<I> o = tile_origin<M>(g, first + t);
-    FASTDL_UNROLL
-    for (int i = 0; i < M; ++i) {
-      const I oh = o.oh + i;
-      FASTDL_UNROLL
-      for (int j = 0; j < M; ++j) {
-        const I ow = o.ow + j;
-        if (oh >= g.out_h || ow >= g.out_w) continue;  // the last tile row or column overhangs the image
-        const I at = L == Layout::nchw ? ((o.n * g.outs + k) * g.out_h + oh) * g.out_w + ow
-                                       : ((o.n * g.out_h + oh) * g.out_w + ow) * g.outs + k;
-        write(y, at, out[i][j] + b);
-      }
-    }
+    store_block<T, I, L, M>(y, g, tile_origin<M>(g, first + t), k, out, bias != nullptr ? read(bias, k) : Ac(0));
   }
 };
 
@@ -222,9 +128,7 @@ struct GradOutputTransform {
       FASTDL_UNROLL
       for (int j = 0; j < M; ++j) {
         const I ow = o.ow + j;
-        const I at = L == Layout::nchw ? ((o.n * g.outs + k) * g.out_h + oh) * g.out_w + ow
-                                       : ((o.n * g.out_h + oh) * g.out_w + ow) * g.outs + k;
-        block[i][j] = oh < g.out_h && ow < g.out_w ? read(dy, at) : Ac(0);
+        block[i][j] = oh < g.out_h && ow < g.out_w ? read(dy, output_at<L>(g, o.n, k, oh, ow)) : Ac(0);
       }
     }
     winograd_grad_output_transform<M, Ac>(block, out);
@@ -258,13 +162,6 @@ struct FilterGradTransform {
     for (int r = 0; r < 9; ++r) write(dw, e * 9 + r, Acc<T>(g[r / 3][r % 3]));
   }
 };
-
-template <typename Work>
-__global__ void __launch_bounds__(kThreads) elementwise_kernel(const Work work) {
-  using I = typename Work::Index;
-  const I items = work.items();
-  for (I e = global_thread<I>(); e < items; e += grid_threads<I>()) work(e);
-}
 
 // ---- the batched GEMM -----------------------------------------------------------------------------
 
@@ -301,11 +198,6 @@ struct StagedSlices {  // two buffers of one slice of a (k x m) and b (k x n)
   using Cfg = GemmConfig<A>;
   alignas(16) A a[2][Cfg::BK][Cfg::BM + Cfg::kPad];
   alignas(16) A b[2][Cfg::BK][Cfg::BN + Cfg::kPad];
-};
-
-template <typename A>
-struct alignas(16) Quad {
-  A v[4];
 };
 
 template <typename I>
@@ -469,7 +361,7 @@ int64_t gemm_tiles(const P& p, int64_t& m_tiles, int64_t& n_tiles) {
 // Byte offsets into the workspace: U (the weight gradient: its splits' partial sums P), then one
 // chunk's V and M (W), all in the arithmetic type.
 struct Plan {
-  int64_t tiles, tiles_h, tiles_w, chunk;
+  int64_t tiles, chunk;
   int64_t splits;  // the weight gradient's split-K; 1 for the forward
   std::size_t v_at, m_at, bytes;
   bool narrow;  // int32 indices
@@ -498,9 +390,7 @@ Plan plan(DType dtype, int tile, const WinogradSizes& s, Execution execution, bo
   const int64_t m = tile, alpha2 = (m + 2) * (m + 2), acc = dtype == DType::f64 ? 8 : 4;
   const auto aligned = [](int64_t bytes) { return std::size_t((bytes + 255) / 256 * 256); };
   Plan p;
-  p.tiles_h = (s.out_h + m - 1) / m;
-  p.tiles_w = (s.out_w + m - 1) / m;
-  p.tiles = s.batch * p.tiles_h * p.tiles_w;
+  p.tiles = tile_count(s, tile);
   const int64_t per_tile = alpha2 * (s.channels + s.outs) * acc;
   if (execution == Execution::host) {
     const int64_t budget = weight_grad ? kEmulatedWeightGradChunkBytes : kEmulatedChunkBytes;
@@ -517,14 +407,7 @@ Plan plan(DType dtype, int tile, const WinogradSizes& s, Execution execution, bo
   p.v_at = aligned(u * acc);
   p.m_at = p.v_at + aligned(v * acc);
   p.bytes = p.m_at + aligned(mm * acc);
-  // Element offsets, and patch positions (the padding may be large or negative).
-  int64_t largest = max_of(max_of(s.batch * s.channels * s.in_h * s.in_w, s.batch * s.outs * s.out_h * s.out_w),
-                           max_of(max_of(u, v), max_of(mm, p.tiles)));
-  const auto magnitude = [](int64_t x) { return x < 0 ? -x : x; };
-  largest = max_of(largest, s.in_h + s.out_h + magnitude(s.pad_h) + 2 * m + 2);
-  largest = max_of(largest, s.in_w + s.out_w + magnitude(s.pad_w) + 2 * m + 2);
-  largest = max_of(largest, s.outs * s.channels * 9);  // the weight (gradient)
-  p.narrow = fits_int32(largest) && execution != Execution::host_int64;
+  p.narrow = fits_narrow(s, tile, max_of(max_of(u, v), mm), execution);
   return p;
 }
 
@@ -535,9 +418,7 @@ struct Launcher {
 
   template <typename Work>
   void elementwise(const Work& work) const {
-    const int64_t items = int64_t(work.items());
-    if (items == 0) return;
-    elementwise_kernel<Work><<<grid_blocks(items, kThreads), kThreads, 0, stream>>>(work);
+    launch_elementwise(work, stream);
   }
   template <typename P>
   void gemm(const P& p) const {
@@ -556,7 +437,7 @@ struct Launcher {
 struct Emulator {
   template <typename Work>
   void elementwise(const Work& work) const {
-    for (typename Work::Index e = 0; e < work.items(); ++e) work(e);
+    emulate_elementwise(work);
   }
   template <typename P>
   void gemm(const P& p) const {
@@ -590,26 +471,6 @@ struct Emulator {
   cudaError_t status() const { return cudaSuccess; }
 };
 
-template <int M>
-using TileTag = std::integral_constant<int, M>;
-
-// Runs body(TypeTag<T>, TypeTag<I>, LayoutTag<L>, TileTag<M>); the emulator takes float and double only.
-template <typename Exec, typename Args, typename Body>
-cudaError_t dispatch(const Args& a, bool narrow, Body&& body) {
-  return dispatch_dtype(a.dtype, [&](auto t) {
-    using T = typename decltype(t)::type;
-    if constexpr (std::is_same_v<Exec, Emulator> && !std::is_floating_point_v<T>) {
-      return cudaErrorNotSupported;
-    } else {
-      return dispatch_index(narrow, [&](auto i) {
-        return dispatch_layout(a.layout, [&](auto l) {
-          return a.tile == 4 ? body(t, i, l, TileTag<4>{}) : body(t, i, l, TileTag<2>{});
-        });
-      });
-    }
-  });
-}
-
 // The workspace's three regions (Plan): U (the weight gradient: the partial sums P), V, M (W).
 template <typename Ac>
 struct Buffers {
@@ -622,20 +483,13 @@ Buffers<Ac> buffers(void* workspace, const Plan& pl) {
   return {reinterpret_cast<Ac*>(ws), reinterpret_cast<Ac*>(ws + pl.v_at), reinterpret_cast<Ac*>(ws + pl.m_at)};
 }
 
-// A call's sizes in the kernels' index type.
-template <typename I>
-Geometry<I> geometry(const WinogradSizes& s, const Plan& pl) {
-  return {I(s.batch), I(s.channels), I(s.in_h),  I(s.in_w),       I(s.outs),      I(s.out_h),
-          I(s.out_w), I(s.pad_h),    I(s.pad_w), I(pl.tiles_h),   I(pl.tiles_w)};
-}
-
 template <typename Exec>
 cudaError_t run(const WinogradArgs& a, const Exec& exec) {
   const WinogradSizes& s = a.sizes;
   if (s.batch * s.outs * s.out_h * s.out_w == 0) return cudaSuccess;
   if (a.tile != 2 && a.tile != 4) return cudaErrorInvalidValue;
   const Plan pl = plan(a.dtype, a.tile, s, a.execution, false);
-  return dispatch<Exec>(a, pl.narrow, [&](auto t, auto i, auto l, auto m) {
+  return dispatch<std::is_same_v<Exec, Emulator>>(a, pl.narrow, [&](auto t, auto i, auto l, auto m) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     using Ac = Acc<T>;
@@ -643,7 +497,7 @@ cudaError_t run(const WinogradArgs& a, const Exec& exec) {
     constexpr int M = decltype(m)::value;
     constexpr I kAlpha2 = (M + 2) * (M + 2);
     const auto [u, v, sums] = buffers<Ac>(a.workspace, pl);
-    const Geometry<I> g = geometry<I>(s, pl);
+    const Geometry<I> g = geometry<I>(s, a.tile);
     exec.elementwise(FilterTransform<T, I, M>{static_cast<const T*>(a.weight), u, g.outs, g.channels, a.transposed});
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
       const I count = I(min_of(pl.chunk, pl.tiles - first));
@@ -662,7 +516,7 @@ cudaError_t run_weight_grad(const WinogradWeightGradArgs& a, const Exec& exec) {
   if (s.outs * s.channels == 0) return cudaSuccess;
   if (s.batch * s.out_h * s.out_w == 0 || (a.tile != 2 && a.tile != 4)) return cudaErrorInvalidValue;
   const Plan pl = plan(a.dtype, a.tile, s, a.execution, true);
-  return dispatch<Exec>(a, pl.narrow, [&](auto t, auto i, auto l, auto m) {
+  return dispatch<std::is_same_v<Exec, Emulator>>(a, pl.narrow, [&](auto t, auto i, auto l, auto m) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     using Ac = Acc<T>;
@@ -670,7 +524,7 @@ cudaError_t run_weight_grad(const WinogradWeightGradArgs& a, const Exec& exec) {
     constexpr int M = decltype(m)::value;
     constexpr I kAlpha2 = (M + 2) * (M + 2);
     const auto [partials, v, w] = buffers<Ac>(a.workspace, pl);
-    const Geometry<I> g = geometry<I>(s, pl);
+    const Geometry<I> g = geometry<I>(s, a.tile);
     for (int64_t first = 0; first < pl.tiles; first += pl.chunk) {
       const I count = I(min_of(pl.chunk, pl.tiles - first));
       exec.elementwise(InputTransform<T, I, L, M>{static_cast<const T*>(a.x), v, g, I(first), count});
@@ -687,10 +541,12 @@ cudaError_t run_weight_grad(const WinogradWeightGradArgs& a, const Exec& exec) {
 }  // namespace
 
 std::size_t winograd_workspace_bytes(const WinogradArgs& args) {
+  if (args.fused) return winograd_fused_workspace_bytes(args);
   return plan(args.dtype, args.tile, args.sizes, args.execution, false).bytes;
 }
 
 cudaError_t winograd_conv(const WinogradArgs& args, cudaStream_t stream) {
+  if (args.fused) return winograd_fused_conv(args, stream);
   return args.execution == Execution::device ? run(args, Launcher{stream}) : run(args, Emulator{});
 }
 

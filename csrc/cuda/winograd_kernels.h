@@ -40,10 +40,13 @@ struct WinogradArgs {
   void* y;
   void* workspace;  // winograd_workspace_bytes(*this) bytes
   Execution execution = Execution::device;
+  // One kernel that keeps the transformed tiles in shared memory and their products in registers
+  // (winograd_fused.cu), instead of the staged transforms and GEMM through the workspace.
+  bool fused = false;
 };
 
-// Scratch memory of a call: the transformed filters and one chunk of transformed tiles and their
-// products. Chunks of tiles bound it whatever the batch. The host emulation (execution host) uses
+// Scratch memory of a call: the transformed filters and (staged) one chunk of transformed tiles and
+// their products. Chunks of tiles bound it whatever the batch. The host emulation (execution host) uses
 // small chunks, so that tests cross chunk boundaries; host_int64 uses the device's chunk plan.
 std::size_t winograd_workspace_bytes(const WinogradArgs& args);
 
