@@ -115,6 +115,21 @@ FASTDL_HOST_DEVICE void add_scaled(V& acc, double coefficient, const V& x) {
   }
 }
 
+// acc = coefficient * x for the first nonzero term of a sum, acc += coefficient * x after it: a sum
+// does not start from zero (0 + x costs an addition, which IEEE arithmetic may not drop), so a row
+// of t nonzero coefficients costs t - 1 additions (plus its multiplications by other than +-1).
+// Known at compile time once the loops are unrolled, as the coefficients are.
+template <typename S, typename V>
+FASTDL_HOST_DEVICE void add_term(V& acc, bool& started, double coefficient, const V& x) {
+  if (coefficient == 0) return;
+  if (started) {
+    add_scaled<S>(acc, coefficient, x);
+  } else {
+    acc = coefficient == 1 ? x : x * V(S(coefficient));
+    started = true;
+  }
+}
+
 // Y = L X, with L (R x K) a transform matrix and X (K x N) values.
 template <typename L, typename S, typename V, int N>
 FASTDL_HOST_DEVICE void left_multiply(const V (&X)[L::kCols][N], V (&Y)[L::kRows][N]) {
@@ -123,8 +138,9 @@ FASTDL_HOST_DEVICE void left_multiply(const V (&X)[L::kCols][N], V (&Y)[L::kRows
     FASTDL_UNROLL
     for (int j = 0; j < N; ++j) {
       V acc(S(0));
+      bool started = false;
       FASTDL_UNROLL
-      for (int k = 0; k < L::kCols; ++k) add_scaled<S>(acc, L::at(i, k), X[k][j]);
+      for (int k = 0; k < L::kCols; ++k) add_term<S>(acc, started, L::at(i, k), X[k][j]);
       Y[i][j] = acc;
     }
   }
@@ -138,8 +154,9 @@ FASTDL_HOST_DEVICE void right_multiply_transposed(const V (&X)[R][L::kCols], V (
     FASTDL_UNROLL
     for (int j = 0; j < L::kRows; ++j) {
       V acc(S(0));
+      bool started = false;
       FASTDL_UNROLL
-      for (int k = 0; k < L::kCols; ++k) add_scaled<S>(acc, L::at(j, k), X[i][k]);
+      for (int k = 0; k < L::kCols; ++k) add_term<S>(acc, started, L::at(j, k), X[i][k]);
       Y[i][j] = acc;
     }
   }
@@ -153,8 +170,9 @@ FASTDL_HOST_DEVICE void left_multiply_transposed(const V (&X)[L::kRows][N], V (&
     FASTDL_UNROLL
     for (int j = 0; j < N; ++j) {
       V acc(S(0));
+      bool started = false;
       FASTDL_UNROLL
-      for (int k = 0; k < L::kRows; ++k) add_scaled<S>(acc, L::at(k, i), X[k][j]);
+      for (int k = 0; k < L::kRows; ++k) add_term<S>(acc, started, L::at(k, i), X[k][j]);
       Y[i][j] = acc;
     }
   }
@@ -168,8 +186,9 @@ FASTDL_HOST_DEVICE void right_multiply(const V (&X)[R][L::kRows], V (&Y)[R][L::k
     FASTDL_UNROLL
     for (int j = 0; j < L::kCols; ++j) {
       V acc(S(0));
+      bool started = false;
       FASTDL_UNROLL
-      for (int k = 0; k < L::kRows; ++k) add_scaled<S>(acc, L::at(k, j), X[i][k]);
+      for (int k = 0; k < L::kRows; ++k) add_term<S>(acc, started, L::at(k, j), X[i][k]);
       Y[i][j] = acc;
     }
   }
