@@ -1,7 +1,7 @@
 """One small call of every CUDA kernel path, for `make gpu-sanitize` (compute-sanitizer's memcheck and
 racecheck are far too slow for the whole suite): the direct convolution's FFMA and tensor-core tiles
 with and without split reductions, forward and both gradients, both layouts; Winograd forward, input
-and weight gradients at both tiles; the LSTM/GRU small-batch and cuBLAS paths, forward and backward,
+and weight gradients at both tiles, staged and fused; the LSTM/GRU small-batch and cuBLAS paths, forward and backward,
 bidirectional (two streams); pooling and batch norm. Values are checked loosely against torch, so a
 run that the sanitizer lets through also computed something sensible. Not collected by pytest.
 
@@ -46,7 +46,8 @@ def conv_calls():
 def winograd_calls():
     os.environ["FASTDL_WINOGRAD_WEIGHT_GRAD"] = "always"
     try:
-        for tile in (2, 4):
+        for tile, fused in ((2, "never"), (4, "never"), (2, "always"), (4, "always")):
+            os.environ["FASTDL_WINOGRAD_FUSED"] = fused
             x = torch.randn(2, 20, 13, 11, device=DEVICE)
             w = torch.randn(24, 20, 3, 3, device=DEVICE) / 13
             g = torch.randn(2, 24, 13, 11, device=DEVICE)
@@ -56,9 +57,10 @@ def winograd_calls():
             yr = F.conv2d(xr, wr, padding=1)
             gxr, gwr = torch.autograd.grad(yr, (xr, wr), g)
             for got, want, what in ((y, yr, "y"), (gx, gxr, "dx"), (gw, gwr, "dw")):
-                close(got, want.detach(), f"winograd F{tile} {what}")
+                close(got, want.detach(), f"winograd F{tile} fused {fused} {what}")
     finally:
         del os.environ["FASTDL_WINOGRAD_WEIGHT_GRAD"]
+        os.environ.pop("FASTDL_WINOGRAD_FUSED", None)
 
 
 def rnn_calls():
