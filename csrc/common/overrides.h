@@ -1,8 +1,8 @@
 #pragma once
 // Environment overrides of the kernels' automatic choices between two paths that compute the same
-// function, for tests (to reach both paths on any shape) and for A/B measurements
-// (bench/ab_rules.py, bench/winograd_weight_grad.py). Read on every call, since tests change them at
-// run time. No torch headers (the .cu files include this).
+// function (and of how outputs are allocated), for tests (to reach both paths on any shape) and for
+// A/B measurements (bench/ab_rules.py, bench/winograd_weight_grad.py). Read on every call, since tests
+// change them at run time. No torch headers (the .cu files include this).
 //
 //   FASTDL_WINOGRAD_WEIGHT_GRAD  always | never   the Winograd weight gradient (CPU and CUDA)
 //   FASTDL_WINOGRAD_FUSED        always | never   CUDA Winograd forward and input gradient in one kernel
@@ -12,6 +12,8 @@
 //   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU convolution tiles reading the weights in place
 //   FASTDL_CONV_COLUMNS          always | never   CPU convolution forward and input gradient over im2col
 //                                                 columns (kernels larger than 1x1)
+//   FASTDL_HUGE_PAGE_OUTPUTS     never            CPU outputs of 16 MB and more advised as transparent huge
+//                                                 pages (common/outputs.h)
 
 #include <cstdlib>
 #include <cstring>
