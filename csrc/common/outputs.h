@@ -37,7 +37,13 @@ inline void advise_huge_pages(const at::Tensor& t) {
   if (!override_or("FASTDL_HUGE_PAGE_OUTPUTS", true)) return;
   const auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr()), end = begin + t.nbytes();
   const std::uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  if (last <= first) return;
+  // Memory the allocator hands back from its heap has been touched already: no faults to save, and
+  // marking it would let the kernel's khugepaged copy it into huge pages in the background. So only
+  // untouched memory (its first page not resident) is advised.
+  unsigned char resident = 0;
+  if (mincore(reinterpret_cast<void*>(first), 4096, &resident) != 0 || (resident & 1) != 0) return;
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #else
   (void)t;
 #endif
