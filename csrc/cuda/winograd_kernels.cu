@@ -120,17 +120,8 @@ struct GradOutputTransform {
     using Ac = Acc<T>;
     I k, t;
     split_item<L>(e, g.outs, count, k, t);
-    const TileOrigin<I> o = tile_origin<M>(g, first + t);
     Ac block[M][M], out[A][A];
-    FASTDL_UNROLL
-    for (int i = 0; i < M; ++i) {
-      const I oh = o.oh + i;
-      FASTDL_UNROLL
-      for (int j = 0; j < M; ++j) {
-        const I ow = o.ow + j;
-        block[i][j] = oh < g.out_h && ow < g.out_w ? read(dy, output_at<L>(g, o.n, k, oh, ow)) : Ac(0);
-      }
-    }
+    load_block<T, I, L, M>(dy, g, tile_origin<M>(g, first + t), k, block);
     winograd_grad_output_transform<M, Ac>(block, out);
     FASTDL_UNROLL
     for (int xi = 0; xi < A * A; ++xi) w[(I(xi) * g.outs + k) * count + t] = out[xi / A][xi % A];

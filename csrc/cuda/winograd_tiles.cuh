@@ -107,6 +107,22 @@ FASTDL_HOST_DEVICE I output_at(const Geometry<I>& g, I n, I k, I oh, I ow) {
                            : ((n * g.out_h + oh) * g.out_w + ow) * g.outs + k;
 }
 
+// Output channel k of the tile at o: the m x m block of a tensor shaped like the output (grad_output),
+// zero where the tile overhangs the image (those outputs were never written).
+template <typename T, typename I, Layout L, int M>
+FASTDL_HOST_DEVICE void load_block(const T* y, const Geometry<I>& g, const TileOrigin<I>& o, I k,
+                                   Acc<T> (&block)[M][M]) {
+  FASTDL_UNROLL
+  for (int i = 0; i < M; ++i) {
+    const I oh = o.oh + i;
+    FASTDL_UNROLL
+    for (int j = 0; j < M; ++j) {
+      const I ow = o.ow + j;
+      block[i][j] = oh < g.out_h && ow < g.out_w ? read(y, output_at<L>(g, o.n, k, oh, ow)) : Acc<T>(0);
+    }
+  }
+}
+
 // Output channel k of the tile at o: the m x m block out + bias, the pixels inside the image (the
 // last tile row or column overhangs it).
 template <typename T, typename I, Layout L, int M>
