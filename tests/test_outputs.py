@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+pytestmark = pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists(),
+                                reason="a Linux kernel with transparent huge pages (madvise, /proc/self/smaps)")
 
 CHECK = r"""
 import torch, fastdl
