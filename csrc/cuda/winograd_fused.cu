@@ -18,9 +18,9 @@
 //
 // Shapes (FusedShape): F(2x2,3x3) 256 threads, 16 per position, a block of 32 outputs x 32 tiles;
 // F(4x4,3x3) 288 threads, 8 per position, 16 outputs x 32 tiles. Each thread holds 8 x 8 sums. ptxas
-// (sm_90, float, int32 indices): 119 registers for F(2x2) (two blocks per SM), 158 for F(4x4) (one:
-// its 9 warps put 3 on one SM sub-partition, which caps them at 168 registers; 32 outputs per block
-// spilled there), no spills. Slices of 8 (F(2x2)) or 4 (F(4x4)) channels, half that in
+// (sm_90, float, int32 indices): 123-124 registers for F(2x2) (two blocks per SM), 133-167 for F(4x4)
+// (one: its 9 warps put 3 on one SM sub-partition, which caps them at 168 registers; 32 outputs per
+// block spilled there), no spills. Slices of 8 (F(2x2)) or 4 (F(4x4)) channels, half that in
 // double, keep the shared memory under 48 KB. Every tile's patch is loaded and transformed once per
 // block of outputs (K / KB times per call), against once per call in the staged path: the price of
 // keeping V on chip.

@@ -31,16 +31,19 @@ struct Geometry {
   I tiles_h, tiles_w;  // per image
 };
 
+// Tiles of m outputs along an axis of n outputs (the last one may overhang).
+inline int64_t tiles_along(int64_t n, int m) { return (n + m - 1) / m; }
+
 // A call's sizes in the kernels' index type.
 template <typename I>
 Geometry<I> geometry(const WinogradSizes& s, int m) {
-  const int64_t tiles_h = (s.out_h + m - 1) / m, tiles_w = (s.out_w + m - 1) / m;
-  return {I(s.batch), I(s.channels), I(s.in_h), I(s.in_w), I(s.outs), I(s.out_h),
-          I(s.out_w), I(s.pad_h),    I(s.pad_w), I(tiles_h), I(tiles_w)};
+  return {I(s.batch), I(s.channels), I(s.in_h),  I(s.in_w),  I(s.outs),
+          I(s.out_h), I(s.out_w),    I(s.pad_h), I(s.pad_w), I(tiles_along(s.out_h, m)),
+          I(tiles_along(s.out_w, m))};
 }
 
 inline int64_t tile_count(const WinogradSizes& s, int m) {
-  return s.batch * ((s.out_h + m - 1) / m) * ((s.out_w + m - 1) / m);
+  return s.batch * tiles_along(s.out_h, m) * tiles_along(s.out_w, m);
 }
 
 // Whether every index of a call fits int32: the activations' elements, the workspace's elements (the
