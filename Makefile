@@ -8,6 +8,7 @@
 #   make gpu-check   on a GPU machine: its own python3 and torch, no venv; build with CUDA, run
 #                    the whole test suite (CUDA tests included), the CMake CUDA build's ctest and
 #                    the GPU benchmarks; logs and results go to bench/results/cuda/
+#   make gpu-tests, make gpu-bench   its two halves, each alone (build, then tests or benchmarks)
 #   make gpu-sanitize   on a GPU machine: every CUDA kernel path once under compute-sanitizer
 #   make clean
 
@@ -22,7 +23,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEV_PACKAGES := pybind11 ninja pytest pytest-benchmark hypothesis numpy scikit-learn matplotlib
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: test bench cpp-test gpu-check gpu-cpp-test gpu-sanitize build clean
+.PHONY: test bench cpp-test gpu-check gpu-build gpu-tests gpu-bench gpu-cpp-test gpu-sanitize build clean
 
 test: build
 	$(PY) -m pytest tests -q
@@ -69,16 +70,25 @@ cpp-test: $(VENV)/.deps
 # quick, the bfloat16 pass lost Winograd and ab_rules.py's Winograd table runs at batch 32 only (the
 # batch 8-128 table is in git history, bench/NOTES.md Winograd CUDA 3): about 9 minutes, estimated
 # from that run, not yet timed. Run it as `timeout -k 10 570 make gpu-check; tar ...` to keep the tar.
+# Its halves run alone as `make gpu-tests` and `make gpu-bench` (each builds first, a no-op when the
+# build is there): if one call runs out of time, the next call on the still-warm machine runs the half
+# it did not reach.
 GPU_OUT := bench/results/cuda
 # pytest-xdist where installed: 8 workers, and a worker that hits a sticky CUDA error ends itself
 # (tests/conftest.py), so one bad kernel fails one test, not every test after it. The tests that need
 # tens of GiB of free GPU memory skip beside 7 other workers; they run again alone afterwards.
 GPU_XDIST = $(shell $(PYTHON) -c "import xdist" 2>/dev/null && echo "-n 8 --max-worker-restart 50")
 GPU_BENCH := PYTHONPATH=python $(PYTHON) -m fastdl.bench --device cuda --out $(GPU_OUT)
-gpu-check: export MAX_JOBS := $(shell nproc)
+gpu-check gpu-build gpu-tests gpu-bench: export MAX_JOBS := $(shell nproc)
 gpu-check:
+	status=0; $(MAKE) --no-print-directory gpu-tests || status=1; \
+	$(MAKE) --no-print-directory gpu-bench || status=1; exit $$status
+
+gpu-build:
 	FASTDL_CUDA=1 $(PYTHON) setup.py -q build_ext --inplace
 	mkdir -p $(GPU_OUT)
+
+gpu-tests: gpu-build
 	set -o pipefail; status=0; \
 	MAX_JOBS=4 $(MAKE) --no-print-directory gpu-cpp-test > $(GPU_OUT)/cpp-tests.log 2>&1 & cpp=$$!; \
 	PYTHONPATH=python OMP_NUM_THREADS=2 $(PYTHON) -m pytest tests -q -p no:cacheprovider -rfs $(GPU_XDIST) 2>&1 \
@@ -87,6 +97,10 @@ gpu-check:
 	PYTHONPATH=python $(PYTHON) -m pytest tests/test_conv2d_cuda.py tests/test_winograd_cuda.py tests/test_pool_cuda.py -q \
 		-p no:cacheprovider -rfs -k "64_bit or 2_31 or large" 2>&1 \
 		| tee $(GPU_OUT)/tests-64bit.log || status=1; \
+	exit $$status
+
+gpu-bench: gpu-build
+	set -o pipefail; status=0; \
 	$(GPU_BENCH) --ops pool,bn --quick || status=1; \
 	$(GPU_BENCH) --ops conv --quick --batches 1,8,32,128 || status=1; \
 	$(GPU_BENCH) --ops winograd --quick --batches 32,128 || status=1; \
@@ -109,9 +123,7 @@ gpu-cpp-test:
 # CUDA kernel path (tests/cuda_kernel_calls.py) under memcheck (bad or misaligned accesses) and
 # racecheck (shared-memory races); a few minutes; logs to bench/results/cuda/sanitize-*.log.
 gpu-sanitize: export MAX_JOBS := $(shell nproc)
-gpu-sanitize:
-	FASTDL_CUDA=1 $(PYTHON) setup.py -q build_ext --inplace
-	mkdir -p $(GPU_OUT)
+gpu-sanitize: gpu-build
 	status=0; for tool in memcheck racecheck; do \
 		PYTHONPATH=python compute-sanitizer --tool $$tool --error-exitcode 1 $(PYTHON) tests/cuda_kernel_calls.py \
 			> $(GPU_OUT)/sanitize-$$tool.log 2>&1 || status=1; tail -3 $(GPU_OUT)/sanitize-$$tool.log; \
