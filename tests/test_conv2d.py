@@ -168,9 +168,9 @@ NAMED = {
     "small maps, dilation 2 past the image": ((2, 4, 3, 3), (6, 4, 3, 3), 1, 2, 2, 1),
     "no tap reaches the image: the bias alone": ((2, 3, 1, 1), (4, 3, 2, 2), 3, 2, 1, 1),
     # Strided kernels over 64+ input channels per group also take im2col columns, gathered tile by tile
-    # (whole for 7x7 outputs at batches over 1).
+    # (the output pixels of the batch in flat order: vectors run from one image into the next).
     "strided columns, 3x3 stride 2": ((2, 64, 17, 15), (9, 64, 3, 3), 2, 1, 1, 1),
-    "strided columns, 7x7 outputs, batch 3 (gathered whole)": ((3, 64, 14, 14), (5, 64, 3, 3), 2, 1, 1, 1),
+    "strided columns, 7x7 outputs, batch 3 (vectors across images)": ((3, 64, 14, 14), (5, 64, 3, 3), 2, 1, 1, 1),
     "strided columns, groups 2, 5x5 stride (2, 3)": ((1, 128, 20, 31), (6, 64, 5, 5), (2, 3), 2, 1, 2),
     "strided columns, dilation 3": ((1, 64, 13, 11), (6, 64, 3, 3), 2, 3, 3, 1),
     # A weight gradient whose input outweighs its weights splits the images between the threads, each
@@ -180,13 +180,16 @@ NAMED = {
     # written dense and then put in place (the rule takes it with 64+ channels per group on both
     # sides; these small cases run it when test_named_cases_over_columns_or_rows forces it).
     "strided input-gradient columns, 3x3 stride 2": ((2, 5, 17, 15), (64, 5, 3, 3), 2, 1, 1, 1),
-    "strided input-gradient columns, 7x7 phases, batch 3 (gathered whole)": ((3, 4, 14, 14), (64, 4, 3, 3), 2, 1, 1, 1),
+    "strided input-gradient columns, 7x7 phases, batch 3 (vectors across images)": ((3, 4, 14, 14), (64, 4, 3, 3), 2, 1, 1, 1),
     "strided input-gradient columns, groups 2, 5x5 stride (2, 3)": ((1, 6, 20, 31), (128, 3, 5, 5), (2, 3), 2, 1, 2),
     "strided input-gradient columns, dilation 3": ((1, 3, 13, 11), (64, 3, 3, 3), 2, 3, 3, 1),
     "strided input-gradient columns, a phase no tap reaches": ((1, 3, 11, 10), (64, 3, 2, 2), 3, 0, 1, 1),
-    # 1x1 on small planes at batches over 1 runs as one image of all the pixels; the input gradient of
-    # an unpadded 1x1 convolution is a 1x1 convolution of grad_output (spread with zeros for stride > 1).
-    "1x1 on 7x7 maps, batch 3 (one image of all pixels)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),
+    # 1x1 tiles take the batch's pixels in flat order, a vector's lanes stored into as many images as
+    # it spans; the input gradient of an unpadded 1x1 convolution is a 1x1 convolution of grad_output
+    # (spread with zeros for stride > 1).
+    "1x1 on 7x7 maps, batch 3 (vectors across images)": ((3, 20, 7, 7), (12, 20, 1, 1), 1, 0, 1, 1),
+    "1x1 on 3x3 maps, batch 5 (a vector across three images)": ((5, 6, 3, 3), (9, 6, 1, 1), 1, 0, 1, 1),
+    "1x1 on 14x14 maps, batch 2 (half a vector in each image)": ((2, 9, 14, 14), (5, 9, 1, 1), 1, 0, 1, 1),
     # The 1x1 weight gradient with vectors along the input channels up to 14x14 maps, its dense input
     # gathered pixel-major by 8x8 transposes (a channel group and the last pixels of a plane left over).
     "1x1 on 14x14 maps, batch 3 (weight gradient over channel vectors)": ((3, 20, 14, 14), (12, 20, 1, 1), 1, 0, 1, 1),
@@ -201,6 +204,7 @@ NAMED = {
     # 1x1 reductions longer than one pass over tile-major inputs (1365 channels or pixels): the forward
     # over input channels, the input gradient over output channels, the weight gradient over pixels.
     "1x1 reductions past one pass (channels)": ((1, 1380, 2, 3), (1370, 1380, 1, 1), 1, 0, 1, 1),
+    "1x1 past one pass, vectors across images (partial sums read back)": ((3, 1380, 3, 5), (9, 1380, 1, 1), 1, 0, 1, 1),
     "1x1 weight gradient past one pass (pixels)": ((22, 3, 8, 8), (5, 3, 1, 1), 1, 0, 1, 1),
     # Batch 1 with rows in two groups of unequal work, spread over the threads by cost.
     "rows in two groups, batch 1": ((1, 64, 40, 40), (8, 64, 3, 3), 1, 1, 1, 1),

@@ -104,38 +104,75 @@ struct ColumnTaps {
 const ColumnTaps kOneTap;  // the default below, so that 1x1 calls allocate no taps
 
 // The input pixels of 1x1 kernels (or of im2col columns), tile-major: buf[tile][c - c0][l] is column
-// channel c under output pixel p0 + tile * tile_size + l (pixels in flat order oh * OW + ow), zero past
-// p1 or in the padding. A tile's values over all channels are then one contiguous run.
+// channel c under output pixel p0 + tile * tile_size + l, pixels numbered in flat order across the
+// batch (n * OH * OW + oh * OW + ow), zero past p1 or in the padding. A tile's values over all
+// channels are then one contiguous run. Where a tile's lanes read few runs of consecutive inputs
+// (stride 1: one run per image and row break), each run is one memcpy per channel.
 template <typename T>
-void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t n, int64_t c0, int64_t c1, int64_t p0,
-                 int64_t p1, int64_t tile_size, T* buf, const ColumnTaps& ct = kOneTap) {
-  struct TapRun {
-    bool all_inside, contiguous;
+void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, int64_t c1, int64_t p0, int64_t p1,
+                 int64_t tile_size, T* buf, const ColumnTaps& ct = kOneTap) {
+  struct Run {
+    int64_t lane, length, offset;  // offset -1: zeros
   };
+  struct TapLanes {
+    std::vector<Run> runs;
+    bool all_inside;
+  };
+  const int64_t plane = s.out_h * s.out_w;
   std::vector<int64_t> offset(ct.count * tile_size);
-  std::vector<TapRun> runs(ct.count);
+  std::vector<TapLanes> taps(ct.count);
   for (int64_t t0 = p0; t0 < p1; t0 += tile_size) {
     T* dst = buf + (t0 - p0) / tile_size * (c1 - c0) * tile_size;
     for (int64_t j = 0; j < ct.count; ++j) {
       int64_t* off = offset.data() + j * tile_size;
-      bool inside_all = true, in_order = true;
+      TapLanes& tap = taps[j];
+      tap.all_inside = true;
+      bool in_order = true;
+      // Lane l's output pixel (n, oh, ow), stepped along without divisions.
+      int64_t n = t0 / plane, oh = t0 % plane / s.out_w, ow = t0 % s.out_w;
       for (int64_t l = 0; l < tile_size; ++l) {
-        const int64_t p = t0 + l, ih = p / s.out_w * s.stride_h - s.pad_h + ct.dh[j],
-                      iw = p % s.out_w * s.stride_w - s.pad_w + ct.dw[j];
-        const bool inside = p < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+        const int64_t ih = oh * s.stride_h - s.pad_h + ct.dh[j], iw = ow * s.stride_w - s.pad_w + ct.dw[j];
+        const bool inside = t0 + l < p1 && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
         off[l] = inside ? n * x.sn + ih * x.sh + iw * x.sw : -1;
-        inside_all &= inside;
-        in_order &= inside && off[l] == off[0] + l;  // -1 (padding) can follow on from a real offset
+        tap.all_inside &= inside;
+        in_order &= inside && off[l] == off[0] + l;
+        if (++ow == s.out_w) {
+          ow = 0;
+          if (++oh == s.out_h) {
+            oh = 0;
+            ++n;
+          }
+        }
       }
-      runs[j] = {inside_all, in_order};
+      tap.runs.assign(1, {0, tile_size, off[0]});
+      if (in_order) continue;  // the common case: one run
+      tap.runs.clear();
+      for (int64_t l = 0; l < tile_size; ++l) {
+        Run* last = tap.runs.empty() ? nullptr : &tap.runs.back();
+        if (last && (off[l] >= 0 ? last->offset >= 0 && off[l] == last->offset + last->length : last->offset < 0)) {
+          ++last->length;
+        } else {
+          tap.runs.push_back({l, 1, off[l]});
+        }
+      }
     }
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
       const int64_t j = c % ct.count;
       const T* src = x.data + c / ct.count * x.sc;
       const int64_t* off = offset.data() + j * tile_size;
-      if (runs[j].contiguous) {  // a run of one input row: stride 1, no padding, N,C,H,W
+      const TapLanes& tap = taps[j];
+      if (tap.runs.size() == 1 && tap.all_inside) {  // a whole tile: a copy of constant size, inlined
+        // (a library call per run made that layer 4% slower)
         std::memcpy(dst, src + off[0], tile_size * sizeof(T));
-      } else if (runs[j].all_inside) {
+      } else if (4 * int64_t(tap.runs.size()) <= tile_size) {
+        for (const Run& r : tap.runs) {
+          if (r.offset >= 0) {
+            std::memcpy(dst + r.lane, src + r.offset, r.length * sizeof(T));
+          } else {
+            std::fill(dst + r.lane, dst + r.lane + r.length, T(0));
+          }
+        }
+      } else if (tap.all_inside) {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = src[off[l]];
       } else {
         for (int64_t l = 0; l < tile_size; ++l) dst[l] = off[l] >= 0 ? src[off[l]] : T(0);
@@ -381,6 +418,7 @@ struct TiledConv {
 // Where a vector of pixels reads (from its buffer's channel 0) and writes (from output channel 0).
 struct VectorPos {
   int64_t in, out, count;
+  LaneJumps jumps = {};  // where its output pixels leave their run (pointwise_tiles)
 };
 
 template <int KT>
@@ -405,7 +443,11 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
     }
   }
   std::vector<VectorPos> pos(vectors);
-  for (int64_t q = 0; q < vectors; ++q) pos[q] = vector_at(q);
+  bool any_jumps = false;
+  for (int64_t q = 0; q < vectors; ++q) {
+    pos[q] = vector_at(q);
+    any_jumps |= pos[q].jumps.lane < pos[q].count;
+  }
   const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T));
   for (int64_t g = b0 / tc.blocks; g <= (b1 - 1) / tc.blocks; ++g) {
     const int64_t kb0 = std::max(b0, g * tc.blocks), kb1 = std::min(b1, (g + 1) * tc.blocks);
@@ -426,10 +468,21 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
           outs[v] = out + pos[q + v].out + out_shift;
           count[v] = pos[q + v].count;
         }
+        LaneJumps jumps[VT];
+        bool jumping = false;
+        for (int v = 0; any_jumps && v < n; ++v) {
+          jumps[v] = pos[q + v].jumps;
+          jumping |= jumps[v].lane < count[v];
+        }
         const T* w = ip.taps ? tc.weights + g * ip.group + k0 * ip.out + c0 * ip.red
                              : tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
-        conv_tile_upto<T, KT, VT>(in, outs, count, geo, w, init, tc.bias ? tc.bias + kb * KT : nullptr,
-                        std::min<int64_t>(KT, tc.outs - k0), n);
+        const T* bias = tc.bias ? tc.bias + kb * KT : nullptr;
+        const int64_t kvalid = std::min<int64_t>(KT, tc.outs - k0);
+        if (jumping) {
+          conv_tile_upto<T, KT, VT, true>(in, outs, count, geo, w, init, bias, kvalid, n, jumps);
+        } else {
+          conv_tile_upto<T, KT, VT>(in, outs, count, geo, w, init, bias, kvalid, n);
+        }
       };
       if (blocks_outside) {
         for (int64_t kb = kb0; kb < kb1; ++kb) {
@@ -526,124 +579,63 @@ std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
   return taps;
 }
 
-// Whether a pointwise convolution runs as one image of all the batch's pixels: at batches over 1, when
-// an image's pixels leave more than a tenth of its tiles' lanes empty (7x7 maps: 49 pixels in 72),
-// and the gathered input fits kMaxColumnElements.
-template <typename T, int KT>
-bool pointwise_as_one_image(const Conv2dShape& s) {
-  const int64_t tile = kTileVectors<KT> * Vec<T>::size(), plane = s.out_h * s.out_w;
-  return s.batch > 1 && 10 * plane < 9 * div_up(plane, tile) * tile &&
-         s.in_channels * s.batch * plane <= kMaxColumnElements;
-}
-
-// A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): output
-// pixels in flat order, tiles of them gathered tile-major (pack_pixels; with ct, im2col columns of the
-// input: forward_columns). y's rows must be contiguous
-// runs (y.sh == out_w * y.sw), as in the outputs this file allocates. Small images at batches over 1
-// (pointwise_as_one_image) run as one image of all their pixels: the input gathered into rows
-// [C][N * plane], the output computed as [K][N * plane], then put in place.
+// A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): the
+// output pixels of the whole batch in flat order (n * OH * OW + oh * OW + ow), tiles of them gathered
+// tile-major (pack_pixels; with ct, im2col columns of the input: forward_columns). A vector that
+// crosses into the next image stores its lanes there (LaneJumps), so the only partly filled vector is
+// the batch's last: with tiles per image, 14x14 maps (196 pixels, 24.5 vectors) ended every image in
+// a one-vector tile of 4 pixels, and 7x7 maps were gathered whole into [C][N * 49] first and their
+// outputs copied back. y's rows must be contiguous runs (y.sh == out_w * y.sw), as in the outputs
+// this file allocates.
 template <typename T, int KT>
 void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc,
                      const ColumnTaps& ct = kOneTap) {
   constexpr int64_t V = Vec<T>::size();
   constexpr int64_t tile = kTileVectors<KT> * V;
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
-  const int64_t zero_tap = 0, pixels = s.out_h * s.out_w, tiles = div_up(pixels, tile);
-  if (pointwise_as_one_image<T, KT>(s)) {
-    const int64_t all = s.batch * pixels;
-    Scratch<T> columns(s.in_channels * all), out(s.out_channels * all);
-    // A plane whose pixels are read in order (one tap at the pixel itself, stride 1, no padding, the
-    // same size in and out, rows contiguous) is one copy.
-    const bool whole_planes = ct.count == 1 && ct.dh[0] == 0 && ct.dw[0] == 0 && s.stride_h == 1 &&
-                              s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && s.in_h == s.out_h &&
-                              s.in_w == s.out_w && x.sw == 1 && x.sh == s.in_w;
-    at::parallel_for(0, s.in_channels, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        T* dst = columns.get() + c * all;
-        const int64_t j = c % ct.count, channel = c / ct.count;
-        for (int64_t n = 0; n < s.batch; ++n) {
-          if (whole_planes) {
-            std::memcpy(dst, x.at(n, channel, 0, 0), pixels * sizeof(T));
-            dst += pixels;
-            continue;
-          }
-          for (int64_t oh = 0; oh < s.out_h; ++oh) {
-            const int64_t ih = oh * s.stride_h - s.pad_h + ct.dh[j];
-            for (int64_t ow = 0; ow < s.out_w; ++ow) {
-              const int64_t iw = ow * s.stride_w - s.pad_w + ct.dw[j];
-              *dst++ = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? *x.at(n, channel, ih, iw) : T(0);
-            }
-          }
-        }
-      }
-    });
-    Conv2dShape one = s;
-    one.batch = one.in_h = one.out_h = 1;
-    one.in_w = one.out_w = all;
-    one.stride_h = one.stride_w = 1;
-    one.pad_h = one.pad_w = 0;
-    one.layout = Layout::nchw;
-    TiledConv<T> flat = tc;
-    flat.out_channel_stride = all;
-    flat.out_pixel_stride = 1;
-    pointwise_tiles<T, KT>({columns.get(), s.in_channels * all, all, all, 1}, {out.get(), s.out_channels * all, all, all, 1},
-                           one, flat);
-    at::parallel_for(0, s.out_channels, 1, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const T* src = out.get() + k * all;
-        for (int64_t n = 0; n < s.batch; ++n, src += pixels) {
-          if (y.sw == 1) {  // rows contiguous (see above): the plane is one run
-            std::memcpy(y.at(n, k, 0, 0), src, pixels * sizeof(T));
-          } else {
-            for (int64_t oh = 0; oh < s.out_h; ++oh) {
-              for (int64_t ow = 0; ow < s.out_w; ++ow) *y.at(n, k, oh, ow) = src[oh * s.out_w + ow];
-            }
-          }
-        }
-      }
-    });
-    return;
-  }
+  const int64_t zero_tap = 0, plane = s.out_h * s.out_w, pixels = s.batch * plane, tiles = div_up(pixels, tile);
   // Tiles per unit: their inputs over one channel block fit the L1 cache (compute_blocks runs the unit's
   // tiles inside its output-channel blocks when the weights are the larger).
   const int64_t chunk = std::clamp<int64_t>(
       kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile * int64_t(sizeof(T))), 1, tiles);
-  const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(s.batch * chunks, blocks, kItemsPerThread);
-  // With several items per (image, chunk) (small batches), the pixels are packed once, in parallel
-  // by tiles, into a buffer the items share (up to kMaxColumnElements); else each item packs its own.
+  const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(chunks, blocks, kItemsPerThread);
+  // With several items per chunk (small batches), the pixels are packed once, in parallel by tiles,
+  // into a buffer the items share (up to kMaxColumnElements); else each item packs its own.
   Scratch<T> shared;
-  if (kchunks > 1 && s.batch * tiles * s.in_channels * tile <= kMaxColumnElements) {
-    shared.reset(s.batch * tiles * s.in_channels * tile);
-    at::parallel_for(0, s.batch * tiles, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = i % tiles;
-        pack_pixels(x, s, i / tiles, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
-                    shared.get() + i * s.in_channels * tile, ct);
+  if (kchunks > 1 && tiles * s.in_channels * tile <= kMaxColumnElements) {
+    shared.reset(tiles * s.in_channels * tile);
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        pack_pixels(x, s, 0, s.in_channels, t * tile, std::min(pixels, (t + 1) * tile), tile,
+                    shared.get() + t * s.in_channels * tile, ct);
       }
     });
   }
   ThreadBuffers<T> buffers;
   const auto chunk_vectors = [&](int64_t unit) {
-    const int64_t t0 = unit % chunks * chunk;
+    const int64_t t0 = unit * chunk;
     return div_up(std::min(pixels, (t0 + chunk) * tile) - t0 * tile, V);
   };
-  for_tile_items(s.batch * chunks, blocks, kchunks, chunk_vectors, [&](int64_t unit, Range b) {
-    const int64_t n = unit / chunks, t0 = unit % chunks * chunk, t1 = std::min(tiles, t0 + chunk);
+  for_tile_items(chunks, blocks, kchunks, chunk_vectors, [&](int64_t unit, Range b) {
+    const int64_t t0 = unit * chunk, t1 = std::min(tiles, t0 + chunk);
     const int64_t g0 = b.begin / nb, g1 = (b.end - 1) / nb + 1;
     const int64_t channels = shared ? s.in_channels : (g1 - g0) * Cg;  // in a tile of the buffer
     const T* buf;
     if (shared) {
-      buf = shared.get() + ((n * tiles + t0) * s.in_channels + g0 * Cg) * tile;
+      buf = shared.get() + (t0 * s.in_channels + g0 * Cg) * tile;
     } else {
       T* own = buffers.get((t1 - t0) * channels * tile);
-      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own, ct);
+      pack_pixels(x, s, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own, ct);
       buf = own;
     }
-    compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data + n * y.sn,
-                          b.begin, b.end, chunk_vectors(unit), [&](int64_t q) {
-                            const int64_t p = t0 * tile + q * V;
-                            return VectorPos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
-                                             p / s.out_w * y.sh + p % s.out_w * y.sw, std::min(V, pixels - p)};
+    compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data, b.begin, b.end,
+                          chunk_vectors(unit), [&](int64_t q) {
+                            const int64_t p = t0 * tile + q * V, n = p / plane, i = p % plane;
+                            VectorPos pos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
+                                          n * y.sn + i / s.out_w * y.sh + i % s.out_w * y.sw,
+                                          std::min(V, pixels - p)};
+                            if (plane - i < pos.count) pos.jumps = {plane - i, plane, y.sn - plane * y.sw};
+                            return pos;
                           });
   });
 }
@@ -698,11 +690,11 @@ void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = kOneTap) {
 
 // A convolution computed as a pointwise (1x1) one over im2col columns: column channel (c, j) of output
 // pixel (n, oh, ow) holds the input that the j-th kernel tap reaching the image reads there. The
-// pointwise tiles gather the columns tile by tile (pack_pixels with ColumnTaps) as they go, or whole for
-// small maps at batches over 1 (pointwise_as_one_image). Its weight is (K, Cg * taps, 1, 1): a view of
-// the weight when every tap reaches the image. Taken where rows leave the tiles short of pixels:
-// - small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs),
-//   whose columns, gathered whole, stay within kMaxColumnElements;
+// pointwise tiles gather the columns tile by tile as they go (pack_pixels with ColumnTaps). Its weight
+// is (K, Cg * taps, 1, 1): a view of the weight when every tap reaches the image. Taken where rows
+// leave the tiles short of pixels:
+// - small maps (output rows of at most half a vector, as in ResNet's later stages at small inputs)
+//   whose columns would fit kMaxColumnElements (the rule from when they were gathered whole);
 // - strided kernels over kMinStridedColumnChannels+ input channels per group. Their rows of 7-28
 //   outputs, split into column phases, ran units of a few rows with half of the tiles 2 vectors wide.
 //   Two threads, ResNet's stride-2 3x3 layers forward, rows -> columns, medians of 10-30 calls in
@@ -1071,7 +1063,7 @@ PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, c
   for (int64_t n = p.n0; n < p.n1; ++n) {
     T* dst = buf + (n - p.n0) * p.image_stride;
     if (gi.pointwise) {
-      pack_pixels(x, s, n, g0 * Cg, g1 * Cg, 0, out_plane, out_plane, dst);
+      pack_pixels(x, s, g0 * Cg, g1 * Cg, n * out_plane, (n + 1) * out_plane, out_plane, dst);
     } else {
       pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, p.cs);
     }
