@@ -115,7 +115,7 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
     int64_t lane, length, offset;  // offset -1: zeros
   };
   struct TapLanes {
-    std::vector<Run> runs;
+    std::vector<Run> runs;  // none: too many, copied lane by lane
     bool all_inside;
   };
   const int64_t plane = s.out_h * s.out_w;
@@ -151,8 +151,11 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
         Run* last = tap.runs.empty() ? nullptr : &tap.runs.back();
         if (last && (off[l] >= 0 ? last->offset >= 0 && off[l] == last->offset + last->length : last->offset < 0)) {
           ++last->length;
-        } else {
+        } else if (4 * int64_t(tap.runs.size()) < tile_size) {
           tap.runs.push_back({l, 1, off[l]});
+        } else {  // too many runs (strided lanes): copied lane by lane
+          tap.runs.clear();
+          break;
         }
       }
     }
@@ -164,7 +167,7 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
       if (tap.runs.size() == 1 && tap.all_inside) {  // a whole tile: a copy of constant size, inlined
         // (a library call per run made that layer 4% slower)
         std::memcpy(dst, src + off[0], tile_size * sizeof(T));
-      } else if (4 * int64_t(tap.runs.size()) <= tile_size) {
+      } else if (!tap.runs.empty()) {
         for (const Run& r : tap.runs) {
           if (r.offset >= 0) {
             std::memcpy(dst + r.lane, src + r.offset, r.length * sizeof(T));
