@@ -615,6 +615,9 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
     });
   }
   ThreadBuffers<T> buffers;
+  // How much further than one pixel step the next image's first output lies (0 where the output is
+  // channels-last: its images follow on at the same step, and no vector needs jumps).
+  const int64_t jump = y.sn - plane * y.sw;
   const auto chunk_vectors = [&](int64_t unit) {
     const int64_t t0 = unit * chunk;
     return div_up(std::min(pixels, (t0 + chunk) * tile) - t0 * tile, V);
@@ -637,7 +640,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
                             VectorPos pos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,
                                           n * y.sn + i / s.out_w * y.sh + i % s.out_w * y.sw,
                                           std::min(V, pixels - p)};
-                            if (plane - i < pos.count) pos.jumps = {plane - i, plane, y.sn - plane * y.sw};
+                            if (jump != 0 && plane - i < pos.count) pos.jumps = {plane - i, plane, jump};
                             return pos;
                           });
   });
