@@ -23,7 +23,8 @@ namespace fastdl {
 // the kernel that first writes it pays a page fault and a zeroed page per 4 KB: filling a new 411 MB
 // tensor took 112 ms here, 31 ms in 2 MB pages (64 MB: 18.9 -> 8.3 ms; bench/NOTES.md, Batch
 // normalization 5). So the 2 MB-aligned interior of a CPU output of at least kHugePageOutputBytes is
-// advised to be backed by transparent huge pages (MADV_HUGEPAGE) before anything touches it. It
+// advised to be backed by transparent huge pages (MADV_HUGEPAGE) before anything touches it (so is
+// the LSTM/GRU layers' input projection, a workspace as large: common/rnn_layer_ops.h). It
 // takes effect where the system's transparent_hugepage mode is madvise or always (else the call
 // fails, harmlessly); torch's own allocator does the same for every large tensor under
 // THP_MEM_ALLOC_ENABLE=1, off by default. Where huge pages are scarce, a fault in an advised region

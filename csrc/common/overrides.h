@@ -12,8 +12,9 @@
 //   FASTDL_CONV_WEIGHTS_IN_PLACE always | never   CPU convolution tiles reading the weights in place
 //   FASTDL_CONV_COLUMNS          always | never   CPU convolution forward and input gradient over im2col
 //                                                 columns (kernels larger than 1x1)
-//   FASTDL_HUGE_PAGE_OUTPUTS     never            CPU outputs of 16 MB and more advised as transparent huge
-//                                                 pages (common/outputs.h)
+//   FASTDL_HUGE_PAGE_OUTPUTS     never            CPU outputs of 16 MB and more (and the LSTM/GRU input
+//                                                 projection) advised as transparent huge pages
+//                                                 (common/outputs.h)
 
 #include <cstdlib>
 #include <cstring>

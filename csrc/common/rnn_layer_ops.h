@@ -41,6 +41,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -286,9 +287,19 @@ void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
   });
 }
 
-// Every step's input projection at once: x (rows, I) @ w_ih^T (+ bias), dense.
+// Every step's input projection at once: x (rows, I) @ w_ih^T (+ bias), dense. At batch 64 and 200
+// steps it is tens of MB of fresh memory on every call, which the product faults in page by page; in
+// huge pages, as large outputs are (common/outputs.h), GRU inference ran 1.08-1.15x as fast there
+// (bench/NOTES.md, LSTM/GRU 14).
 inline at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
-  return (bias ? bias->addmm(x, w_ih.t()) : x.mm(w_ih.t())).contiguous();
+  at::Tensor gi = at::empty({x.size(0), w_ih.size(0)}, x.options());
+  advise_huge_pages(gi);
+  if (bias) {
+    at::addmm_out(gi, *bias, x, w_ih.t());
+  } else {
+    at::mm_out(gi, x, w_ih.t());
+  }
+  return gi;
 }
 
 }  // namespace rnn_detail
@@ -443,7 +454,11 @@ struct RnnLayerOps {
     }
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb;
-    if (mask[0]) gx = dgates.mm(w_ih).view(input.sizes());
+    if (mask[0]) {
+      gx = new_output({s.rows, s.input_size}, opts);
+      at::mm_out(gx, dgates, w_ih);
+      gx = gx.view(input.sizes());
+    }
     if (mask[1]) {
       gw_ih = dgates.t().mm(x);
       gw_hh = PreviousStates(out, h0.contiguous(), s, reverse).weight_grad(dgates);
@@ -513,7 +528,11 @@ struct RnnLayerOps {
     const Tensor x = input.reshape({s.rows, s.input_size});
     Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
     const Tensor drz = dgh.narrow(1, 0, 2 * H);  // the r and z parts of both gradients
-    if (mask[0]) gx = dxn.mm(w_ih.narrow(0, 2 * H, H)).addmm_(drz, w_ih.narrow(0, 0, 2 * H)).view(input.sizes());
+    if (mask[0]) {
+      gx = new_output({s.rows, s.input_size}, opts);
+      at::mm_out(gx, dxn, w_ih.narrow(0, 2 * H, H)).addmm_(drz, w_ih.narrow(0, 0, 2 * H));
+      gx = gx.view(input.sizes());
+    }
     if (mask[1]) {
       gw_ih = at::cat({drz.t().mm(x), dxn.t().mm(x)});
       gw_hh = h_prev.weight_grad(dgh);
