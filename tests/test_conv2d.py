@@ -322,6 +322,34 @@ def test_named_cases_over_columns_or_rows(name, monkeypatch):
             check_against_torch(x, w, b, stride, padding, dilation, groups)
 
 
+# Weight gradients with fewer pixel items than twice the threads: the threads split the output-channel
+# blocks, and every item is packed once beforehand with its channels split between the threads
+# (SharedGradItems in csrc/cpu/conv2d.cpp); one thread packs per task. Both the channel-vector form
+# (24 output channels) and the row form (5), strided, padded 1x1, grouped and 5x5 kernels.
+WEIGHT_GRADIENT_ITEMS = {
+    "3x3 stride 2, batch 1, channel vectors": ((1, 20, 14, 14), (24, 20, 3, 3), 2, 1, 1, 1),
+    "3x3 stride 2, batch 2, rows": ((2, 20, 15, 15), (5, 20, 3, 3), 2, 1, 1, 1),
+    "1x1 stride 2, padded, batch 1": ((1, 16, 9, 9), (12, 16, 1, 1), 2, 1, 1, 1),
+    "3x3, 3 groups, batch 2": ((2, 12, 10, 10), (48, 4, 3, 3), 1, 1, 1, 3),
+    "5x5, batch 3": ((3, 8, 12, 12), (16, 8, 5, 5), 1, 2, 1, 1),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("name", list(WEIGHT_GRADIENT_ITEMS))
+def test_weight_gradient_items_shared_between_threads(name, threads):
+    shape, wshape, stride, padding, dilation, groups = WEIGHT_GRADIENT_ITEMS[name]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x = make(shape, "contiguous", dtype, "cpu", 1)
+            w = make(wshape, "contiguous", dtype, "cpu", 2)
+            check_against_torch(x, w, None, stride, padding, dilation, groups)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", [((2, 3, 6, 7), (4, 3, 3, 3), 1, 1, 1, 1), ((2, 4, 7, 6), (6, 2, 2, 3), 2, 1, 2, 2),
                                     ((1, 3, 5, 5), (3, 1, 3, 3), 1, 0, 1, 3), ((5, 3, 4), (2, 5, 1, 1), 1, 0, 1, 1)])

@@ -20,7 +20,8 @@
 // grad_weight[k][c][r][s] sums grad_output[k] times the shifted input plane over all pixels:
 // weight_grad_tile does 4 output channels x 3 (channel, tap) pairs over a block of about a thousand
 // pixels (input packed as for the forward), then adds its horizontal sums. Threads take blocks of
-// pixels into private sums (added at the end) when there are many pixels, else blocks of channels.
+// pixels into private sums (added at the end) when there are many pixels, else blocks of channels
+// (then the input is packed once for all of them, its channels split between the threads).
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -1027,11 +1028,11 @@ struct GradItems {
 
 // One item's packed input (reduction channels of groups [g0, g1)): images [n0, n1), output rows
 // [oh0, oh1); channel stride cs, image stride image_stride; output pixel (n, oh, ow) reads its first
-// tap at buf + at(n, oh, ow).
+// tap at buf + at(n, oh, ow), reduction channel 0 of group g0.
 template <typename T>
 struct PackedItem {
   const T* buf;
-  int64_t n0, n1, oh0, oh1, cs, image_stride;
+  int64_t g0, n0, n1, oh0, oh1, cs, image_stride;
   int64_t row_step;  // between the first taps of consecutive output rows (pointwise: out_w)
 
   int64_t at(int64_t n, int64_t oh, int64_t ow) const { return (n - n0) * image_stride + (oh - oh0) * row_step + ow; }
@@ -1045,39 +1046,96 @@ bool dense_pointwise(const Conv2dShape& s, const Strided4d<const T>& x) {
          x.sw == 1 && x.sh == s.in_w && x.sc == s.in_h * s.in_w;
 }
 
+// Item `item`'s layout for groups [g0, g1), buf unset; an unpadded stride-1 1x1 kernel over dense
+// planes reads the input where it is (buf set): every task would otherwise copy all of it
+// (ResNet-50's 1024x14x14 at batch 8: 8 tasks x 6.4 MB, as long as the sums).
 template <typename T>
-PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item,
-                             int64_t g0, int64_t g1, ThreadBuffers<T>& buffers) {
-  constexpr int64_t V = Vec<T>::size();
-  const int64_t Cg = s.in_per_group(), out_plane = s.out_h * s.out_w;
+PackedItem<T> grad_item_layout(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item,
+                               int64_t g0, int64_t g1) {
   PackedItem<T> p;
+  p.buf = nullptr;
+  p.g0 = g0;
   p.n0 = item / gi.row_groups * gi.images, p.n1 = std::min(s.batch, p.n0 + gi.images);
   p.oh0 = item % gi.row_groups * gi.rows, p.oh1 = std::min(s.out_h, p.oh0 + gi.rows);
-  const Window win = gi.geo.rows(s, p.oh0, p.oh1);
   p.row_step = gi.pointwise ? s.out_w : s.stride_h * gi.rs;
-  // An unpadded stride-1 1x1 kernel over dense planes reads the input where it is: every task would
-  // otherwise copy all of it (ResNet-50's 1024x14x14 at batch 8: 8 tasks x 6.4 MB, as long as the sums).
   if (dense_pointwise(s, x)) {
     p.cs = x.sc;
     p.image_stride = x.sn;
-    p.buf = x.data + p.n0 * x.sn + g0 * Cg * x.sc;
+    p.buf = x.data + p.n0 * x.sn + g0 * s.in_per_group() * x.sc;
     return p;
   }
-  p.cs = gi.pointwise ? out_plane : unaliased(win.rows * gi.rs, sizeof(T));
-  p.image_stride = (g1 - g0) * Cg * p.cs;
-  T* buf = buffers.get((p.n1 - p.n0) * p.image_stride + V);
+  p.cs = gi.pointwise ? s.out_h * s.out_w : unaliased(gi.geo.rows(s, p.oh0, p.oh1).rows * gi.rs, sizeof(T));
+  p.image_stride = (g1 - g0) * s.in_per_group() * p.cs;
+  return p;
+}
+
+// Packs reduction channels [c0, c1) (counted from the item's first) of item p into buf, laid out as p.
+template <typename T>
+void pack_grad_channels(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, const PackedItem<T>& p,
+                        int64_t c0, int64_t c1, T* buf) {
+  const int64_t first = p.g0 * s.in_per_group(), out_plane = s.out_h * s.out_w;
+  const Window win = gi.geo.rows(s, p.oh0, p.oh1);
   for (int64_t n = p.n0; n < p.n1; ++n) {
-    T* dst = buf + (n - p.n0) * p.image_stride;
+    T* dst = buf + (n - p.n0) * p.image_stride + c0 * p.cs;
     if (gi.pointwise) {
-      pack_pixels(x, s, g0 * Cg, g1 * Cg, n * out_plane, (n + 1) * out_plane, out_plane, dst);
+      pack_pixels(x, s, first + c0, first + c1, n * out_plane, (n + 1) * out_plane, out_plane, dst);
     } else {
-      pack_window(x, s.in_h, s.in_w, n, g0 * Cg, g1 * Cg, win, dst, p.cs);
+      pack_window(x, s.in_h, s.in_w, n, first + c0, first + c1, win, dst, p.cs);
     }
   }
+}
+
+template <typename T>
+PackedItem<T> pack_grad_item(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item,
+                             int64_t g0, int64_t g1, ThreadBuffers<T>& buffers) {
+  PackedItem<T> p = grad_item_layout(gi, x, s, item, g0, g1);
+  if (p.buf != nullptr) return p;
+  T* buf = buffers.get((p.n1 - p.n0) * p.image_stride + Vec<T>::size());
+  pack_grad_channels(gi, x, s, p, 0, (g1 - g0) * s.in_per_group(), buf);
   zero_slack(buf + (p.n1 - p.n0) * p.image_stride);
   p.buf = buf;
   return p;
 }
+
+// Whether the threads of a weight gradient split its pixel items (else its output-channel blocks).
+inline bool grad_tasks_split_items(int64_t items) { return items >= 2 * at::get_num_threads(); }
+
+// Every item packed once, all groups, the channels split between threads, where the threads split
+// the output-channel blocks (grad_tasks_split_items false: few items) and each would otherwise pack
+// every item whole for itself (bench/NOTES.md, convolution 26). Otherwise empty: items packed per task.
+template <typename T>
+class SharedGradItems {
+ public:
+  SharedGradItems(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s) {
+    if (grad_tasks_split_items(gi.count) || at::get_num_threads() == 1 || dense_pointwise(s, x)) return;
+    const int64_t channels = s.in_channels, V = Vec<T>::size();
+    std::vector<int64_t> offset;
+    int64_t total = 0;
+    for (int64_t item = 0; item < gi.count; ++item) {
+      items_.push_back(grad_item_layout(gi, x, s, item, 0, s.groups));
+      offset.push_back(total);
+      total += (items_.back().n1 - items_.back().n0) * items_.back().image_stride + V;
+    }
+    memory_.reset(total);
+    for (int64_t item = 0; item < gi.count; ++item) {
+      PackedItem<T>& p = items_[item];
+      T* buf = memory_.get() + offset[item];
+      at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) { pack_grad_channels(gi, x, s, p, c0, c1, buf); });
+      zero_slack(buf + (p.n1 - p.n0) * p.image_stride);
+      p.buf = buf;
+    }
+  }
+
+  // Item `item` packed here, or else by the task (for groups [g0, g1)).
+  PackedItem<T> get(const GradItems& gi, const Strided4d<const T>& x, const Conv2dShape& s, int64_t item, int64_t g0,
+                    int64_t g1, ThreadBuffers<T>& buffers) const {
+    return items_.empty() ? pack_grad_item(gi, x, s, item, g0, g1, buffers) : items_[item];
+  }
+
+ private:
+  Scratch<T> memory_;
+  std::vector<PackedItem<T>> items_;
+};
 
 // Runs body(task, items, blocks, sums) over the tasks of a weight gradient of `blocks` output-channel
 // blocks: threads split the pixel items (each into private sums, added at the end in thread order)
@@ -1086,7 +1144,7 @@ template <typename T, typename Body>
 void grad_weight_tasks(const Conv2dBackward& b, int64_t items, int64_t blocks, Body&& body) {
   const int64_t numel = b.shape.weight_numel(), threads = at::get_num_threads();
   T* dw = b.grad_weight.data_ptr<T>();
-  const bool split_pixels = items >= 2 * threads;
+  const bool split_pixels = grad_tasks_split_items(items);
   const int64_t tasks = split_pixels ? threads : block_chunks(1, blocks);
   Scratch<T> partial_memory(split_pixels ? (tasks - 1) * numel : 0);
   T* partial = partial_memory.get();
@@ -1235,13 +1293,14 @@ void grad_weight_tiles(const Conv2dBackward& b) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KT), blocks = s.groups * nb;
   const int64_t pairs = Cg * s.taps(), out_plane = s.out_h * s.out_w;
   const GradItems gi(s, sizeof(T));
+  const SharedGradItems<T> shared(gi, x, s);
   ThreadBuffers<T> buffers;
   grad_weight_tasks<T>(b, gi.count, blocks, [&](Range it, Range bl, T* sums) {
     const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
     std::vector<const T*> dy_steps, x_steps;
     std::vector<int64_t> pair_offset(pairs);
     for (int64_t item = it.begin; item < it.end; ++item) {
-      const PackedItem<T> pk = pack_grad_item(gi, x, s, item, g0, g1, buffers);
+      const PackedItem<T> pk = shared.get(gi, x, s, item, g0, g1, buffers);
       for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * pk.cs + gi.geo.taps[pair % s.taps()];
       // Steps: each row's full vectors, then each row's partial last vector.
       dy_steps.clear();
@@ -1276,7 +1335,7 @@ void grad_weight_tiles(const Conv2dBackward& b) {
             for (int j = 0; j < KT; ++j) dy_offset[j] = (g * Kg + k0 + std::min<int64_t>(j, kvalid - 1)) * out_plane;
             for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
               int64_t x_offset[J];
-              for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
+              for (int q = 0; q < J; ++q) x_offset[q] = (g - pk.g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
               weight_grad_tile<T, KT, J>(steps, dy_offset, x_offset, sums + (g * Kg + k0) * pairs + q0, pairs,
                                          kvalid, std::min<int64_t>(J, pairs - q0));
             }
@@ -1299,13 +1358,14 @@ void grad_weight_channel_tiles(const Conv2dBackward& b) {
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Kg, KV), blocks = s.groups * nb;
   const int64_t pairs = Cg * s.taps();
   const GradItems gi(s, sizeof(T));
+  const SharedGradItems<T> shared(gi, x, s);
   ThreadBuffers<T> buffers, dy_buffers;
   grad_weight_tasks<T>(b, gi.count, blocks, [&](Range it, Range bl, T* sums) {
     const int64_t g0 = bl.begin / nb, g1 = (bl.end - 1) / nb + 1;
     std::vector<int64_t> pair_offset(pairs), pos;
     std::vector<std::array<int64_t, 3>> pixels;  // (n, oh, ow)
     for (int64_t item = it.begin; item < it.end; ++item) {
-      const PackedItem<T> pk = pack_grad_item(gi, x, s, item, g0, g1, buffers);
+      const PackedItem<T> pk = shared.get(gi, x, s, item, g0, g1, buffers);
       for (int64_t pair = 0; pair < pairs; ++pair) pair_offset[pair] = pair / s.taps() * pk.cs + gi.geo.taps[pair % s.taps()];
       pixels.clear();
       pos.clear();
@@ -1341,7 +1401,7 @@ void grad_weight_channel_tiles(const Conv2dBackward& b) {
             const int64_t g = kb / nb, k0 = (kb % nb) * KV, kvalid = std::min<int64_t>(KV, Kg - k0);
             for (int64_t q0 = qc; q0 < std::min(pairs, qc + q_step); q0 += J) {
               int64_t x_offset[J];
-              for (int q = 0; q < J; ++q) x_offset[q] = (g - g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
+              for (int q = 0; q < J; ++q) x_offset[q] = (g - pk.g0) * Cg * pk.cs + pair_offset[std::min(q0 + q, pairs - 1)];
               weight_grad_channel_tile<T, J, VT>(dyb + (kb - kc) * count * KV, pk.buf, pos.data(), count, x_offset,
                                                  sums + (g * Kg + k0) * pairs + q0, pairs, kvalid,
                                                  std::min<int64_t>(J, pairs - q0));

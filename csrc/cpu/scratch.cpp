@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
+
+#include "common/outputs.h"
 
 namespace fastdl {
 namespace scratch_cache {
@@ -27,6 +30,14 @@ Cache& cache() {
 
 }  // namespace
 
+// Under FASTDL_POISON_OUTPUTS (the tests) every block is handed out filled with all-ones bytes, a NaN
+// in float32 and float64, so that a kernel reading scratch it did not write in this call (what an
+// earlier call left there may well be right) fails a test, as outputs do (common/outputs.h).
+std::byte* poisoned(std::byte* block, int64_t size) {
+  if (poison_outputs()) std::memset(block, 0xff, std::size_t(size));
+  return block;
+}
+
 std::byte* take(int64_t bytes, int64_t* size) {
   bytes = std::max<int64_t>(bytes, 1);
   Cache& c = cache();
@@ -39,14 +50,14 @@ std::byte* take(int64_t bytes, int64_t* size) {
       std::byte* block = it->second;
       c.bytes -= it->first;
       c.blocks.erase(it);
-      return block;
+      return poisoned(block, *size);
     }
   }
   const int64_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   void* p = std::aligned_alloc(kAlignment, std::size_t(rounded));
   if (p == nullptr) throw std::bad_alloc();
   *size = rounded;
-  return static_cast<std::byte*>(p);
+  return poisoned(static_cast<std::byte*>(p), rounded);
 }
 
 void give(std::byte* block, int64_t size) {
