@@ -208,6 +208,12 @@ NAMED = {
     "1x1 weight gradient past one pass (pixels)": ((22, 3, 8, 8), (5, 3, 1, 1), 1, 0, 1, 1),
     # Batch 1 with rows in two groups of unequal work, spread over the threads by cost.
     "rows in two groups, batch 1": ((1, 64, 40, 40), (8, 64, 3, 3), 1, 1, 1, 1),
+    # Few pixel items: the weight gradient's input packed once for all threads (SHARED_ITEMS), in both
+    # forms (24 output channels: vectors along them; 5: rows of pixels), grouped, 5x5.
+    "3x3 stride 2, batch 1 (weight gradient items packed once)": ((1, 20, 14, 14), (24, 20, 3, 3), 2, 1, 1, 1),
+    "3x3 stride 2, batch 2, rows (weight gradient items packed once)": ((2, 20, 15, 15), (5, 20, 3, 3), 2, 1, 1, 1),
+    "3x3, 3 groups, batch 2 (weight gradient items packed once)": ((2, 12, 10, 10), (48, 4, 3, 3), 1, 1, 1, 3),
+    "5x5, batch 3 (weight gradient items packed once)": ((3, 8, 12, 12), (16, 8, 5, 5), 1, 2, 1, 1),
 }
 
 
@@ -322,23 +328,16 @@ def test_named_cases_over_columns_or_rows(name, monkeypatch):
             check_against_torch(x, w, b, stride, padding, dilation, groups)
 
 
-# Weight gradients with fewer pixel items than twice the threads: the threads split the output-channel
-# blocks, and every item is packed once beforehand with its channels split between the threads
-# (SharedGradItems in csrc/cpu/conv2d.cpp); one thread packs per task. Both the channel-vector form
-# (24 output channels) and the row form (5), strided, padded 1x1, grouped and 5x5 kernels.
-WEIGHT_GRADIENT_ITEMS = {
-    "3x3 stride 2, batch 1, channel vectors": ((1, 20, 14, 14), (24, 20, 3, 3), 2, 1, 1, 1),
-    "3x3 stride 2, batch 2, rows": ((2, 20, 15, 15), (5, 20, 3, 3), 2, 1, 1, 1),
-    "1x1 stride 2, padded, batch 1": ((1, 16, 9, 9), (12, 16, 1, 1), 2, 1, 1, 1),
-    "3x3, 3 groups, batch 2": ((2, 12, 10, 10), (48, 4, 3, 3), 1, 1, 1, 3),
-    "5x5, batch 3": ((3, 8, 12, 12), (16, 8, 5, 5), 1, 2, 1, 1),
-}
+# Named cases whose weight gradient has fewer pixel items than twice the threads: the threads split
+# the output-channel blocks, and every item is packed once beforehand with its channels split between
+# the threads (SharedGradItems in csrc/cpu/conv2d.cpp); one thread packs per task.
+SHARED_ITEMS = [name for name in NAMED if name.endswith("(weight gradient items packed once)")]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("name", list(WEIGHT_GRADIENT_ITEMS))
+@pytest.mark.parametrize("name", SHARED_ITEMS)
 def test_weight_gradient_items_shared_between_threads(name, threads):
-    shape, wshape, stride, padding, dilation, groups = WEIGHT_GRADIENT_ITEMS[name]
+    shape, wshape, stride, padding, dilation, groups = NAMED[name]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
