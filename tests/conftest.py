@@ -2,8 +2,9 @@
 
 import os
 
-# Kernels' outputs start as NaN (or -1 for indices) so an element a kernel forgets to write fails
-# a comparison. Read by the extension on first use: set before fastdl runs anything.
+# Kernels' outputs (and the CPU kernels' scratch blocks) start as NaN (or -1 for indices) so an
+# element a kernel forgets to write, or reads before writing, fails a comparison. Read by the
+# extension on first use: set before fastdl runs anything.
 os.environ["FASTDL_POISON_OUTPUTS"] = "1"
 
 import pytest  # noqa: E402
