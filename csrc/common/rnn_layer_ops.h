@@ -289,7 +289,7 @@ void for_each_step(const RnnSteps& s, bool last_first, const Step& step) {
 
 // Every step's input projection at once: x (rows, I) @ w_ih^T (+ bias), dense. At batch 64 and 200
 // steps it is tens of MB of fresh memory on every call, which the product faults in page by page; in
-// huge pages, as large outputs are (common/outputs.h), GRU inference ran 1.08-1.15x as fast there
+// huge pages, as large outputs are (common/outputs.h), GRU inference ran 1.08-1.17x as fast there
 // (bench/NOTES.md, LSTM/GRU 14).
 inline at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
   at::Tensor gi = at::empty({x.size(0), w_ih.size(0)}, x.options());
