@@ -28,8 +28,6 @@ Cache& cache() {
   return *c;
 }
 
-}  // namespace
-
 // Under FASTDL_POISON_OUTPUTS (the tests) every block is handed out filled with all-ones bytes, a NaN
 // in float32 and float64, so that a kernel reading scratch it did not write in this call (what an
 // earlier call left there may well be right) fails a test, as outputs do (common/outputs.h).
@@ -37,6 +35,8 @@ std::byte* poisoned(std::byte* block, int64_t size) {
   if (poison_outputs()) std::memset(block, 0xff, std::size_t(size));
   return block;
 }
+
+}  // namespace
 
 std::byte* take(int64_t bytes, int64_t* size) {
   bytes = std::max<int64_t>(bytes, 1);
