@@ -21,6 +21,7 @@ from fastdl.bench.__main__ import parse_args, select
 from fastdl.bench.cases import FAMILIES
 from fastdl.bench.plots import write_plots
 from fastdl.bench.progress import Progress
+from fastdl.bench.report import host_lines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -72,6 +73,9 @@ def test_json_has_every_case_measured(smoke, family):
         for side in ("fastdl", "torch"):
             t = r[f"{side}_timing"]
             assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["samples"] >= 3
+            host = t["host"]  # what else the host did during the samples
+            assert host["minor_faults_per_call"] >= 0 and host["preemptions_per_s"] >= 0
+            assert host["steal_fraction"] is None or 0 <= host["steal_fraction"] <= 1
     assert data["summary"]["all"]["cases"] == len(data["results"])
 
 
@@ -84,6 +88,24 @@ def test_markdown_and_plots(smoke, family):
     assert "ERROR" not in markdown and "## Summary" in markdown
     for suffix in ("speedup", "scaling"):  # smoke runs two batch sizes: a scaling plot too
         assert (out / f"{family}-smoke-{suffix}.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def host_row(name: str, fastdl: dict, torch_side: dict) -> dict:
+    quiet = {"minor_faults_per_call": 0.0, "preemptions_per_s": 30.0, "steal_fraction": 0.0}
+    return {"id": name, "error": None, "fastdl_timing": {"host": {**quiet, **fastdl}},
+            "torch_timing": {"host": {**quiet, **torch_side}}}
+
+
+def test_host_lines_name_the_disturbed_and_faulting_cases():
+    rows = [host_row(f"quiet{i}", {}, {}) for i in range(5)]
+    rows += [host_row("stolen", {}, {"steal_fraction": 0.05}), host_row("preempted", {"preemptions_per_s": 400}, {}),
+             host_row("faulting", {"minor_faults_per_call": 12.0}, {})]
+    lines = host_lines(rows)
+    assert "preempted 30 times a second" in lines[0] and "2 of 8 cases disturbed" in lines[0]
+    assert lines[0].endswith(": stolen, preempted")
+    assert "page faults in 1 cases (most: 12 a call, faulting)" in lines[1]
+    assert host_lines([host_row("quiet", {}, {})])[0].endswith("on either side)")
+    assert host_lines([{"id": "gpu", "error": None, "fastdl_timing": {}}]) == []
 
 
 class Terminal(io.StringIO):

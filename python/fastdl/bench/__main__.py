@@ -33,7 +33,8 @@ from fastdl.bench.environment import environment
 from fastdl.bench.measure import run_case
 from fastdl.bench.plots import write_plots
 from fastdl.bench.progress import Progress
-from fastdl.bench.report import case_line, header, overall_lines, summary, summary_lines, write_report
+from fastdl.bench.report import (case_line, header, host_lines, overall_lines, summary, summary_lines,
+                                 write_report)
 from fastdl.bench.timing import cupy_crosscheck
 
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
             paths += write_plots(out_dir, name, family, results)
         except ImportError:
             progress.print("plots skipped: matplotlib is not installed")
-        for line in summary_lines(family, summary(results)) + ["wrote " + ", ".join(str(p) for p in paths)]:
+        for line in summary_lines(family, summary(results)) + host_lines(results) + ["wrote " + ", ".join(str(p) for p in paths)]:
             progress.print(line)
     progress.close()
     print("\n" + "\n".join(overall_lines(by_family)))

@@ -98,6 +98,38 @@ def overall_lines(by_family: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+# A CPU case counts as disturbed where the machine lost this share of its CPU time to steal during a
+# side's samples, or where that side's threads were preempted this many times as often as the run's
+# typical case (about 30 times a second on the 2-core development machine, from the host's own tasks).
+STEAL_DISTURBED = 0.01
+PREEMPTIONS_DISTURBED = 4.0
+
+
+def host_lines(results: list[dict]) -> list[str]:
+    """What the host did during the CPU samples (fastdl/bench/host.py): cases disturbed by steal or by
+    preemption, and the cases whose fastdl calls take page faults. Empty for runs without the counts."""
+    timed = [r for r in results if not r.get("error") and "host" in r.get("fastdl_timing", {})]
+    if not timed:
+        return []
+    host = lambda r, side: r[f"{side}_timing"]["host"]  # noqa: E731
+    rates = sorted(host(r, side)["preemptions_per_s"] for r in timed for side in ("fastdl", "torch"))
+    typical = rates[len(rates) // 2]
+    disturbed = [r for r in timed if any(
+        (host(r, side)["steal_fraction"] or 0) > STEAL_DISTURBED
+        or host(r, side)["preemptions_per_s"] > PREEMPTIONS_DISTURBED * max(typical, 1.0)
+        for side in ("fastdl", "torch"))]
+    faulting = [r for r in timed if host(r, "fastdl")["minor_faults_per_call"] >= 1]
+    lines = [f"host: preempted {typical:.0f} times a second in the typical case; "
+             f"{len(disturbed)} of {len(timed)} cases disturbed (steal above {STEAL_DISTURBED:.0%} of the CPUs, or "
+             f"preemptions above {PREEMPTIONS_DISTURBED:g}x typical, on either side)"
+             + (": " + ", ".join(r["id"] for r in disturbed) if disturbed else "")]
+    if faulting:
+        worst = max(faulting, key=lambda r: host(r, "fastdl")["minor_faults_per_call"])
+        lines.append(f"host: fastdl's calls take page faults in {len(faulting)} cases (most: "
+                     f"{host(worst, 'fastdl')['minor_faults_per_call']:.0f} a call, {worst['id']})")
+    return lines
+
+
 def markdown(family: str, env: dict, results: list[dict], notes: list[str]) -> str:
     device = env["device"]
     scale, unit = flop_unit(device)
@@ -131,7 +163,8 @@ def markdown(family: str, env: dict, results: list[dict], notes: list[str]) -> s
             f"{rate(r, 'fastdl', device)} | {rate(r, 'torch', device)} | {100 * r['fraction_of_ceiling']:.0f}% / "
             f"{100 * r['torch_fraction_of_ceiling']:.0f}% of {r['ceiling']} | "
             f"{mib(r['fastdl_peak_bytes'])} / {mib(r['torch_peak_bytes'])} |")
-    lines += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(family, summary(results))]
+    lines += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(family, summary(results))
+                                         + host_lines(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastdl.bench.host import HostCounts
+
 
 @dataclass
 class Timing:
@@ -19,15 +21,17 @@ class Timing:
     low_ms: float  # 10th percentile
     high_ms: float  # 90th percentile
     samples: int
+    host: dict | None = None  # CPU: what else the host did during the samples (fastdl/bench/host.py)
 
     def as_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "p10_ms": self.low_ms, "p90_ms": self.high_ms, "samples": self.samples}
+        return {"median_ms": self.median_ms, "p10_ms": self.low_ms, "p90_ms": self.high_ms, "samples": self.samples,
+                **({"host": self.host} if self.host is not None else {})}
 
 
-def _summary(samples: list[float]) -> Timing:
+def _summary(samples: list[float], host: dict | None = None) -> Timing:
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return Timing(statistics.median(ordered), pick(0.1), pick(0.9), len(ordered))
+    return Timing(statistics.median(ordered), pick(0.1), pick(0.9), len(ordered), host)
 
 
 class Sampler:
@@ -75,14 +79,20 @@ def time_pair(
     calls = max(1, min(1000, int(min_sample_ms / single)))
     samples_a: list[float] = []
     samples_b: list[float] = []
+    counts = {id(samples_a): HostCounts(), id(samples_b): HostCounts()}
     begin = time.perf_counter()
     while len(samples_a) < max_samples and (
         len(samples_a) < min_samples or time.perf_counter() - begin < budget_s
     ):
         order = ((a, samples_a), (b, samples_b))
         for step, samples in order if len(samples_a) % 2 == 0 else reversed(order):
+            before = HostCounts.now()
             samples.append(sampler.sample(step, calls))
-    return _summary(samples_a), _summary(samples_b)
+            counts[id(samples)] += HostCounts.now() - before
+    if sampler.cuda:
+        return _summary(samples_a), _summary(samples_b)
+    return tuple(_summary(s, counts[id(s)].as_dict(calls * len(s), sum(s) * calls * 1e-3))
+                 for s in (samples_a, samples_b))
 
 
 def cupy_crosscheck(step: Callable[[], object], repeats: int = 200) -> dict:

@@ -1,0 +1,50 @@
+"""What else the host did while a CPU side was timed, so that a slow row can be told from a disturbed
+one: this process's minor page faults and involuntary context switches (its threads preempted by
+another task), and the machine's steal time (a virtual machine's CPUs given to someone else), summed
+over a side's samples. Linux only; elsewhere the counts that cannot be read stay None."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_CPUS = os.cpu_count() or 1
+
+
+def steal_seconds() -> float | None:
+    """CPU time stolen from this machine since boot, summed over its CPUs (the 8th number of
+    /proc/stat's 'cpu' line), or None where that cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / _TICKS_PER_SECOND if fields[0] == "cpu" else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class HostCounts:
+    minor_faults: int = 0
+    preemptions: int = 0
+    steal_s: float | None = 0.0
+
+    @staticmethod
+    def now() -> HostCounts:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # summed over every thread of the process
+        return HostCounts(usage.ru_minflt, usage.ru_nivcsw, steal_seconds())
+
+    def __sub__(self, other: HostCounts) -> HostCounts:
+        steal = None if self.steal_s is None or other.steal_s is None else self.steal_s - other.steal_s
+        return HostCounts(self.minor_faults - other.minor_faults, self.preemptions - other.preemptions, steal)
+
+    def __add__(self, other: HostCounts) -> HostCounts:
+        steal = None if self.steal_s is None or other.steal_s is None else self.steal_s + other.steal_s
+        return HostCounts(self.minor_faults + other.minor_faults, self.preemptions + other.preemptions, steal)
+
+    def as_dict(self, calls: int, wall_s: float) -> dict:
+        """Per call, per sample-second, and the share of the machine's CPU time stolen."""
+        return {"minor_faults_per_call": self.minor_faults / max(calls, 1),
+                "preemptions_per_s": self.preemptions / max(wall_s, 1e-9),
+                "steal_fraction": None if self.steal_s is None else self.steal_s / (max(wall_s, 1e-9) * _CPUS)}
