@@ -106,6 +106,8 @@ def test_host_lines_name_the_disturbed_and_faulting_cases():
     assert "page faults in 1 cases (most: 12 a call, faulting)" in lines[1]
     assert host_lines([host_row("quiet", {}, {})])[0].endswith("on either side)")
     assert host_lines([{"id": "gpu", "error": None, "fastdl_timing": {}}]) == []
+    many = host_lines([host_row(f"stolen{i}", {"steal_fraction": 0.5}, {}) for i in range(20)])[0]
+    assert "stolen11 and 8 more" in many and "stolen12" not in many
 
 
 class Terminal(io.StringIO):
