@@ -118,13 +118,17 @@ def main(argv=None) -> int:
     out_dir = args.out or Path("bench/results") / device
     budget_s, min_samples = (0.0, 3) if args.smoke else (0.5, 5) if device == "cuda" else (0.3, 5) if args.quick \
         else (2.0, 5)
+    # On the CPU, short cases keep sampling for the whole budget (up to 400 samples a side), so that their
+    # medians span seconds of the shared machine, not the tenth of a second that 40 samples of a 1 ms call
+    # took (bench/NOTES.md, Convolution 27).
+    max_samples = 40 if device == "cuda" else 400
     progress = Progress(sum(len(cases) for cases in plan.values()))
     by_family = {}
     for family, todo in plan.items():
         results = by_family[family] = []
         for i, case in enumerate(todo, 1):
             progress.start(case.id)
-            results.append(run_case(case, env, budget_s, min_samples))
+            results.append(run_case(case, env, budget_s, min_samples, max_samples))
             progress.finish(case_line(i, len(todo), results[-1], device))
         name = run_name(family, args)
         paths = write_report(out_dir, name, family, env, results, counting_notes(todo))

@@ -43,7 +43,7 @@ def rates(case: Case, fastdl_ms: float, torch_ms: float, env: dict) -> dict:
             "ceiling": name, "fraction_of_ceiling": fast / ceiling, "torch_fraction_of_ceiling": ref / ceiling}
 
 
-def run_case(case: Case, env: dict, budget_s: float, min_samples: int) -> dict:
+def run_case(case: Case, env: dict, budget_s: float, min_samples: int, max_samples: int = 40) -> dict:
     row = {"id": case.id, "family": case.family, "network": case.network, "layer": case.layer, "op": case.op,
            "batch": case.batch, "input_shape": list(case.shape), "dtype": dtype_name(case.dtype),
            "mode": case.mode, "axes": case.axes()}
@@ -56,7 +56,7 @@ def run_case(case: Case, env: dict, budget_s: float, min_samples: int) -> dict:
             return row
         steps = {impl: case.make_step(impl, inputs) for impl in ("fastdl", "torch")}
         fast, ref = time_pair(steps["fastdl"], steps["torch"], case.device, min_samples=min_samples,
-                              budget_s=budget_s)
+                              max_samples=max_samples, budget_s=budget_s)
         peaks = {f"{impl}_peak_bytes": peak_bytes(step, case.device) for impl, step in steps.items()}
     except (RuntimeError, torch.OutOfMemoryError) as e:
         row["error"] = str(e).splitlines()[0]
