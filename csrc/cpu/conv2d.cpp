@@ -1238,6 +1238,16 @@ void gather_pixel_major(const Strided4d<const T>& x, const Conv2dShape& s, T* co
   });
 }
 
+// dst[p][j] = src[j * ld + p] for KT planes of `plane` elements, ld apart: the scalar gather through
+// Strided4d::at per element was a quarter of ResNet-50's 256 -> 1024 1x1 weight gradient on 14x14
+// (bench/NOTES.md, convolution 27).
+template <typename T, int KT>
+void interleave_planes(const T* __restrict src, int64_t ld, int64_t plane, T* __restrict dst) {
+  for (int64_t p = 0; p < plane; ++p) {
+    for (int j = 0; j < KT; ++j) dst[p * KT + j] = src[j * ld + p];
+  }
+}
+
 template <typename T, int KT>
 void grad_weight_pointwise(const Conv2dBackward& b) {
   constexpr int64_t V = Vec<T>::size();
@@ -1253,10 +1263,18 @@ void grad_weight_pointwise(const Conv2dBackward& b) {
   Scratch<T> columns(ctiles * P * TW + V), packed(nb * P * KT);
   gather_pixel_major<T, TW>(x, s, columns.get());
   zero_slack(columns.get() + ctiles * P * TW);
+  // grad_output packed [block][pixel][KT]: where a block's KT planes are dense, interleaved plane by
+  // plane (interleave_planes), else element by element (zero past the last channel).
+  const bool dense_dy = dy.sw == 1 && dy.sh == s.out_w;
   at::parallel_for(0, nb, 1, [&](int64_t kb0, int64_t kb1) {
     for (int64_t kb = kb0; kb < kb1; ++kb) {
       T* dst = packed.get() + kb * P * KT;
       for (int64_t n = 0; n < s.batch; ++n) {
+        if (dense_dy && (kb + 1) * KT <= K) {
+          interleave_planes<T, KT>(dy.at(n, kb * KT, 0, 0), dy.sc, plane, dst);
+          dst += plane * KT;
+          continue;
+        }
         for (int64_t oh = 0; oh < s.out_h; ++oh) {
           for (int64_t ow = 0; ow < s.out_w; ++ow, dst += KT) {
             for (int j = 0; j < KT; ++j) dst[j] = kb * KT + j < K ? *dy.at(n, kb * KT + j, oh, ow) : T(0);
