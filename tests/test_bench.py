@@ -76,6 +76,7 @@ def test_json_has_every_case_measured(smoke, family):
             host = t["host"]  # what else the host did during the samples
             assert host["minor_faults_per_call"] >= 0 and host["preemptions_per_s"] >= 0
             assert host["steal_fraction"] is None or 0 <= host["steal_fraction"] <= 1
+        assert len(r["canary_gflops"]) == 2 and all(positive(v) for v in r["canary_gflops"])
     assert data["summary"]["all"]["cases"] == len(data["results"])
 
 
@@ -108,6 +109,10 @@ def test_host_lines_name_the_disturbed_and_faulting_cases():
     assert host_lines([{"id": "gpu", "error": None, "fastdl_timing": {}}]) == []
     many = host_lines([host_row(f"stolen{i}", {"steal_fraction": 0.5}, {}) for i in range(20)])[0]
     assert "stolen11 and 8 more" in many and "stolen12" not in many
+    canaries = [{**host_row(f"c{i}", {}, {}), "canary_gflops": [170.0, 168.0]} for i in range(4)]
+    canaries.append({**host_row("slowed", {}, {}), "canary_gflops": [170.0, 90.0]})
+    line = host_lines(canaries)[0]
+    assert "canary 168 GFLOP/s" in line and "1 of 5 cases disturbed" in line and line.endswith(": slowed")
 
 
 class Terminal(io.StringIO):

@@ -1,7 +1,8 @@
 """What else the host did while a CPU side was timed, so that a slow row can be told from a disturbed
 one: this process's minor page faults and involuntary context switches (its threads preempted by
 another task), and the machine's steal time (a virtual machine's CPUs given to someone else), summed
-over a side's samples. Linux only; elsewhere the counts that cannot be read stay None."""
+over a side's samples (Linux only; elsewhere the counts that cannot be read stay None); and a canary,
+the speed of a small matrix product just before and after a case."""
 
 from __future__ import annotations
 
@@ -48,3 +49,26 @@ class HostCounts:
         return {"minor_faults_per_call": self.minor_faults / max(calls, 1),
                 "preemptions_per_s": self.preemptions / max(wall_s, 1e-9),
                 "steal_fraction": None if self.steal_s is None else self.steal_s / (max(wall_s, 1e-9) * _CPUS)}
+
+
+_CANARY: dict = {}
+
+
+def canary_gflops(size: int = 256, calls: int = 10) -> float:
+    """The machine's speed right now: GFLOP/s of the fastest of `calls` float32 matrix products of
+    size x size (in cache: 0.2 ms on the 2-core development machine). A neighbour that takes the cores'
+    other hyperthreads, or their clock, slows it and both sides of a case with it, which neither steal
+    time nor preemptions show."""
+    import time
+
+    import torch
+
+    if size not in _CANARY:
+        _CANARY[size] = (torch.rand(size, size), torch.rand(size, size), torch.empty(size, size))
+    a, b, out = _CANARY[size]
+    best = float("inf")
+    for _ in range(calls):
+        begin = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - begin)
+    return 2 * size**3 / best / 1e9
