@@ -136,7 +136,8 @@ def main(argv=None) -> int:
             paths += write_plots(out_dir, name, family, results)
         except ImportError:
             progress.print("plots skipped: matplotlib is not installed")
-        for line in summary_lines(family, summary(results)) + host_lines(results) + ["wrote " + ", ".join(str(p) for p in paths)]:
+        written = "wrote " + ", ".join(str(p) for p in paths)
+        for line in summary_lines(family, summary(results)) + host_lines(results) + [written]:
             progress.print(line)
     progress.close()
     print("\n" + "\n".join(overall_lines(by_family)))

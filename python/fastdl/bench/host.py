@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from dataclasses import dataclass
+
+import torch
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _CPUS = os.cpu_count() or 1
@@ -59,10 +62,6 @@ def canary_gflops(size: int = 256, calls: int = 10) -> float:
     size x size (in cache: 0.2 ms on the 2-core development machine). A neighbour that takes the cores'
     other hyperthreads, or their clock, slows it and both sides of a case with it, which neither steal
     time nor preemptions show."""
-    import time
-
-    import torch
-
     if size not in _CANARY:
         _CANARY[size] = (torch.rand(size, size), torch.rand(size, size), torch.empty(size, size))
     a, b, out = _CANARY[size]

@@ -112,8 +112,9 @@ NAMED_CASES = 12  # disturbed cases named in the summary line; the rest are coun
 
 
 def host_lines(results: list[dict]) -> list[str]:
-    """What the host did during the CPU samples (fastdl/bench/host.py): cases disturbed by steal or by
-    preemption, and the cases whose fastdl calls take page faults. Empty for runs without the counts."""
+    """What the host did during the CPU samples (fastdl/bench/host.py): cases disturbed by steal, by
+    preemption or by a slow canary, and the cases whose fastdl calls take page faults. Empty for runs
+    without the counts."""
     timed = [r for r in results if not r.get("error") and "host" in r.get("fastdl_timing", {})]
     if not timed:
         return []

@@ -77,22 +77,21 @@ def time_pair(
     sampler.sync()
     single = max(1e-3, min(sampler.sample(a, 1), sampler.sample(b, 1)))
     calls = max(1, min(1000, int(min_sample_ms / single)))
-    samples_a: list[float] = []
-    samples_b: list[float] = []
-    counts = {id(samples_a): HostCounts(), id(samples_b): HostCounts()}
+    samples: tuple[list[float], list[float]] = ([], [])
+    counts = [HostCounts(), HostCounts()]  # per side, summed over its samples (CPU)
     begin = time.perf_counter()
-    while len(samples_a) < max_samples and (
-        len(samples_a) < min_samples or time.perf_counter() - begin < budget_s
+    while len(samples[0]) < max_samples and (
+        len(samples[0]) < min_samples or time.perf_counter() - begin < budget_s
     ):
-        order = ((a, samples_a), (b, samples_b))
-        for step, samples in order if len(samples_a) % 2 == 0 else reversed(order):
-            before = HostCounts.now()
-            samples.append(sampler.sample(step, calls))
-            counts[id(samples)] += HostCounts.now() - before
+        order = ((a, 0), (b, 1))
+        for step, side in order if len(samples[0]) % 2 == 0 else reversed(order):
+            before = None if sampler.cuda else HostCounts.now()
+            samples[side].append(sampler.sample(step, calls))
+            if before is not None:
+                counts[side] += HostCounts.now() - before
     if sampler.cuda:
-        return _summary(samples_a), _summary(samples_b)
-    return tuple(_summary(s, counts[id(s)].as_dict(calls * len(s), sum(s) * calls * 1e-3))
-                 for s in (samples_a, samples_b))
+        return _summary(samples[0]), _summary(samples[1])
+    return tuple(_summary(s, c.as_dict(calls * len(s), sum(s) * calls * 1e-3)) for s, c in zip(samples, counts))
 
 
 def cupy_crosscheck(step: Callable[[], object], repeats: int = 200) -> dict:
