@@ -796,18 +796,17 @@ void grad_input_pointwise(const Conv2dBackward& b) {
   if (!strided_out) return;
   // Row by row: zeros, then the row's outputs at every stride_w-th column (with divisions per element
   // this pass took 10% of perf's samples of the input gradient of ResNet-50's 512 -> 1024 stride-2 1x1
-  // on 28x28 at batch 8, and 11-20% of its time; bench/NOTES.md, convolution 28).
-  const int64_t cols = std::min(s.out_w, div_up(s.in_w, s.stride_w));
+  // on 28x28 at batch 8, and 11-20% of its time; bench/NOTES.md, convolution 28). Unpadded 1x1: every
+  // stride-th row and column of the input has its output (out = ceil(in / stride)).
   at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / s.in_channels, c = i % s.in_channels;
       for (int64_t ih = 0; ih < s.in_h; ++ih) {
         T* row = dx.at(n, c, ih, 0);
         for (int64_t iw = 0; iw < s.in_w; ++iw) row[iw * dx.sw] = T(0);
-        const int64_t oh = ih / s.stride_h;
-        if (ih % s.stride_h != 0 || oh >= s.out_h) continue;
-        const T* src = y.at(n, c, oh, 0);
-        for (int64_t ow = 0; ow < cols; ++ow) row[ow * s.stride_w * dx.sw] = src[ow * y.sw];
+        if (ih % s.stride_h != 0) continue;
+        const T* src = y.at(n, c, ih / s.stride_h, 0);
+        for (int64_t ow = 0; ow < s.out_w; ++ow) row[ow * s.stride_w * dx.sw] = src[ow * y.sw];
       }
     }
   });
@@ -1047,7 +1046,7 @@ struct PackedItem {
 template <typename T>
 bool dense_pointwise(const Conv2dShape& s, const Strided4d<const T>& x) {
   return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
-         x.sw == 1 && x.sh == s.in_w && x.sc == s.in_h * s.in_w;
+         x.planes_dense(s.in_w) && x.sc == s.in_h * s.in_w;
 }
 
 // Item `item`'s layout for groups [g0, g1), buf unset; an unpadded stride-1 1x1 kernel over dense
@@ -1243,8 +1242,8 @@ void gather_pixel_major(const Strided4d<const T>& x, const Conv2dShape& s, T* co
 }
 
 // dst[p][j] = src[j * ld + p] for KT planes of `plane` elements, ld apart: the scalar gather through
-// Strided4d::at per element was a quarter of ResNet-50's 256 -> 1024 1x1 weight gradient on 14x14
-// (bench/NOTES.md, convolution 27).
+// Strided4d::at per element took 15% of perf's samples of ResNet-50's 256 -> 1024 1x1 weight gradient
+// on 14x14 at batch 8 (bench/NOTES.md, convolution 27).
 template <typename T, int KT>
 void interleave_planes(const T* __restrict src, int64_t ld, int64_t plane, T* __restrict dst) {
   for (int64_t p = 0; p < plane; ++p) {
@@ -1269,7 +1268,7 @@ void grad_weight_pointwise(const Conv2dBackward& b) {
   zero_slack(columns.get() + ctiles * P * TW);
   // grad_output packed [block][pixel][KT]: where a block's KT planes are dense, interleaved plane by
   // plane (interleave_planes), else element by element (zero past the last channel).
-  const bool dense_dy = dy.sw == 1 && dy.sh == s.out_w;
+  const bool dense_dy = dy.planes_dense(s.out_w);
   at::parallel_for(0, nb, 1, [&](int64_t kb0, int64_t kb1) {
     for (int64_t kb = kb0; kb < kb1; ++kb) {
       T* dst = packed.get() + kb * P * KT;

@@ -21,6 +21,8 @@ struct Strided4d {
   T* data;
   int64_t sn, sc, sh, sw;
   T* at(int64_t n, int64_t c, int64_t h, int64_t w) const { return data + n * sn + c * sc + h * sh + w * sw; }
+  // Whether each plane (of rows `width` long) is one contiguous run.
+  bool planes_dense(int64_t width) const { return sw == 1 && sh == width; }
 };
 
 template <typename T>
