@@ -77,6 +77,7 @@ def test_json_has_every_case_measured(smoke, family):
             assert host["minor_faults_per_call"] >= 0 and host["preemptions_per_s"] >= 0
             assert host["steal_fraction"] is None or 0 <= host["steal_fraction"] <= 1
         assert len(r["canary_gflops"]) == 2 and all(positive(v) for v in r["canary_gflops"])
+        assert len(r["cache_copy_gbps"]) == 2 and all(positive(v) for v in r["cache_copy_gbps"])
     assert data["summary"]["all"]["cases"] == len(data["results"])
 
 
@@ -113,6 +114,12 @@ def test_host_lines_name_the_disturbed_and_faulting_cases():
     canaries.append({**host_row("slowed", {}, {}), "canary_gflops": [170.0, 90.0]})
     line = host_lines(canaries)[0]
     assert "canary 168 GFLOP/s" in line and "1 of 5 cases disturbed" in line and line.endswith(": slowed")
+    assert "cache copy" not in line  # runs recorded before the cache canary
+    both = [{**r, "cache_copy_gbps": [70.0, 68.0]} for r in canaries]
+    both.append({**host_row("cache", {}, {}), "canary_gflops": [170.0, 168.0], "cache_copy_gbps": [70.0, 41.0]})
+    line = host_lines(both)[0]
+    assert "canary 168 GFLOP/s, 68 GB/s cache copy;" in line and "2 of 6 cases disturbed" in line
+    assert line.endswith(": slowed, cache")
 
 
 class Terminal(io.StringIO):

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "autograd/op_signatures.h"
+#include "common/checks.h"
 
 namespace fastdl {
 

@@ -20,8 +20,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
-
 struct BatchNorm : torch::autograd::Function<BatchNorm> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,

@@ -37,7 +37,7 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
     ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = given(bias);
     return out;
   }
 
@@ -60,7 +60,7 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
 
 Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  const bool bias_grad = given(bias) && bias->requires_grad();
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
     return call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's ops
   }
@@ -81,7 +81,7 @@ struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
     ctx->save_for_backward({input, weight});
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["tile"] = tile;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = given(bias);
     return out;
   }
 
@@ -101,7 +101,7 @@ struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
 
 Tensor conv2d_winograd_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
                                 at::IntArrayRef padding, int64_t tile) {
-  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  const bool bias_grad = given(bias) && bias->requires_grad();
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
     return call_winograd(input, weight, bias, padding, tile);
   }

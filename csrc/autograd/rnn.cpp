@@ -22,7 +22,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 bool wants(const OptTensor& t) { return given(t) && t->requires_grad(); }
 OptTensor maybe(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 

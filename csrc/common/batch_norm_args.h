@@ -23,18 +23,11 @@ struct BatchNormProblem {
   at::Tensor dense(const at::Tensor& t) const { return t.contiguous(memory_format); }
 };
 
-inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
-// A dense copy of an optional tensor, or an undefined tensor when absent.
-inline at::Tensor dense_or_none(const std::optional<at::Tensor>& t) {
-  return given(t) ? t->contiguous() : at::Tensor();
-}
-
 // A per-channel parameter: C elements, on input's device, in the input's dtype or, for a float16 or
 // bfloat16 input, in float32 (mixed precision as PyTorch and cuDNN allow).
 inline void check_channel_param(const char* op, const char* name, const std::optional<at::Tensor>& t,
                                 const at::Tensor& input, int64_t channels) {
-  if (!t.has_value() || !t->defined()) return;
+  if (!given(t)) return;
   TORCH_CHECK(t->dim() == 1 && t->numel() == channels, op, ": expected ", name, " to hold ", channels,
               " values (one per channel of input), but got shape ", t->sizes());
   check_same_device(op, name, *t, "input", input);

@@ -7,9 +7,18 @@
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <optional>
 #include <string>
 
 namespace fastdl {
+
+// Whether an optional tensor argument was passed as a tensor (None and undefined tensors are not).
+inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// A dense copy of an optional tensor argument, or an undefined tensor when it was not given.
+inline at::Tensor dense_or_none(const std::optional<at::Tensor>& t) {
+  return given(t) ? t->contiguous() : at::Tensor();
+}
 
 // A dtype as PyTorch users write it (float32, not ATen's Float).
 inline std::string dtype_name(at::ScalarType t) {

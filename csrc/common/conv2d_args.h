@@ -111,7 +111,7 @@ inline void check_grad_output(const char* op, const at::Tensor& grad_output, con
 
 inline void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& input,
                        int64_t out_channels) {
-  if (!bias.has_value() || !bias->defined()) return;
+  if (!given(bias)) return;
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, op, ": expected bias to be 1-D with ",
               out_channels, " elements (one per output channel), but got shape ", bias->sizes());
   check_same_device(op, "bias", *bias, "input", input);

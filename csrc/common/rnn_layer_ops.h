@@ -109,8 +109,6 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
 
-inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
-
 // b_ih + b_hh, either one, or none.
 inline OptTensor summed_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
   if (given(b_ih) && given(b_hh)) return b_ih->add(*b_hh);
@@ -339,7 +337,7 @@ struct GruProjectFirst {
                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const RnnSteps& s)
       : gi(rnn_detail::project(x, w_ih, b_ih)),
         gh(at::empty({s.batch, w_hh.size(0)}, x.options())),
-        b_hh(rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor()),
+        b_hh(dense_or_none(b_hh)),
         recurrent(w_hh.t(), s.batch) {}
 
   // f: this step's kernel arguments, gi, gh and b_hh still to fill; as LstmProjectFirst's.

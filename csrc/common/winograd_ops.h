@@ -63,7 +63,7 @@ struct WinogradOps {
     at::Tensor output = new_output(p.output_sizes(), input.options(), p.memory_format);
     if (p.shape.batch == 0) return output;
     Conv2dForward f{p.dense(input), weight.contiguous(),
-                    bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor(),
+                    dense_or_none(bias),
                     p.batched ? output : output.unsqueeze(0), p.shape};
     Backend::winograd_forward(f, tile);
     return output;

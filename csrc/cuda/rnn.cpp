@@ -88,7 +88,7 @@ class SmallBatchForward {
                 "(batch up to ", cuda::kSmallBatchRows, "), but got batch ", s.batch);
     if (!small) return;
     w_hh_ = w_hh.contiguous();
-    if constexpr (kGates == 3) b_hh_ = rnn_detail::given(b_hh) ? b_hh->contiguous() : at::Tensor();
+    if constexpr (kGates == 3) b_hh_ = dense_or_none(b_hh);
     other_ = at::empty({s.batch, s.hidden}, x.options());
     recorded_.reserve(size_t(s.steps));
   }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastdl.bench.cases import Case, dtype_name
-from fastdl.bench.host import canary_gflops
+from fastdl.bench.host import cache_copy_gbps, canary_gflops
 from fastdl.bench.memory import peak_bytes
 from fastdl.bench.timing import time_pair
 
@@ -56,12 +56,12 @@ def run_case(case: Case, env: dict, budget_s: float, min_samples: int, max_sampl
         if row["error"]:
             return row
         steps = {impl: case.make_step(impl, inputs) for impl in ("fastdl", "torch")}
-        canary = [canary_gflops()] if case.device == "cpu" else []
+        canaries = [(canary_gflops(), cache_copy_gbps())] if case.device == "cpu" else []
         fast, ref = time_pair(steps["fastdl"], steps["torch"], case.device, min_samples=min_samples,
                               max_samples=max_samples, budget_s=budget_s)
-        if canary:
-            canary.append(canary_gflops())
-            row["canary_gflops"] = canary  # before and after the samples (fastdl/bench/host.py)
+        if canaries:  # before and after the samples (fastdl/bench/host.py)
+            canaries.append((canary_gflops(), cache_copy_gbps()))
+            row["canary_gflops"], row["cache_copy_gbps"] = (list(c) for c in zip(*canaries))
         peaks = {f"{impl}_peak_bytes": peak_bytes(step, case.device) for impl, step in steps.items()}
     except (RuntimeError, torch.OutOfMemoryError) as e:
         row["error"] = str(e).splitlines()[0]

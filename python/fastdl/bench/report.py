@@ -102,9 +102,11 @@ def overall_lines(by_family: dict[str, list[dict]]) -> list[str]:
 # side's samples, or where that side's threads were preempted this many times as often as the run's
 # typical case (about 30 times a second on the 2-core development machine, from the host's own tasks).
 # Steal of 1-2% came and went through a quiet full run (winograd at 8259d08) without moving its rows.
-# Or where the canary (a small matrix product timed before and after the case) ran below this share of
-# its typical speed in the run: in a conv run at batch 32 (d3757f1) both sides of ResNet-50's layer3 rows
-# took 1.3-2.3x their times of the run before, with no steal, preemption or fault to show for it.
+# Or where either canary timed before and after the case (a small matrix product; a copy inside the
+# last-level cache) ran below this share of its typical speed in the run: in a conv run at batch 32
+# (d3757f1) both sides of ResNet-50's layer3 rows took 1.3-2.3x their times of the run before, with no
+# steal, preemption or fault to show for it; and a neighbour streaming through the shared L3 slows
+# the cache copy alone (fastdl/bench/host.py cache_copy_gbps).
 STEAL_DISTURBED = 0.03
 PREEMPTIONS_DISTURBED = 4.0
 CANARY_SLOW = 0.85
@@ -121,19 +123,22 @@ def host_lines(results: list[dict]) -> list[str]:
     host = lambda r, side: r[f"{side}_timing"]["host"]  # noqa: E731
     rates = sorted(host(r, side)["preemptions_per_s"] for r in timed for side in ("fastdl", "torch"))
     typical = rates[len(rates) // 2]
-    canary = lambda r: min(r.get("canary_gflops") or [float("inf")])  # noqa: E731
-    speeds = sorted(canary(r) for r in timed if "canary_gflops" in r)
-    canary_typical = speeds[len(speeds) // 2] if speeds else 0.0
-    disturbed = [r for r in timed if canary(r) < CANARY_SLOW * canary_typical or any(
+    canaries = {key: unit for key, unit in (("canary_gflops", "GFLOP/s"), ("cache_copy_gbps", "GB/s cache copy"))
+                if any(key in r for r in timed)}
+    slowest = lambda r, key: min(r.get(key) or [float("inf")])  # noqa: E731
+    typical_speed = {key: sorted(slowest(r, key) for r in timed if key in r) for key in canaries}
+    typical_speed = {key: speeds[len(speeds) // 2] for key, speeds in typical_speed.items()}
+    disturbed = [r for r in timed if any(slowest(r, key) < CANARY_SLOW * typical_speed[key] for key in canaries) or any(
         (host(r, side)["steal_fraction"] or 0) > STEAL_DISTURBED
         or host(r, side)["preemptions_per_s"] > PREEMPTIONS_DISTURBED * max(typical, 1.0)
         for side in ("fastdl", "torch"))]
     faulting = [r for r in timed if host(r, "fastdl")["minor_faults_per_call"] >= 1]
     lines = [f"host: preempted {typical:.0f} times a second in the typical case"
-             + (f", canary {canary_typical:.0f} GFLOP/s" if speeds else "") + "; "
+             + (", canary " + ", ".join(f"{typical_speed[k]:.0f} {unit}" for k, unit in canaries.items()) if canaries else "")
+             + "; "
              f"{len(disturbed)} of {len(timed)} cases disturbed (steal above {STEAL_DISTURBED:.0%} of the CPUs, or "
              f"preemptions above {PREEMPTIONS_DISTURBED:g}x typical, on either side"
-             + (f"; or the canary below {CANARY_SLOW:.0%} of typical" if speeds else "") + ")"
+             + (f"; or a canary below {CANARY_SLOW:.0%} of typical" if canaries else "") + ")"
              + (": " + ", ".join(r["id"] for r in disturbed[:NAMED_CASES]) if disturbed else "")
              + (f" and {len(disturbed) - NAMED_CASES} more" if len(disturbed) > NAMED_CASES else "")]
     if faulting:
