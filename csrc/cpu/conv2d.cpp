@@ -583,6 +583,17 @@ std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
   return taps;
 }
 
+// Where the weights outweigh the batch's whole packed input and that input is at most this (1x1 layers
+// on 14x14 and 7x7 maps at batch 1), the pointwise tiles run as one unit over every pixel, split
+// between the threads by output-channel blocks only: each block's weights are read from memory once
+// (compute_blocks keeps them in L1 while the block walks every tile, whose inputs come from L2 or L3),
+// where units of one tile each had read every weight once per unit. Two threads, fastest of 200,
+// units of one tile -> one unit (bench/NOTES.md, convolution entry 30): 2048 -> 512 on 7x7 forward
+// 0.94 -> 0.86-0.91 ms, input gradient 1.14-1.67 -> 1.05-1.06; 1024 -> 256 on 14x14 0.70 -> 0.66 and
+// 0.74-0.75 -> 0.70; 256 -> 1024 on 14x14 0.69 -> 0.64 and 0.75 -> 0.71. A limit of 4 MB took in
+// 2048 -> 512 on 7x7 at batch 8 (3.3 MB), which then ran slower in one of two rounds.
+constexpr int64_t kWholeUnitInputBytes = int64_t(1) << 20;
+
 // A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): the
 // output pixels of the whole batch in flat order (n * OH * OW + oh * OW + ow), tiles of them gathered
 // tile-major (pack_pixels; with ct, im2col columns of the input: forward_columns). A vector that
@@ -599,9 +610,12 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
   const int64_t zero_tap = 0, plane = s.out_h * s.out_w, pixels = s.batch * plane, tiles = div_up(pixels, tile);
   // Tiles per unit: their inputs over one channel block fit the L1 cache (compute_blocks runs the unit's
-  // tiles inside its output-channel blocks when the weights are the larger).
-  const int64_t chunk = std::clamp<int64_t>(
-      kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile * int64_t(sizeof(T))), 1, tiles);
+  // tiles inside its output-channel blocks when the weights are the larger), or every tile in one unit
+  // (kWholeUnitInputBytes).
+  const int64_t tile_bytes = tile * int64_t(sizeof(T)), input_bytes = tiles * s.in_channels * tile_bytes;
+  const bool whole = input_bytes <= kWholeUnitInputBytes && blocks * KT * tc.reds * int64_t(sizeof(T)) > input_bytes;
+  const int64_t tiles_in_l1 = kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile_bytes);
+  const int64_t chunk = whole ? tiles : std::clamp<int64_t>(tiles_in_l1, 1, tiles);
   const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(chunks, blocks, kItemsPerThread);
   // With several items per chunk (small batches), the pixels are packed once, in parallel by tiles,
   // into a buffer the items share (up to kMaxColumnElements); else each item packs its own.
