@@ -77,10 +77,10 @@ def canary_gflops(size: int = 256, calls: int = 10) -> float:
 def cache_copy_gbps(megabytes: int = 8, calls: int = 10) -> float:
     """The shared cache's speed right now: GB/s (read plus written) of the fastest of `calls` copies of
     `megabytes` of float32 into a second buffer, the two together inside the development machine's 32 MB
-    L3 and far outside its 512 KB L2s (0.25 ms a copy there). A neighbour on the same L3 that streams
-    through it takes it from about 70 down to 40 GB/s while the matrix-product canary, which runs in
-    L1 and L2, reads its usual 160-170 GFLOP/s (twenty-first session: ResNet-50's 1x1 256->1024 on
-    14x14, whose weights stream from L3, then took 1.2-2x its time on both sides)."""
+    L3 and far outside its 512 KB L2s (0.25 ms a copy there). For minutes at a time it ran at 30-45
+    instead of 68-95 GB/s while the matrix-product canary, which runs in L1 and L2, read its usual
+    160-170 GFLOP/s and a 128 MB copy its usual 19-22 GB/s: the shared L3 slowed by something else,
+    a neighbour streaming through it most likely (bench/NOTES.md, convolution entry 29)."""
     key = ("copy", megabytes)
     if key not in _CANARY:
         elements = megabytes * 1024 * 1024 // 4

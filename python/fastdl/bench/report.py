@@ -105,8 +105,8 @@ def overall_lines(by_family: dict[str, list[dict]]) -> list[str]:
 # Or where either canary timed before and after the case (a small matrix product; a copy inside the
 # last-level cache) ran below this share of its typical speed in the run: in a conv run at batch 32
 # (d3757f1) both sides of ResNet-50's layer3 rows took 1.3-2.3x their times of the run before, with no
-# steal, preemption or fault to show for it; and a neighbour streaming through the shared L3 slows
-# the cache copy alone (fastdl/bench/host.py cache_copy_gbps).
+# steal, preemption or fault to show for it; and a slowed shared L3 (a neighbour streaming through it,
+# likely) slows the cache copy alone (fastdl/bench/host.py cache_copy_gbps).
 STEAL_DISTURBED = 0.03
 PREEMPTIONS_DISTURBED = 4.0
 CANARY_SLOW = 0.85
@@ -128,7 +128,8 @@ def host_lines(results: list[dict]) -> list[str]:
     slowest = lambda r, key: min(r.get(key) or [float("inf")])  # noqa: E731
     typical_speed = {key: sorted(slowest(r, key) for r in timed if key in r) for key in canaries}
     typical_speed = {key: speeds[len(speeds) // 2] for key, speeds in typical_speed.items()}
-    disturbed = [r for r in timed if any(slowest(r, key) < CANARY_SLOW * typical_speed[key] for key in canaries) or any(
+    slowed = lambda r: any(slowest(r, k) < CANARY_SLOW * typical_speed[k] for k in canaries)  # noqa: E731
+    disturbed = [r for r in timed if slowed(r) or any(
         (host(r, side)["steal_fraction"] or 0) > STEAL_DISTURBED
         or host(r, side)["preemptions_per_s"] > PREEMPTIONS_DISTURBED * max(typical, 1.0)
         for side in ("fastdl", "torch"))]
