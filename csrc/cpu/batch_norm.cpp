@@ -276,16 +276,14 @@ std::array<VecD, 4> load_block(const T* p) {
   }
 }
 
-// Per-channel sums over all rows of two quantities of each value: add(row, c, acc1, acc2) adds the
-// values of the kBlock channels from c of one row into vector accumulators of type A (double: the
-// forward statistics), and add_one(row, c)
-// returns the pair for one channel past the last full block. Accumulators are flushed into double
-// per-channel arrays once per block of kRows rows; each part of the rows has its own arrays, added
-// in part order afterwards (the result does not depend on scheduling).
-template <typename A, typename AddBlock, typename AddOne>
+// Per-channel double sums over all rows of two quantities of each value (the forward statistics):
+// add(row, c, acc1, acc2) adds the values of the kBlock channels from c of one row into double vector
+// accumulators, and add_one(row, c) returns the pair for one channel past the last full block.
+// Accumulators are added into per-channel arrays once per block of kRows rows; each part of the rows
+// has its own arrays, added in part order afterwards (the result does not depend on scheduling).
+template <typename AddBlock, typename AddOne>
 std::vector<std::pair<double, double>> column_sums(int64_t rows, int64_t C, AddBlock add, AddOne add_one) {
-  using VA = Vec<A>;
-  constexpr int64_t kVecs = kBlock / VA::size();
+  constexpr int64_t kVecs = kBlock / kD;
   const int64_t parts = parts_for(rows, C);
   const int64_t full = C - C % kBlock;
   std::vector<double> s1(parts * C, 0.0), s2(parts * C, 0.0);
@@ -297,18 +295,13 @@ std::vector<std::pair<double, double>> column_sums(int64_t rows, int64_t C, AddB
       for (int64_t r0 = r.begin; r0 < r.end; r0 += kRows) {
         const int64_t r1 = std::min(r.end, r0 + kRows);
         for (int64_t c = 0; c < full; c += kBlock) {
-          std::array<VA, kVecs> acc1, acc2;
-          acc1.fill(VA(A(0)));
-          acc2.fill(VA(A(0)));
+          std::array<VecD, kVecs> acc1, acc2;
+          acc1.fill(VecD(0.0));
+          acc2.fill(VecD(0.0));
           for (int64_t row = r0; row < r1; ++row) add(row, c, acc1, acc2);
-          A v1[kBlock], v2[kBlock];
           for (int64_t i = 0; i < kVecs; ++i) {
-            acc1[i].store(v1 + i * VA::size());
-            acc2[i].store(v2 + i * VA::size());
-          }
-          for (int64_t i = 0; i < kBlock; ++i) {
-            a[c + i] += double(v1[i]);
-            b[c + i] += double(v2[i]);
+            (VecD::loadu(a + c + i * kD) + acc1[i]).store(a + c + i * kD);
+            (VecD::loadu(b + c + i * kD) + acc2[i]).store(b + c + i * kD);
           }
         }
         for (int64_t row = r0; row < r1; ++row) {
@@ -399,7 +392,7 @@ std::vector<std::pair<double, double>> shifted_sums_in_memory_order(const T* x, 
     });
   }
   const double* kp = k.data();
-  return column_sums<double>(
+  return column_sums(
       s.count(), C,
       [x, C, kp](int64_t row, int64_t c, std::array<VecD, 4>& acc1, std::array<VecD, 4>& acc2) {
         const auto y = load_block(x + row * C + c);

@@ -585,9 +585,9 @@ std::vector<int64_t> taps_reaching_image(const Conv2dShape& s) {
 
 // Where the weights outweigh the batch's whole packed input and that input is at most this (1x1 layers
 // on 14x14 and 7x7 maps at batch 1), the pointwise tiles run as one unit over every pixel, split
-// between the threads by output-channel blocks only: each block's weights are read from memory once
-// (compute_blocks keeps them in L1 while the block walks every tile, whose inputs come from L2 or L3),
-// where units of one tile each had read every weight once per unit. Two threads, fastest of 200,
+// between the threads by output-channel blocks only: each weight is read from memory once (an item's
+// blocks meet every tile while their weights are in cache: in L1 when compute_blocks runs the tiles
+// inside the blocks, else L2), where units of one tile each had read every weight once per unit. Two threads, fastest of 200,
 // units of one tile -> one unit (bench/NOTES.md, convolution entry 30): 2048 -> 512 on 7x7 forward
 // 0.94 -> 0.86-0.91 ms, input gradient 1.14-1.67 -> 1.05-1.06; 1024 -> 256 on 14x14 0.70 -> 0.66 and
 // 0.74-0.75 -> 0.70; 256 -> 1024 on 14x14 0.69 -> 0.64 and 0.75 -> 0.71. A limit of 4 MB took in

@@ -121,13 +121,12 @@ def host_lines(results: list[dict]) -> list[str]:
     if not timed:
         return []
     host = lambda r, side: r[f"{side}_timing"]["host"]  # noqa: E731
-    rates = sorted(host(r, side)["preemptions_per_s"] for r in timed for side in ("fastdl", "torch"))
-    typical = rates[len(rates) // 2]
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    typical = median([host(r, side)["preemptions_per_s"] for r in timed for side in ("fastdl", "torch")])
     canaries = {key: unit for key, unit in (("canary_gflops", "GFLOP/s"), ("cache_copy_gbps", "GB/s cache copy"))
                 if any(key in r for r in timed)}
     slowest = lambda r, key: min(r.get(key) or [float("inf")])  # noqa: E731
-    typical_speed = {key: sorted(slowest(r, key) for r in timed if key in r) for key in canaries}
-    typical_speed = {key: speeds[len(speeds) // 2] for key, speeds in typical_speed.items()}
+    typical_speed = {key: median([slowest(r, key) for r in timed if key in r]) for key in canaries}
     slowed = lambda r: any(slowest(r, k) < CANARY_SLOW * typical_speed[k] for k in canaries)  # noqa: E731
     disturbed = [r for r in timed if slowed(r) or any(
         (host(r, side)["steal_fraction"] or 0) > STEAL_DISTURBED
