@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import fastdl
-from fastdl.bench.cases import conv_layers, true_float32
+from fastdl.bench.case import true_float32
+from fastdl.bench.cases import conv_layers
 from fastdl.bench.timing import time_pair, with_env
 
 CONV_LAYERS = ["ResNet-50/layer4.1.conv2", "ResNet-50/layer3.1.conv1", "AlexNet/features.3"]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fastdl
-from fastdl.bench.cases import FAMILIES, true_float32
+from fastdl.bench.case import true_float32
+from fastdl.bench.cases import FAMILIES
 
 
 def pytest_addoption(parser):

@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-from fastdl.bench.cases import conv_layers, true_float32
+from fastdl.bench.case import true_float32
+from fastdl.bench.cases import conv_layers
 from fastdl.bench.timing import time_pair, with_env
 
 MASK = [False, True, False]

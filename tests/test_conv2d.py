@@ -330,7 +330,7 @@ def test_named_cases_over_columns_or_rows(name, monkeypatch):
 
 # Named cases whose weight gradient has fewer pixel items than twice the threads: the threads split
 # the output-channel blocks, and every item is packed once beforehand with its channels split between
-# the threads (SharedGradItems in csrc/cpu/conv2d.cpp); one thread packs per task.
+# the threads (SharedGradItems in csrc/cpu/conv2d_grad_weight.h); one thread packs per task.
 SHARED_ITEMS = [name for name in NAMED if name.endswith("(weight gradient items packed once)")]
 
 

@@ -356,14 +356,14 @@ def test_benchmark_mode_times_once_per_shape_and_gives_the_same_function(monkeyp
     second = fastdl.ops.conv2d(x, w, padding=1)
     fastdl.ops.conv2d(x, w, padding=0)
     assert len(calls) == 2
-    chosen = set(fastdl.ops.conv._benchmarked.values())
+    chosen = set(fastdl.backends.benchmarked.values())
     assert chosen <= set(TILES) | {"direct"}
     assert torch.equal(first, second)
     assert rel_l2(first, F.conv2d(x.double(), w.double(), padding=1)) < FLOAT32_REL_L2[("winograd4", 3)]
     fastdl.ops.conv2d(x, randn(16, 16, 5, 5, seed=2), padding=2)  # 5x5: timing 'winograd4' would raise
-    assert len(calls) == 3 and list(fastdl.ops.conv._benchmarked.values())[-1] in ("direct", "winograd2")
+    assert len(calls) == 3 and list(fastdl.backends.benchmarked.values())[-1] in ("direct", "winograd2")
     fastdl.backends.clear_benchmark_cache()
-    assert not fastdl.ops.conv._benchmarked
+    assert not fastdl.backends.benchmarked
 
 
 def test_layer_takes_the_algorithm():

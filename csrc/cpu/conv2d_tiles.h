@@ -36,7 +36,7 @@ enum class TileInit { zero, bias, accumulate };
 // the compiler from spilling the accumulators between channels.
 // The weights are packed ([step][KT], the KT values of a step adjacent) unless weight_offsets is set:
 // then output channel j's weight for step i is at w[j * weight_row_stride + weight_offsets[i]] (read
-// in place from the weight tensor; see conv2d.cpp's TiledConv::InPlace).
+// in place from the weight tensor; see conv2d_blocks.h's TiledConv::InPlace).
 struct TileGeometry {
   int64_t steps;
   const int64_t* offsets;

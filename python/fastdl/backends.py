@@ -9,9 +9,10 @@ padding. clear_benchmark_cache() forgets the choices.
 
 benchmark: bool = False
 
+# The algorithm chosen by timing for each shape key (fastdl.ops.conv fills it).
+benchmarked: dict[tuple, str] = {}
+
 
 def clear_benchmark_cache() -> None:
     """Forget the algorithms chosen by timing (fastdl.backends.benchmark = True)."""
-    from fastdl.ops import conv
-
-    conv._benchmarked.clear()
+    benchmarked.clear()

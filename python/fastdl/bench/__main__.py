@@ -28,7 +28,8 @@ import torch
 
 import fastdl
 from fastdl.bench import compare
-from fastdl.bench.cases import FAMILIES, Case, true_float32
+from fastdl.bench.case import Case, true_float32
+from fastdl.bench.cases import FAMILIES
 from fastdl.bench.environment import environment
 from fastdl.bench.measure import run_case
 from fastdl.bench.plots import write_plots

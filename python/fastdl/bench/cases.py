@@ -1,10 +1,12 @@
 """The benchmark cases: real layer shapes of the reference networks, defined once for the runner
 (python -m fastdl.bench) and the pytest-benchmark suites in bench/.
 
-A case builds its inputs once and gives a step for either implementation over them, so that both
-sides of every comparison run the same thing: forward alone (inference, no autograd, or a training
-forward for batch norm) or forward then backward (torch.autograd.grad, so that no gradient
-accumulation is timed). It also states the fewest bytes a step must move, for the bandwidth column.
+The pooling, batch norm, convolution and Winograd families are here, the LSTM/GRU and whole-model
+families in rnn_cases.py and model_cases.py; FAMILIES names them all. A case (case.py) builds its
+inputs once and gives a step for either implementation over them, so that both sides of every
+comparison run the same thing: forward alone (inference, no autograd, or a training forward for batch
+norm) or forward then backward (torch.autograd.grad, so that no gradient accumulation is timed). It
+also states the fewest bytes a step must move, for the bandwidth column.
 
 Each family has a quick subset (the QUICK_* layers and batch sizes, `--quick`), sized so that all
 families together take about two minutes on the 2-core dev machine.
@@ -15,92 +17,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 import fastdl
-
-Step = Callable[[], object]
-
-
-def true_float32() -> None:
-    """float32 means float32 on both sides: torch's cuDNN convolutions and RNNs (and cuBLAS) would
-    otherwise round their operands to TF32. Called by the runner and the pytest-benchmark suites before
-    any case; only the convolution baselines named "cuDNN TF32" turn it back on, inside their step."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def with_cudnn_tf32(step: Step) -> Step:
-    """`step` run with cuDNN's TF32 on (true_float32 turns it off for everything else), backward included."""
-    def run():
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = True
-        try:
-            return step()
-        finally:
-            torch.backends.cudnn.allow_tf32 = saved
-    return run
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def element_size(dtype: torch.dtype) -> int:
-    return torch.tensor([], dtype=dtype).element_size()
-
-
-@dataclass
-class Case:
-    """One measurement: a layer of a network at a batch size, dtype, device and mode."""
-
-    family: str
-    network: str
-    layer: str
-    op: str  # what the layer computes, for the report
-    batch: int
-    shape: tuple[int, ...]  # the input's shape
-    dtype: torch.dtype
-    device: str
-    mode: str
-    exact: bool = False  # whether fastdl must equal torch exactly (else within 1e-4 of the largest value)
-    baseline: str = "torch"  # what torch runs, where it has a choice (cuDNN with or without TF32)
-
-    @property
-    def id(self) -> str:
-        dt = dtype_name(self.dtype)
-        suffix = "" if self.baseline == "torch" else f"/{self.baseline}"
-        return f"{self.network}/{self.layer}/b{self.batch}/{dt}/{self.mode}{suffix}"
-
-    def random(self, shape, seed: int) -> torch.Tensor:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
-
-    def reference_step(self, inputs: dict) -> Step:
-        """What `measure.check` compares fastdl's result with: torch's step, unless a family says otherwise."""
-        return self.make_step("torch", inputs)
-
-    def make_inputs(self) -> dict:
-        raise NotImplementedError
-
-    def make_step(self, impl: str, inputs: dict) -> Step:
-        raise NotImplementedError
-
-    def bytes_moved(self) -> int:
-        raise NotImplementedError
-
-    def flops(self) -> int | None:
-        """Floating-point operations of a step, for compute-bound families (None: report bandwidth)."""
-        return None
-
-    def axes(self) -> dict[str, int]:
-        """The sizes that the report plots time against."""
-        return {"batch": self.batch}
-
+from fastdl.bench.case import Case, Step, element_size, with_cudnn_tf32
+from fastdl.bench.model_cases import model_cases
+from fastdl.bench.rnn_cases import rnn_cases
 
 # ---- pooling -----------------------------------------------------------------------------------------
 
@@ -446,16 +371,5 @@ def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = 
             for algorithm in (WINOGRAD_ALGORITHMS if layer.kernel == (3, 3) else WINOGRAD_ALGORITHMS[:2])]
 
 
-FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases}
-
-# ---- LSTM/GRU (their cases live in rnn_cases.py, which builds on Case above) ----------------------------
-
-from fastdl.bench.rnn_cases import rnn_cases  # noqa: E402
-
-FAMILIES["rnn"] = rnn_cases
-
-# ---- whole models (model_cases.py) ----------------------------------------------------------------------
-
-from fastdl.bench.model_cases import model_cases  # noqa: E402
-
-FAMILIES["models"] = model_cases
+FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases, "rnn": rnn_cases,
+            "models": model_cases}

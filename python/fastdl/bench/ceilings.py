@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdl.bench.cases import dtype_name
+from fastdl.bench.case import dtype_name
 from fastdl.bench.timing import time_pair
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdl.bench.cases import Case, dtype_name
+from fastdl.bench.case import Case, dtype_name
 from fastdl.bench.host import cache_copy_gbps, canary_gflops
 from fastdl.bench.memory import peak_bytes
 from fastdl.bench.timing import time_pair

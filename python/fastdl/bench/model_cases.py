@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fastdl
 from fastdl import models
-from fastdl.bench.cases import Case, Step
+from fastdl.bench.case import Case, Step
 
 MODEL_MODES = ("inference", "training step")
 # registry name -> (label, CPU batches)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import fastdl
-from fastdl.bench.cases import Case, Step
+from fastdl.bench.case import Case, Step
 
 RNN_INPUT = 256
 RNN_HIDDEN = (256, 512)

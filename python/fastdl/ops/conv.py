@@ -223,9 +223,6 @@ def winograd_5x5_rule(device: str, batch: int, in_channels: int, out_channels: i
     return "direct"
 
 
-_benchmarked: dict[tuple, str] = {}
-
-
 def _auto(input, weight, bias, stride, padding, dilation, groups) -> str:
     if winograd_gap(input, weight, stride, dilation, groups):
         return "direct"
@@ -233,9 +230,9 @@ def _auto(input, weight, bias, stride, padding, dilation, groups) -> str:
         return _heuristic(input, weight, padding)
     key = (input.device, input.dtype, suggest_memory_format(input), tuple(input.shape), tuple(weight.shape),
            tuple(padding), bias is not None)
-    if key not in _benchmarked:
-        _benchmarked[key] = _fastest(input, weight, bias, padding)
-    return _benchmarked[key]
+    if key not in backends.benchmarked:
+        backends.benchmarked[key] = _fastest(input, weight, bias, padding)
+    return backends.benchmarked[key]
 
 
 def _fastest(input: Tensor, weight: Tensor, bias: Tensor | None, padding: list[int]) -> str:
