@@ -153,7 +153,7 @@ def test_large_resnet_layer(input_format):
 
 
 # Few tiles, deep reductions: the forward and grad_input split their reductions (SplitDepth in
-# csrc/cuda/conv2d_kernels_impl.cuh): ResNet-50's layer4 3x3 and layer3 1x1 and AlexNet's 5x5 at batch 1,
+# csrc/cuda/conv2d_gemms.cuh): ResNet-50's layer4 3x3 and layer3 1x1 and AlexNet's 5x5 at batch 1,
 # a grouped layer, in half precision too.
 SPLIT_CASES = [
     (1, 512, 7, 7, 512, (3, 3), 1, 1, 1, 1),
