@@ -328,6 +328,20 @@ def test_named_cases_over_columns_or_rows(name, monkeypatch):
             check_against_torch(x, w, b, stride, padding, dilation, groups)
 
 
+@pytest.mark.parametrize("kernel, padding", [(1, 0), (3, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stride_2_inputs_gathered_as_runs(kernel, padding, dtype, monkeypatch):
+    """Stride-2 convolutions gather a tile's inputs as runs of every other element (copy_run in
+    csrc/cpu/conv2d_packing.h: vectors deinterleaved, the last one through masked loads): widths 1-35
+    give runs of every length against the vector width, ending at the input's last column (odd
+    widths) and last element; 3x3 over im2col columns, 1x1 forward and weight gradient over pixels."""
+    monkeypatch.setenv("FASTDL_CONV_COLUMNS", "always")
+    for width in range(1, 36):
+        x = make((3, 3, 29, width), "contiguous", dtype, "cpu", width)
+        w = make((4, 3, kernel, kernel), "contiguous", dtype, "cpu", 100 + width)
+        check_against_torch(x, w, None, 2, padding, 1, 1)
+
+
 # Named cases whose weight gradient has fewer pixel items than twice the threads: the threads split
 # the output-channel blocks, and every item is packed once beforehand with its channels split between
 # the threads (SharedGradItems in csrc/cpu/conv2d_grad_weight.h); one thread packs per task.
