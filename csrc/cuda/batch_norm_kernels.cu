@@ -22,7 +22,6 @@ namespace fastdl::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;  // rows layouts: blocks of kWarp channels x kRowsPerBlock rows
 
 // ---- accumulators ----------------------------------------------------------------------------------

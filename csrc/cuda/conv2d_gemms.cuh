@@ -32,7 +32,6 @@ namespace fastdl::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 
 // ---- index arithmetic ------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@
 
 namespace fastdl::cuda {
 
+constexpr int kWarp = 32;  // threads of a warp
+
 // Arithmetic happens in Acc<T>: float for float, half and bfloat16; double for double.
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };

@@ -15,7 +15,6 @@ namespace fastdl::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 
 // Element e of a dense (N, C, h, w) tensor in layout L: its spatial position (y, x), the offset of
 // the same (n, c) at spatial position 0 in a tensor of spatial size `other_plane`, and the distance
