@@ -8,7 +8,7 @@
 // weights_in_place). Reduction channels go in blocks sized for the L1 cache,
 // the partial sums staying in the output between blocks. A 1x1 convolution (any stride) takes the
 // output pixels of the whole batch in flat order instead of rows: tiles of them are gathered
-// tile-major (pack_pixels, one memcpy per channel and run of contiguous pixels), so that a tile's
+// tile-major (pack_pixels, one copy per channel and run of evenly spaced pixels), so that a tile's
 // inputs over a channel block are one contiguous run; so do small maps and strided kernels over many channels, as a 1x1
 // convolution over im2col columns gathered the same way (forward_columns). Of the item's inputs and
 // its weights, the smaller stays in cache and the other streams (compute_blocks picks the loop order).

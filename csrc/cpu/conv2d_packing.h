@@ -113,7 +113,7 @@ C10_ALWAYS_INLINE void copy_run(T* __restrict dst, const T* __restrict src, int6
 // channel c under output pixel p0 + tile * tile_size + l, pixels numbered in flat order across the
 // batch (n * OH * OW + oh * OW + ow), zero past p1 or in the padding. A tile's values over all
 // channels are then one contiguous run. Where a tile's lanes read few runs of inputs evenly spaced
-// (step: stride_w elements apart; one run per image and row break), each run is one copy_run per
+// (`step` apart, below; one run per image and row break), each run is one copy_run per
 // channel (lane by lane, the stride-2 gather took 19% of perf's samples of ResNet-50's stride-2 3x3
 // 128-channel forward at batch 8).
 template <typename T>
@@ -127,8 +127,8 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
     bool all_inside;
   };
   // Lanes `step` input elements apart make a run: 1, or 2 for stride-2 convolutions over dense rows
-  // with output rows of a vector or more (smaller maps measured slower with it: 512 channels 3x3 and
-  // 1024 -> 2048 1x1 on 14x14 at batch 1, 3-5%).
+  // with output rows of a vector or more (7x7 outputs measured 3-5% slower with step-2 runs and their
+  // prefetch: 512 channels 3x3 and 1024 -> 2048 1x1 on 14x14 at batch 1; which of the two, not known).
   const int64_t plane = s.out_h * s.out_w, step = s.stride_w * x.sw == 2 && s.out_w >= Vec<T>::size() ? 2 : 1;
   std::vector<int64_t> offset(ct.count * tile_size);
   std::vector<TapLanes> taps(ct.count);
@@ -172,16 +172,15 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
       }
     }
     // Column channel c is input channel c / ct.count read at tap c % ct.count: both counted along.
-    // Strided runs prefetch their inputs two channels ahead (fastest of 60, five rounds in alternating
+    // Step-2 lanes prefetch their inputs two channels ahead (fastest of 60, five rounds in alternating
     // processes: 128 channels 3x3 stride 2 on 56x56 at batch 8 12.42-12.96 -> 12.06-12.57 ms, 256 on
     // 28x28 11.81-12.06 -> 11.46-11.79; for stride 1 no gain was seen).
-    const bool prefetch = step == 2;
     int64_t j = c0 % ct.count;
     const T* src = x.data + c0 / ct.count * x.sc;
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
       const int64_t* off = offset.data() + j * tile_size;
       const TapLanes& tap = taps[j];
-      if (prefetch) {  // the same tap two input channels on: its first and last input
+      if (step == 2) {  // the same tap two input channels on: its first and last input
         if (off[0] >= 0) __builtin_prefetch(src + 2 * x.sc + off[0]);
         if (off[tile_size - 1] >= 0) __builtin_prefetch(src + 2 * x.sc + off[tile_size - 1]);
       }
