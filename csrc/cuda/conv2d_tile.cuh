@@ -394,24 +394,17 @@ constexpr bool kTensorCoreType = std::is_same_v<T, __half> || std::is_same_v<T, 
 template <typename Kernel>
 bool runs_mma(Kernel kernel) {
   static signed char known[64] = {};  // 0: not yet looked up, 1: yes, -1: no
-  int device = 0;
-  cudaGetDevice(&device);
-  if (device >= 64) device = 63;
-  if (known[device] == 0) {
+  return per_device(known, [kernel](int device) -> signed char {
     int major = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     cudaFuncAttributes attr{};
-    bool yes = false;
-    if (major >= 8) {
-      if (cudaFuncGetAttributes(&attr, kernel) == cudaSuccess) {
-        yes = attr.ptxVersion >= 80;
-      } else {
-        (void)cudaGetLastError();  // no image for this device: the FFMA tile's launch reports it
-      }
+    if (major < 8) return -1;
+    if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+      (void)cudaGetLastError();  // no image for this device: the FFMA tile's launch reports it
+      return -1;
     }
-    known[device] = yes ? 1 : -1;
-  }
-  return known[device] > 0;
+    return attr.ptxVersion >= 80 ? 1 : -1;
+  }) > 0;
 }
 
 // Tiles are numbered with m fastest, so that neighbouring blocks share their B tile; the grid is

@@ -96,18 +96,26 @@ cudaError_t dispatch_layout(Layout layout, F&& f) {
   return layout == Layout::nhwc ? f(LayoutTag<Layout::nhwc>{}) : f(LayoutTag<Layout::nchw>{});
 }
 
-// Multiprocessors of the current device (looked up once per device).
-inline int sm_count() {
-  static int counts[64] = {};
+// A property of the current device, computed by look_up(device) once per device and kept in `cache`
+// (one slot per device, T{} while unknown; look_up must not return T{}). Devices past the cache's
+// end are looked up on every call. Threads that race on a first lookup each store the same value.
+template <typename T, int N, typename LookUp>
+T per_device(T (&cache)[N], LookUp&& look_up) {
   int device = 0;
   cudaGetDevice(&device);
-  if (device >= 64) device = 63;
-  if (counts[device] == 0) {
+  if (device < 0 || device >= N) return look_up(device);
+  if (cache[device] == T{}) cache[device] = look_up(device);
+  return cache[device];
+}
+
+// Multiprocessors of the current device.
+inline int sm_count() {
+  static int counts[64] = {};
+  return per_device(counts, [](int device) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    counts[device] = sms > 0 ? sms : 132;
-  }
-  return counts[device];
+    return sms > 0 ? sms : 132;
+  });
 }
 
 // Blocks for a grid-stride loop over `total` items: enough to fill the device, capped so that huge
