@@ -279,21 +279,10 @@ struct Emulator {
     for (int t = 0; t < kThreads; ++t) threads[t].t = t;
     for (int64_t index = 0; index < m_tiles * n_tiles * int64_t(p.parts()); ++index) {
       const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
-      for (auto& thread : threads) {
-        thread.begin(p, tile);
-        thread.fetch(p, tile, tile.depth.begin);
-        thread.stage(*staged, 0);
-      }
-      int buf = 0;
-      for (I k0 = tile.depth.begin; k0 < tile.depth.end; k0 += Cfg::BK) {
-        const bool more = k0 + Cfg::BK < tile.depth.end;
-        for (auto& thread : threads) {
-          if (more) thread.fetch(p, tile, k0 + Cfg::BK);
-          thread.multiply(*staged, buf);
-          if (more) thread.stage(*staged, buf ^ 1);
-        }
-        buf ^= 1;
-      }
+      for (auto& thread : threads) thread.begin(p, tile);
+      multiply_slices<Cfg::BK>(p, tile, tile.depth.begin, tile.depth.end, *staged, [&](auto&& phase) {
+        for (auto& thread : threads) phase(thread);
+      });
       for (auto& thread : threads) thread.finish(p, tile);
     }
   }

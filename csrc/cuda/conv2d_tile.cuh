@@ -419,18 +419,10 @@ __global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks)
   for (int64_t index = blockIdx.x; index < tiles; index += gridDim.x) {
     const Tile<I> tile = tile_at<Cfg>(p, index, m_tiles, n_tiles);
     thread.begin(p, tile);
-    thread.fetch(p, tile, tile.depth.begin);
-    thread.stage(staged, 0);
-    __syncthreads();
-    int buf = 0;
-    for (I k0 = tile.depth.begin; k0 < tile.depth.end; k0 += Cfg::BK) {
-      const bool more = k0 + Cfg::BK < tile.depth.end;
-      if (more) thread.fetch(p, tile, k0 + Cfg::BK);
-      thread.multiply(staged, buf);
-      if (more) thread.stage(staged, buf ^ 1);  // the other buffer: last read before the previous barrier
+    multiply_slices<Cfg::BK>(p, tile, tile.depth.begin, tile.depth.end, staged, [&](auto&& phase) {
+      phase(thread);
       __syncthreads();
-      buf ^= 1;
-    }
+    });
     thread.finish(p, tile);
   }
 }

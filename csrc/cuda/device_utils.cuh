@@ -118,6 +118,31 @@ inline int sm_count() {
   });
 }
 
+// The double-buffered loop of a block's GEMM tile over its depth [begin, end), BK at a time: every
+// thread fetches slice k + 1 from global memory into registers while the block multiplies slice k from
+// shared memory, then stages its registers into the other buffer (last read before the previous
+// barrier). each_thread(f) runs f(thread) for every thread of the block, then a barrier: in a kernel,
+// the calling thread and __syncthreads(); in the host emulations, the threads one after another. The
+// threads' begin() runs before, their finish() after.
+template <int BK, typename I, typename P, typename Tile, typename Staged, typename EachThread>
+FASTDL_HOST_DEVICE void multiply_slices(const P& p, const Tile& tile, I begin, I end, Staged& staged,
+                                        EachThread&& each_thread) {
+  each_thread([&](auto& thread) {
+    thread.fetch(p, tile, begin);
+    thread.stage(staged, 0);
+  });
+  int buf = 0;
+  for (I k0 = begin; k0 < end; k0 += BK) {
+    const bool more = k0 + BK < end;
+    each_thread([&](auto& thread) {
+      if (more) thread.fetch(p, tile, k0 + BK);
+      thread.multiply(staged, buf);
+      if (more) thread.stage(staged, buf ^ 1);
+    });
+    buf ^= 1;
+  }
+}
+
 // Blocks for a grid-stride loop over `total` items: enough to fill the device, capped so that huge
 // tensors reuse threads instead of launching millions of blocks.
 inline unsigned grid_blocks(int64_t total, int threads) {

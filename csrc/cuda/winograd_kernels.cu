@@ -323,18 +323,10 @@ __global__ void __launch_bounds__(kThreads) batched_gemm_kernel(const P p, int64
   for (int64_t index = blockIdx.x; index < tiles; index += gridDim.x) {
     const GemmTile<I> tile = gemm_tile(p, index, m_tiles, n_tiles);
     thread.begin();
-    thread.fetch(p, tile, tile.k_begin);
-    thread.stage(staged, 0);
-    __syncthreads();
-    int buf = 0;
-    for (I k0 = tile.k_begin; k0 < tile.k_end; k0 += Cfg::BK) {
-      const bool more = k0 + Cfg::BK < tile.k_end;
-      if (more) thread.fetch(p, tile, k0 + Cfg::BK);
-      thread.multiply(staged, buf);
-      if (more) thread.stage(staged, buf ^ 1);  // the other buffer: last read before the previous barrier
+    multiply_slices<Cfg::BK>(p, tile, tile.k_begin, tile.k_end, staged, [&](auto&& phase) {
+      phase(thread);
       __syncthreads();
-      buf ^= 1;
-    }
+    });
     thread.finish(p, tile);
   }
 }
@@ -441,21 +433,10 @@ struct Emulator {
     for (int t = 0; t < kThreads; ++t) threads[t].t = t;
     for (int64_t index = 0; index < tiles; ++index) {
       const GemmTile<I> tile = gemm_tile(p, index, m_tiles, n_tiles);
-      for (auto& thread : threads) {
-        thread.begin();
-        thread.fetch(p, tile, tile.k_begin);
-        thread.stage(*staged, 0);
-      }
-      int buf = 0;
-      for (I k0 = tile.k_begin; k0 < tile.k_end; k0 += Cfg::BK) {
-        const bool more = k0 + Cfg::BK < tile.k_end;
-        for (auto& thread : threads) {
-          if (more) thread.fetch(p, tile, k0 + Cfg::BK);
-          thread.multiply(*staged, buf);
-          if (more) thread.stage(*staged, buf ^ 1);
-        }
-        buf ^= 1;
-      }
+      for (auto& thread : threads) thread.begin();
+      multiply_slices<Cfg::BK>(p, tile, tile.k_begin, tile.k_end, *staged, [&](auto&& phase) {
+        for (auto& thread : threads) phase(thread);
+      });
       for (auto& thread : threads) thread.finish(p, tile);
     }
   }
