@@ -118,10 +118,12 @@ void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = kOneTap) {
     pack_window(x, s.in_h, s.in_w, unit / row_groups, c0, c1, geo.rows(s, r.begin, r.end), dst, cs);
   });
   run_row_units<T, KT>(tc, windows, cs, tap_offsets.data(), y.data, units, row_groups, blocks, kchunks, nvec, unit_rows,
-                       [&](int64_t unit, int64_t row, int64_t ow) {
-                         const int64_t n = unit / row_groups, oh = unit_rows(unit).begin + row;
-                         return VectorPos{row * s.stride_h * rs + ow, n * y.sn + oh * y.sh + ow * y.sw,
-                                          std::min(V, s.out_w - ow)};
+                       [&](int64_t unit) {
+                         const int64_t row_step = s.stride_h * rs, out_w = s.out_w, sh = y.sh, sw = y.sw;
+                         const int64_t first = unit / row_groups * y.sn + unit_rows(unit).begin * sh;
+                         return [=](int64_t row, int64_t ow) {
+                           return VectorPos{row * row_step + ow, first + row * sh + ow * sw, std::min(V, out_w - ow)};
+                         };
                        });
 }
 
@@ -340,11 +342,14 @@ void grad_input_tiles(const Conv2dBackward& b) {
       pack_window(dy, s.out_h, s.out_w, unit / row_groups, k0, k1, win, dst, cs);
     });
     run_row_units<T, KT>(tc, windows, cs, taps.data(), dx.data, units, row_groups, blocks, kchunks, nvec,
-                         unit_rows, [&](int64_t unit, int64_t row, int64_t j) {
-                           const int64_t n = unit / row_groups, m = unit_rows(unit).begin + row;
-                           return VectorPos{row * width + j,
-                                            n * dx.sn + (a + s.stride_h * m) * dx.sh + (a_w + s.stride_w * j) * dx.sw,
-                                            std::min(V, cols_out - j)};
+                         unit_rows, [&](int64_t unit) {
+                           const int64_t row_step = s.stride_h * dx.sh;
+                           const int64_t first = unit / row_groups * dx.sn +
+                                                 (a + s.stride_h * unit_rows(unit).begin) * dx.sh + a_w * dx.sw;
+                           return [=](int64_t row, int64_t j) {
+                             return VectorPos{row * width + j, first + row * row_step + j * pixel_step,
+                                              std::min(V, cols_out - j)};
+                           };
                          });
   }
 }
