@@ -172,27 +172,26 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
       }
     }
     // Column channel c is input channel c / ct.count read at tap c % ct.count: both counted along.
-    // Step-2 lanes prefetch their inputs two channels ahead (fastest of 60, five rounds in alternating
-    // processes: 128 channels 3x3 stride 2 on 56x56 at batch 8 12.42-12.96 -> 12.06-12.57 ms, 256 on
-    // 28x28 11.81-12.06 -> 11.46-11.79; for stride 1 no gain was seen).
+    // Whole-tile runs and step-2 lanes prefetch the inputs after the tile's last lane, where the next
+    // tile's lanes of this column channel continue on the same row for most tiles: a whole tile of
+    // channels ahead, they arrive in time, where the hardware's stream prefetchers do not follow one
+    // stream per channel (bench/NOTES.md, convolution entries 31 and 33). pack_pixels' samples over the
+    // tile's, two threads at batch 8: 1x1 64 -> 64 on 56x56 0.56-0.60 -> 0.31-0.35; 1x1 stride 2 256 ->
+    // 512 on 56x56 0.22-0.37 -> 0.20-0.23 and 3x3 stride 2 128 on 56x56 0.30-0.36 -> 0.30-0.32, against
+    // the step-2 prefetch two channels ahead that this replaced.
     int64_t j = c0 % ct.count;
     const T* src = x.data + c0 / ct.count * x.sc;
     for (int64_t c = c0; c < c1; ++c, dst += tile_size) {
       const int64_t* off = offset.data() + j * tile_size;
       const TapLanes& tap = taps[j];
-      if (step == 2) {  // the same tap two input channels on: its first and last input
-        if (off[0] >= 0) __builtin_prefetch(src + 2 * x.sc + off[0]);
-        if (off[tile_size - 1] >= 0) __builtin_prefetch(src + 2 * x.sc + off[tile_size - 1]);
+      const bool whole = tap.runs.size() == 1 && tap.all_inside && step == 1;
+      if ((whole || step == 2) && off[tile_size - 1] >= 0) {
+        const char* next = reinterpret_cast<const char*>(src + off[tile_size - 1] + step);
+        const int64_t bytes = step * tile_size * int64_t(sizeof(T));
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
+        __builtin_prefetch(next + bytes - 1);
       }
-      if (tap.runs.size() == 1 && tap.all_inside && step == 1) {  // a whole tile: a copy of constant size, inlined
-        // (a library call per run made that layer 4% slower). The next tile's run of this channel, which
-        // follows on in the plane, is prefetched: a whole tile of channels ahead, it arrives in time,
-        // where the hardware's stream prefetchers do not follow one stream per channel (64 -> 64 1x1
-        // on 56x56 at batch 8: pack_pixels' samples over the tile's 0.56-0.60 -> 0.31-0.35; bench/NOTES.md
-        // convolution entry 33).
-        const char* next = reinterpret_cast<const char*>(src + off[0] + tile_size);
-        for (int64_t b = 0; b < tile_size * int64_t(sizeof(T)); b += 64) __builtin_prefetch(next + b);
-        __builtin_prefetch(next + tile_size * sizeof(T) - 1);
+      if (whole) {  // a copy of constant size, inlined (a library call per run made that layer 4% slower)
         std::memcpy(dst, src + off[0], tile_size * sizeof(T));
       } else if (!tap.runs.empty()) {
         for (const Run& r : tap.runs) {
