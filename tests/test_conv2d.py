@@ -332,7 +332,7 @@ def test_named_cases_over_columns_or_rows(name, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stride_2_inputs_gathered_as_runs(kernel, padding, dtype, monkeypatch):
     """Stride-2 convolutions gather a tile's inputs as runs of every other element (copy_run in
-    csrc/cpu/conv2d_packing.h: vectors deinterleaved, the last one through masked loads): widths 1-35
+    csrc/cpu/conv2d_packing.h: whole vectors deinterleaved, the rest lane by lane): widths 1-35
     give runs of every length against the vector width, ending at the input's last column (odd
     widths) and last element; 3x3 over im2col columns, 1x1 forward and weight gradient over pixels."""
     monkeypatch.setenv("FASTDL_CONV_COLUMNS", "always")

@@ -127,8 +127,9 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
     bool all_inside;
   };
   // Lanes `step` input elements apart make a run: 1, or 2 for stride-2 convolutions over dense rows
-  // with output rows of a vector or more (7x7 outputs measured 3-5% slower with step-2 runs and their
-  // prefetch: 512 channels 3x3 and 1024 -> 2048 1x1 on 14x14 at batch 1; which of the two, not known).
+  // with output rows of a vector or more (7x7 outputs measured 3-5% slower with step-2 runs and the
+  // prefetch they had then, two channels ahead: 512 channels 3x3 and 1024 -> 2048 1x1 on 14x14 at
+  // batch 1; which of the two, not known).
   const int64_t plane = s.out_h * s.out_w, step = s.stride_w * x.sw == 2 && s.out_w >= Vec<T>::size() ? 2 : 1;
   std::vector<int64_t> offset(ct.count * tile_size);
   std::vector<TapLanes> taps(ct.count);
@@ -177,7 +178,7 @@ void pack_pixels(const Strided4d<const T>& x, const Conv2dShape& s, int64_t c0, 
     // channels ahead, they arrive in time, where the hardware's stream prefetchers do not follow one
     // stream per channel (bench/NOTES.md, convolution entries 31 and 33). pack_pixels' samples over the
     // tile's, two threads at batch 8: 1x1 64 -> 64 on 56x56 0.56-0.60 -> 0.31-0.35; 1x1 stride 2 256 ->
-    // 512 on 56x56 0.22-0.37 -> 0.20-0.23 and 3x3 stride 2 128 on 56x56 0.30-0.36 -> 0.30-0.32, against
+    // 512 on 56x56 0.22-0.37 -> 0.20-0.29 and 3x3 stride 2 128 on 56x56 0.30-0.36 -> 0.30-0.32, against
     // the step-2 prefetch two channels ahead that this replaced.
     int64_t j = c0 % ct.count;
     const T* src = x.data + c0 / ct.count * x.sc;
