@@ -555,6 +555,10 @@ def test_bad_input_names_the_argument():
         op(x, w, padding="full")
     with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
         op(x, w, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"fastdl.conv2d: stride must be an int or a pair of ints, but got 1.5"):
+        op(x, w, stride=1.5)
+    with pytest.raises(ValueError, match="dilation must be an int or a pair of ints"):
+        op(x, w, dilation=(True, 1))
 
 
 @pytest.mark.cuda

@@ -1,6 +1,7 @@
 """Bad pooling calls: each gets an error naming the argument and what was expected, wherever PyTorch
 rejects the same call; never a crash or silent garbage."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,10 @@ def test_badly_formed_size_arguments():
         fastdl.ops.max_pool2d(x, (2, 2, 2))
     with pytest.raises(ValueError, match="stride"):
         fastdl.ops.avg_pool2d(x, 2, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"fastdl.max_pool2d: padding must be an int or a pair of ints, but got 0.5"):
+        fastdl.ops.max_pool2d(x, 2, padding=0.5)
+    # numpy's integers are ints to torch too.
+    assert torch.equal(fastdl.ops.max_pool2d(x, np.int64(2)), F.max_pool2d(x, 2))
     with pytest.raises(RuntimeError, match="kernel_size"):
         fd.max_pool2d(x, [2, 2, 2])
     with pytest.raises(ValueError, match="output_size"):

@@ -438,8 +438,14 @@ def test_bad_input_names_the_argument():
         fastdl.nn.GRU(4, 5)(x, torch.randn(2, 5))
     with pytest.raises(RuntimeError, match=r"expected hx\[1\] of shape \(2, 5\)"):
         fastdl.nn.LSTMCell(4, 5)(torch.randn(2, 4), (torch.randn(2, 5), torch.randn(3, 5)))
-    with pytest.raises(RuntimeError, match=r"expected weight_ih of shape \(15, 3\)"):
+    with pytest.raises(RuntimeError, match=r"fastdl.gru_cell: expected input of shape \(N, 4\) .* got shape \(2, 3\)"):
         fastdl.nn.GRUCell(4, 5)(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match=r"fastdl.lstm_cell: expected input of shape \(N, 4\)"):
+        fastdl.nn.LSTMCell(4, 5)(torch.randn(3, 6))
+    with pytest.raises(ValueError, match=r"fastdl.lstm_cell: expected hx to be a pair \(h, c\) .* a sequence of 1"):
+        fastdl.nn.LSTMCell(4, 5)(torch.randn(2, 4), (torch.randn(2, 5),))
+    with pytest.raises(ValueError, match=r"fastdl.lstm_cell: expected hx to be a pair \(h, c\) .* got Tensor"):
+        fastdl.nn.LSTMCell(4, 5)(torch.randn(2, 4), torch.randn(2, 5))
     with pytest.raises(ValueError, match="GRUCell: Expected input to be 1D or 2D, got 3D instead"):
         fastdl.nn.GRUCell(4, 5)(torch.randn(2, 3, 4))
 

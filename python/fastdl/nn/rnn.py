@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastdl import ops
 from fastdl.nn._fallback import fall_back, kernel_gap
+from fastdl.ops.rnn import check_state_pair
 
 
 def _layer_forward(module: torch.nn.RNNBase, input, hx, parent_forward):
@@ -80,6 +81,8 @@ def _cell_forward(module: torch.nn.RNNCellBase, input: Tensor, hx, parent_forwar
     name = type(module).__name__
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if is_lstm and hx is not None:
+        check_state_pair(hx)
     states = hx if is_lstm or hx is None else (hx,)
     for idx, value in enumerate(states or ()):
         if value.dim() not in (1, 2):
@@ -95,7 +98,7 @@ def _cell_forward(module: torch.nn.RNNCellBase, input: Tensor, hx, parent_forwar
         states = tuple(s.unsqueeze(0) for s in states)
     weights = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
     if is_lstm:
-        h, c = ops.lstm_cell(input, (states[0], states[1]), *weights)
+        h, c = ops.lstm_cell(input, tuple(states), *weights)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
     h = ops.gru_cell(input, states[0], *weights)
     return h.squeeze(0) if unbatched else h

@@ -19,8 +19,6 @@ for torch.compile and export.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import time
 
 import torch
@@ -29,6 +27,7 @@ from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from fastdl import backends
+from fastdl.ops._args import IntOrPair, int_pair
 from fastdl.ops._eager import ops_for
 
 __all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_5x5_rule", "winograd_gap", "winograd_rule"]
@@ -40,17 +39,6 @@ _WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
 _WINOGRAD_DEVICES = {"meta"} | {device for device in ("cpu", "cuda") if torch._C._dispatch_has_kernel_for_dispatch_key(
     "fastdl::conv2d_winograd", device.upper())}
 _WINOGRAD_5X5_DEVICES = _WINOGRAD_DEVICES & {"cpu", "meta"}
-
-IntOrPair = int | Sequence[int]
-
-
-def _pair(value: IntOrPair, name: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    values = list(value)
-    if len(values) in (1, 2) and all(isinstance(v, int) for v in values):
-        return [values[0], values[-1]]
-    raise ValueError(f"fastdl.conv2d: {name} must be an int or a pair of ints, but got {value!r}")
 
 
 def _same_padding(input: Tensor, weight: Tensor, stride: list[int], dilation: list[int]):
@@ -83,7 +71,7 @@ def conv2d(
     """2-D convolution (cross-correlation), as torch.nn.functional.conv2d."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastdl.conv2d: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
-    stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride_, dilation_ = int_pair(stride, "stride", "conv2d"), int_pair(dilation, "dilation", "conv2d")
     if isinstance(padding, str):
         if padding == "valid":
             padding_ = [0, 0]
@@ -93,7 +81,7 @@ def conv2d(
             raise ValueError(f"fastdl.conv2d: padding must be a number, a pair, 'valid' or 'same', "
                              f"but got {padding!r}")
     else:
-        padding_ = _pair(padding, "padding")
+        padding_ = int_pair(padding, "padding", "conv2d")
     if not isinstance(groups, int):
         raise ValueError(f"fastdl.conv2d: groups must be an int, but got {groups!r}")
     if algorithm == "auto":
@@ -277,7 +265,8 @@ def _out_size(size, kernel, stride, pad, dilation):
 
 @torch.library.register_fake("fastdl::conv2d")
 def _conv2d_fake(input, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
-    s, p, d = (_pair(list(v), name) for v, name in ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    s, p, d = (int_pair(list(v), name, "conv2d")
+               for v, name in ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     oh = _out_size(input.shape[-2], weight.shape[2], s[0], p[0], d[0])
     ow = _out_size(input.shape[-1], weight.shape[3], s[1], p[1], d[1])
     sizes = [*input.shape[:-3], weight.shape[0], oh, ow]

@@ -18,27 +18,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fastdl.ops._args import IntOrPair, int_pair
 from fastdl.ops._eager import ops_for
 from fastdl.ops._layout import empty_like_layout
 
 __all__ = ["max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d"]
 
-IntOrPair = int | Sequence[int]
-
-
-def _pair(value: IntOrPair, name: str, op: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    values = list(value)
-    if len(values) in (1, 2) and all(isinstance(v, int) for v in values):
-        return [values[0], values[-1]]
-    raise ValueError(f"fastdl.{op}: {name} must be an int or a pair of ints, but got {value!r}")
-
-
 def _stride(stride: IntOrPair | None, kernel: list[int], op: str) -> list[int]:
     if stride is None or (not isinstance(stride, int) and len(stride) == 0):
         return kernel
-    return _pair(stride, "stride", op)
+    return int_pair(stride, "stride", op)
 
 
 def _needs_grad(input: Tensor) -> bool:
@@ -59,9 +48,9 @@ def max_pool2d(
     stride defaults to kernel_size. With return_indices, also returns int64 indices h*W + w of each
     maximum inside its input plane. Ties go to the first maximum in row-major order; NaN propagates.
     """
-    k = _pair(kernel_size, "kernel_size", "max_pool2d")
-    args = (k, _stride(stride, k, "max_pool2d"), _pair(padding, "padding", "max_pool2d"),
-            _pair(dilation, "dilation", "max_pool2d"), bool(ceil_mode))
+    k = int_pair(kernel_size, "kernel_size", "max_pool2d")
+    args = (k, _stride(stride, k, "max_pool2d"), int_pair(padding, "padding", "max_pool2d"),
+            int_pair(dilation, "dilation", "max_pool2d"), bool(ceil_mode))
     if return_indices or _needs_grad(input):
         out, indices = ops_for(input).max_pool2d_with_indices(input, *args)
         return (out, indices) if return_indices else out
@@ -95,9 +84,9 @@ def avg_pool2d(
     The divisor is divisor_override if given, else the window size counting the zero padding
     (count_include_pad) or only the input elements inside it.
     """
-    k = _pair(kernel_size, "kernel_size", "avg_pool2d")
+    k = int_pair(kernel_size, "kernel_size", "avg_pool2d")
     return ops_for(input).avg_pool2d(input, k, _stride(stride, k, "avg_pool2d"),
-                                     _pair(padding, "padding", "avg_pool2d"), bool(ceil_mode),
+                                     int_pair(padding, "padding", "avg_pool2d"), bool(ceil_mode),
                                      bool(count_include_pad), divisor_override)
 
 
@@ -136,7 +125,7 @@ def _output_size(size, kernel: int, stride: int, pad: int, dilation: int, ceil_m
 
 def _pooled_sizes(input: Tensor, kernel, stride, padding, dilation, ceil_mode):
     stride = stride if len(stride) else kernel
-    k, s, p, d = (_pair(list(v), "size", "pool") for v in (kernel, stride, padding, dilation))
+    k, s, p, d = (int_pair(list(v), "size", "pool") for v in (kernel, stride, padding, dilation))
     oh = _output_size(input.shape[-2], k[0], s[0], p[0], d[0], ceil_mode)
     ow = _output_size(input.shape[-1], k[1], s[1], p[1], d[1], ceil_mode)
     return [*input.shape[:-2], oh, ow]

@@ -36,7 +36,8 @@ __all__ = ["gru", "gru_cell", "lstm", "lstm_cell"]
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step, as torch.nn.LSTMCell: input (N, I), hx = (h, c) each (N, H) -> (h', c')."""
-    _check_cell("lstm_cell", input, {"hx[0]": hx[0], "hx[1]": hx[1]}, weight_hh)
+    check_state_pair(hx)
+    _check_cell("lstm_cell", input, {"hx[0]": hx[0], "hx[1]": hx[1]}, weight_ih, weight_hh)
     _, h, c, _, _, _ = ops_for(input).lstm_layer(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih,
                                                  bias_hh, None, [], False, False)
     return h, c
@@ -45,16 +46,27 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], weight_ih: Tensor, weigh
 def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
              bias_hh: Tensor | None = None) -> Tensor:
     """One GRU step, as torch.nn.GRUCell: input (N, I), hx (N, H) -> h'."""
-    _check_cell("gru_cell", input, {"hx": hx}, weight_hh)
+    _check_cell("gru_cell", input, {"hx": hx}, weight_ih, weight_hh)
     _, h, _ = ops_for(input).gru_layer(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, [], False,
                                        False)
     return h
 
 
-def _check_cell(name, input, states, weight_hh):
-    # The layer op would name h0 and c0; a cell's caller knows them as hx.
+def check_state_pair(hx) -> None:
+    """An LSTM cell's hx must be (h, c): fastdl.nn.LSTMCell checks it before looking inside."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        got = f"a sequence of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+        raise ValueError(f"fastdl.lstm_cell: expected hx to be a pair (h, c) of tensors, but got {got}")
+
+
+def _check_cell(name, input, states, weight_ih, weight_hh):
+    # The layer op would name h0 and c0 (and blame weight_ih for the input's width); a cell's caller knows
+    # the states as hx.
     if input.dim() != 2:
         raise ValueError(f"fastdl.{name}: expected input of shape (N, I), but got shape {tuple(input.shape)}")
+    if weight_ih.dim() == 2 and input.shape[1] != weight_ih.shape[1]:
+        raise RuntimeError(f"fastdl.{name}: expected input of shape (N, {weight_ih.shape[1]}) (input_size, the "
+                           f"columns of weight_ih), but got shape {tuple(input.shape)}")
     want = (input.shape[0], weight_hh.shape[-1])
     for label, state in states.items():
         if tuple(state.shape) != want:
