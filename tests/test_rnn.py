@@ -228,7 +228,7 @@ def test_cell_matches_torch(kind, dtype, shape, bias, given):
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
 def test_cpu_autocast_runs_in_the_given_dtype(kind):
-    # fastdl registers no autocast kernel: under autocast its layers compute in float32, products
+    # fastdl registers no CPU autocast kernel: under autocast its layers compute in float32, products
     # included, and give what they give outside it (torch.nn.LSTM itself fails there in 2.14.1).
     torch.manual_seed(4)
     layer = getattr(fastdl.nn, kind)(8, 16)

@@ -102,9 +102,9 @@ namespace rnn_detail {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-// The layer's products run in the dtype the op was given. Autocast, when active around the op, leaves
-// fastdl's ops alone (no autocast kernel is registered), but would otherwise still reach the at::mm
-// calls inside and hand the fused kernels reduced-precision gates.
+// The layer's products run in the dtype the op was given. Autocast has done its casting before the op
+// (on CUDA, csrc/cuda/autocast.cpp; on the CPU it leaves fastdl's ops alone), but would otherwise still
+// reach the at::mm calls inside and hand the fused kernels reduced-precision gates.
 struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
