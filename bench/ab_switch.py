@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--kernel", type=int, default=1)
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--backward", action="store_true", help="forward and both gradients")
+    p.add_argument("--input-grad", action="store_true", help="the input gradient alone (fastdl's backward op)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=100)
     side = p.add_mutually_exclusive_group(required=True)
@@ -54,7 +55,20 @@ def main() -> None:
         args.backward)
     conv_args = (None, args.stride, args.kernel // 2)
 
+    grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))
+
+    def input_grad(conv):
+        if conv is F.conv2d:
+            return lambda: torch.ops.aten.convolution_backward(grad_out, x, w, None, [args.stride] * 2,
+                                                             [args.kernel // 2] * 2, [1, 1], False, [0, 0], 1,
+                                                             [True, False, False])
+        return lambda: torch.ops.fastdl.conv2d_backward(grad_out, x, w, [args.stride], [args.kernel // 2], [1], 1,
+                                                        [True, False, False])
+
     def timed(conv):
+        if args.input_grad:
+            return input_grad(conv)
+
         def call():
             if args.backward:
                 y = conv(x, w, *conv_args)

@@ -201,6 +201,10 @@ NAMED = {
     "1x1 padded, stride 2, small maps (weight gradient over channels)": ((2, 5, 6, 6), (7, 5, 1, 1), 2, 1, 1, 1),
     "1x1 stride (2, 3) padded (1, 0), small maps (gathered pixel-major)": ((2, 5, 9, 11), (7, 5, 1, 1), (2, 3), (1, 0), 1, 1),
     "1x1 on 14x14 maps, many channels": ((1, 70, 14, 14), (30, 70, 1, 1), 1, 0, 1, 1),
+    # Units of 4 tiles (conv2d_blocks.h kStoreRunTiles: reductions of 86-256 channels, 64+ tiles per
+    # thread): forward over 120 channels, input gradient over 100; 55x55 maps put vectors across images,
+    # and 631 tiles end in a unit of 3.
+    "1x1 in units of 4 tiles (the forward and the input gradient)": ((5, 120, 55, 55), (100, 120, 1, 1), 1, 0, 1, 1),
     # 1x1 reductions longer than one pass over tile-major inputs (1365 channels or pixels): the forward
     # over input channels, the input gradient over output channels, the weight gradient over pixels.
     "1x1 reductions past one pass (channels)": ((1, 1380, 2, 3), (1370, 1380, 1, 1), 1, 0, 1, 1),

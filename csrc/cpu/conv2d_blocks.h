@@ -193,6 +193,17 @@ int64_t pointwise_channel_block(int64_t reds) {
 // 2048 -> 512 on 7x7 at batch 8 (3.3 MB), which then ran slower in one of two rounds.
 constexpr int64_t kWholeUnitInputBytes = int64_t(1) << 20;
 
+// Units of (at least) 4 tiles where their inputs fit 96 KB (reductions over 256 channels or fewer) and
+// the batch still gives every thread kItemsPerThread units: each output-channel block then stores 4
+// tiles' pixels in one run (384 bytes a channel) instead of 96 bytes a tile, the next tile's 96 bytes
+// of that channel coming only after every other block's. Stores alone (outputs sent to a scratch
+// line) were 18-22% of ResNet-50's 256 -> 1024 on 14x14 at batch 8 (bench/NOTES.md, convolution
+// entry 35); in one process, switched call by call, two threads: that layer forward 1.11x at batch 8,
+// 1.14x at 32 (1.16x at one thread), 128 -> 512 on 28x28 1.10x, 256 -> 64 on 56x56 1.02-1.06x, the
+// input gradient of 1024 -> 256 on 14x14 1.04x at batch 8 and 1.12x at 32.
+constexpr int64_t kStoreRunTiles = 4;
+constexpr int64_t kStoreRunInputBytes = 96 * 1024;
+
 // A pointwise (1x1) convolution with the tiles of tc (weights packed, output strides set for y): the
 // output pixels of the whole batch in flat order (n * OH * OW + oh * OW + ow), tiles of them gathered
 // tile-major (pack_pixels; with ct, im2col columns of the input: forward_columns). A vector that
@@ -209,12 +220,16 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
   const int64_t zero_tap = 0, plane = s.out_h * s.out_w, pixels = s.batch * plane, tiles = div_up(pixels, tile);
   // Tiles per unit: their inputs over one channel block fit the L1 cache (compute_blocks runs the unit's
-  // tiles inside its output-channel blocks when the weights are the larger), or every tile in one unit
-  // (kWholeUnitInputBytes).
+  // tiles inside its output-channel blocks when the weights are the larger), or at least kStoreRunTiles,
+  // or every tile in one unit (kWholeUnitInputBytes).
   const int64_t tile_bytes = tile * int64_t(sizeof(T)), input_bytes = tiles * s.in_channels * tile_bytes;
   const bool whole = input_bytes <= kWholeUnitInputBytes && blocks * KT * tc.reds * int64_t(sizeof(T)) > input_bytes;
-  const int64_t tiles_in_l1 = kTileInputBytes / (std::min(tc.channel_block, tc.reds) * tile_bytes);
-  const int64_t chunk = whole ? tiles : std::clamp<int64_t>(tiles_in_l1, 1, tiles);
+  const int64_t pass_bytes = std::min(tc.channel_block, tc.reds) * tile_bytes;
+  int64_t chunk = whole ? tiles : std::clamp<int64_t>(kTileInputBytes / pass_bytes, 1, tiles);
+  if (!whole && chunk < kStoreRunTiles && kStoreRunTiles * pass_bytes <= kStoreRunInputBytes &&
+      div_up(tiles, kStoreRunTiles) >= kItemsPerThread * at::get_num_threads()) {
+    chunk = kStoreRunTiles;
+  }
   const int64_t chunks = div_up(tiles, chunk), kchunks = block_chunks(chunks, blocks, kItemsPerThread);
   // With several items per chunk (small batches), the pixels are packed once, in parallel by tiles,
   // into a buffer the items share (up to kMaxColumnElements); else each item packs its own.
