@@ -1,7 +1,7 @@
-// fastdl's ops under torch.autocast on CUDA, as torch's own: the convolutions and the LSTM/GRU layers
-// are on autocast's lower-precision list (torch casts aten::conv2d, and cuDNN's RNNs, to the autocast
-// dtype), so here they cast their floating CUDA tensors to it (float16 by default, or bfloat16; float64
-// stays) and run with autocast off. Weights cast once per autocast region (autocast's cache of leaf
+// fastdl's ops under torch.autocast on CUDA, as torch's own: torch casts aten::conv2d to the autocast
+// dtype and its cuDNN RNNs to float16 (aten/src/ATen/cudnn/AutocastRNN.cpp), so here the convolutions
+// and the LSTM/GRU layers cast their floating CUDA tensors to the autocast dtype (float16 by default,
+// or bfloat16; float64 stays) and run with autocast off. Weights cast once per autocast region (autocast's cache of leaf
 // tensors that require grad). The casts come before autograd, which records them, so the backward
 // gets gradients in the reduced dtype and the parameters' gradients in theirs.
 //
