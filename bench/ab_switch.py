@@ -8,6 +8,8 @@ quartiles sat within 2-3% of the median where separate processes' medians moved 
   The kernel must read VAR on every call (std::getenv in the code under test; a function-local static
   reads it once, and both sides then run the same code);
 - --torch: fastdl against torch.nn.functional.conv2d.
+The forward by default; --backward adds both gradients (autograd), --input-grad and --weight-grad time
+one gradient alone through the backward ops (fastdl.conv2d_backward, aten.convolution_backward).
 glibc's mmap threshold is pinned first, so outputs come from the heap and no call page-faults (as in
 fastdl.bench's runner).
 
@@ -34,7 +36,9 @@ def main() -> None:
     p.add_argument("--kernel", type=int, default=1)
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--backward", action="store_true", help="forward and both gradients")
-    p.add_argument("--input-grad", action="store_true", help="the input gradient alone (fastdl's backward op)")
+    grads = p.add_mutually_exclusive_group()
+    grads.add_argument("--input-grad", action="store_true", help="the input gradient alone (the backward op)")
+    grads.add_argument("--weight-grad", action="store_true", help="the weight gradient alone (the backward op)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=100)
     side = p.add_mutually_exclusive_group(required=True)
@@ -57,17 +61,17 @@ def main() -> None:
 
     grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))
 
-    def input_grad(conv):
+    def one_grad(conv):
+        mask = [args.input_grad, args.weight_grad, False]
         if conv is F.conv2d:
             return lambda: torch.ops.aten.convolution_backward(grad_out, x, w, None, [args.stride] * 2,
-                                                             [args.kernel // 2] * 2, [1, 1], False, [0, 0], 1,
-                                                             [True, False, False])
+                                                             [args.kernel // 2] * 2, [1, 1], False, [0, 0], 1, mask)
         return lambda: torch.ops.fastdl.conv2d_backward(grad_out, x, w, [args.stride], [args.kernel // 2], [1], 1,
-                                                        [True, False, False])
+                                                        mask)
 
     def timed(conv):
-        if args.input_grad:
-            return input_grad(conv)
+        if args.input_grad or args.weight_grad:
+            return one_grad(conv)
 
         def call():
             if args.backward:
