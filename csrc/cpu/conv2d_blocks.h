@@ -63,11 +63,21 @@ struct VectorPos {
 template <int KT>
 constexpr int kTileVectors = KT == 4 ? 3 : 4;  // 12 or fewer accumulators
 
+// Where a pass has at most kStoreBoundSteps reduction steps (channels x taps) the tile's stores are a
+// large share of its work, and compute_blocks runs the blocks outside the tiles whenever the unit's
+// inputs over the pass fit L2 (each block then writes its output rows in runs, the inputs re-read from
+// L2), not only where they outweigh the weights. VGG-16's features.0 (27 steps, 309 KB units), time
+// before over after, one process, two threads (bench/NOTES.md, convolution entry 36): 1.03-1.04 at
+// batch 1, 1.04-1.32 at batch 8; LeNet-5's first layer 1.02; 7x7 and 11x11 stems unchanged.
+constexpr int64_t kStoreBoundSteps = 64;
+constexpr int64_t kStoreBoundUnitBytes = 512 * 1024;
+
 // Output blocks [b0, b1) (numbered across groups) of `vectors` pixel vectors. buf holds the reduction
 // channels of groups first_group.. at channel stride cs, each `in_channel_bytes` of the item's input;
 // vector_at(q) places vector q. Of the item's inputs and the weights, the smaller is kept in cache
 // and the other streamed once per channel block: tiles inside the blocks loop when the inputs are
-// smaller (small images), blocks inside the tiles loop otherwise.
+// smaller (small images) or short passes' inputs fit L2 (kStoreBoundSteps), blocks inside the tiles
+// loop otherwise.
 template <typename T, int KT, typename VectorAt>
 void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int64_t* taps, int64_t first_group,
                     int64_t in_channel_bytes, T* out, int64_t b0, int64_t b1, int64_t vectors,
@@ -87,7 +97,10 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
     pos[q] = vector_at(q);
     any_jumps |= pos[q].jumps.lane < pos[q].count;
   }
-  const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T));
+  const int64_t pass_steps = std::min(tc.channel_block, tc.reds) * tc.ntaps;
+  const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T)) ||
+                              (pass_steps <= kStoreBoundSteps &&
+                               in_channel_bytes * std::min(tc.channel_block, tc.reds) <= kStoreBoundUnitBytes);
   for (int64_t g = b0 / tc.blocks; g <= (b1 - 1) / tc.blocks; ++g) {
     const int64_t kb0 = std::max(b0, g * tc.blocks), kb1 = std::min(b1, (g + 1) * tc.blocks);
     const T* group_in = buf + (g - first_group) * tc.reds * cs;
