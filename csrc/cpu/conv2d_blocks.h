@@ -97,10 +97,10 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
     pos[q] = vector_at(q);
     any_jumps |= pos[q].jumps.lane < pos[q].count;
   }
-  const int64_t pass_steps = std::min(tc.channel_block, tc.reds) * tc.ntaps;
+  const int64_t pass_channels = std::min(tc.channel_block, tc.reds);
   const bool blocks_outside = in_channel_bytes < (b1 - b0) * KT * tc.ntaps * int64_t(sizeof(T)) ||
-                              (pass_steps <= kStoreBoundSteps &&
-                               in_channel_bytes * std::min(tc.channel_block, tc.reds) <= kStoreBoundUnitBytes);
+                              (pass_channels * tc.ntaps <= kStoreBoundSteps &&
+                               pass_channels * in_channel_bytes <= kStoreBoundUnitBytes);
   for (int64_t g = b0 / tc.blocks; g <= (b1 - 1) / tc.blocks; ++g) {
     const int64_t kb0 = std::max(b0, g * tc.blocks), kb1 = std::min(b1, (g + 1) * tc.blocks);
     const T* group_in = buf + (g - first_group) * tc.reds * cs;
