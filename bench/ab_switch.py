@@ -8,8 +8,9 @@ quartiles sat within 2-3% of the median where separate processes' medians moved 
   The kernel must read VAR on every call (std::getenv in the code under test; a function-local static
   reads it once, and both sides then run the same code);
 - --torch: fastdl against torch.nn.functional.conv2d.
-The forward by default; --backward adds both gradients (autograd), --input-grad and --weight-grad time
-one gradient alone through the backward ops (fastdl.conv2d_backward, aten.convolution_backward).
+The forward by default (fastdl's algorithm 'auto'); --backward adds both gradients (autograd),
+--input-grad and --weight-grad time one gradient alone through the backward ops (fastdl.conv2d_backward,
+the direct kernels even where 'auto' would take Winograd; aten.convolution_backward).
 glibc's mmap threshold is pinned first, so outputs come from the heap and no call page-faults (as in
 fastdl.bench's runner).
 
@@ -59,9 +60,8 @@ def main() -> None:
         args.backward)
     conv_args = (None, args.stride, args.kernel // 2)
 
-    grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))
-
     def one_grad(conv):
+        grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))
         mask = [args.input_grad, args.weight_grad, False]
         if conv is F.conv2d:
             return lambda: torch.ops.aten.convolution_backward(grad_out, x, w, None, [args.stride] * 2,

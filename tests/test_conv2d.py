@@ -5,6 +5,7 @@ bad input. CUDA cases carry the cuda marker (more in test_conv2d_cuda.py)."""
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,7 +202,7 @@ NAMED = {
     "1x1 padded, stride 2, small maps (weight gradient over channels)": ((2, 5, 6, 6), (7, 5, 1, 1), 2, 1, 1, 1),
     "1x1 stride (2, 3) padded (1, 0), small maps (gathered pixel-major)": ((2, 5, 9, 11), (7, 5, 1, 1), (2, 3), (1, 0), 1, 1),
     "1x1 on 14x14 maps, many channels": ((1, 70, 14, 14), (30, 70, 1, 1), 1, 0, 1, 1),
-    # Units of 4 tiles (conv2d_blocks.h kStoreRunTiles: reductions of 86-256 channels, 64+ tiles per
+    # Units of 4 tiles (conv2d_blocks.h kStoreRunTiles: reductions of 65-256 channels, 8+ units per
     # thread): forward over 120 channels, input gradient over 100; 55x55 maps put vectors across images,
     # and 631 tiles end in a unit of 3.
     "1x1 in units of 4 tiles (the forward and the input gradient)": ((5, 120, 55, 55), (100, 120, 1, 1), 1, 0, 1, 1),
@@ -563,6 +564,10 @@ def test_bad_input_names_the_argument():
         op(x, w, stride=1.5)
     with pytest.raises(ValueError, match="dilation must be an int or a pair of ints"):
         op(x, w, dilation=(True, 1))
+    with pytest.raises(ValueError, match="groups must be an int"):
+        op(x, w, groups=True)
+    # numpy's integers are ints to torch too.
+    torch.testing.assert_close(op(x, w, stride=np.int64(2), groups=np.int64(1)), F.conv2d(x, w, stride=2))
 
 
 @pytest.mark.cuda

@@ -69,6 +69,7 @@ def test_badly_formed_size_arguments():
         fastdl.ops.max_pool2d(x, 2, padding=0.5)
     # numpy's integers are ints to torch too.
     assert torch.equal(fastdl.ops.max_pool2d(x, np.int64(2)), F.max_pool2d(x, 2))
+    assert torch.equal(fastdl.ops.avg_pool2d(x, 2, np.int64(1)), F.avg_pool2d(x, 2, 1))
     with pytest.raises(RuntimeError, match="kernel_size"):
         fd.max_pool2d(x, [2, 2, 2])
     with pytest.raises(ValueError, match="output_size"):

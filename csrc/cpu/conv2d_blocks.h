@@ -210,7 +210,7 @@ constexpr int64_t kWholeUnitInputBytes = int64_t(1) << 20;
 // the batch still gives every thread kItemsPerThread units: each output-channel block then stores 4
 // tiles' pixels in one run (384 bytes a channel) instead of 96 bytes a tile, the next tile's 96 bytes
 // of that channel coming only after every other block's. Stores alone (outputs sent to a scratch
-// line) were 18-22% of ResNet-50's 256 -> 1024 on 14x14 at batch 8 (bench/NOTES.md, convolution
+// line) were 15-18% of ResNet-50's 256 -> 1024 on 14x14 at batch 8 (bench/NOTES.md, convolution
 // entry 35); in one process, switched call by call, two threads: that layer forward 1.11x at batch 8,
 // 1.14x at 32 (1.16x at one thread), 128 -> 512 on 28x28 1.10x, 256 -> 64 on 56x56 1.02-1.06x, the
 // input gradient of 1024 -> 256 on 14x14 1.04x at batch 8 and 1.12x at 32.

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from fastdl import backends
-from fastdl.ops._args import IntOrPair, int_pair
+from fastdl.ops._args import IntOrPair, int_pair, is_int
 from fastdl.ops._eager import ops_for
 
 __all__ = ["ALGORITHMS", "choose_algorithm", "conv2d", "winograd_5x5_rule", "winograd_gap", "winograd_rule"]
@@ -82,8 +82,9 @@ def conv2d(
                              f"but got {padding!r}")
     else:
         padding_ = int_pair(padding, "padding", "conv2d")
-    if not isinstance(groups, int):
+    if not is_int(groups):
         raise ValueError(f"fastdl.conv2d: groups must be an int, but got {groups!r}")
+    groups = int(groups)
     if algorithm == "auto":
         algorithm = _auto(input, weight, bias, stride_, padding_, dilation_, groups)
     elif algorithm != "direct" and (gap := winograd_gap(input, weight, stride_, dilation_, groups, algorithm)):

@@ -25,7 +25,7 @@ from fastdl.ops._layout import empty_like_layout
 __all__ = ["max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d"]
 
 def _stride(stride: IntOrPair | None, kernel: list[int], op: str) -> list[int]:
-    if stride is None or (not isinstance(stride, int) and len(stride) == 0):
+    if stride is None or (isinstance(stride, Sequence) and len(stride) == 0):
         return kernel
     return int_pair(stride, "stride", op)
 
