@@ -1,5 +1,6 @@
 """Pooling ops as PyTorch ops: gradcheck in float64, torch.library.opcheck (schema, fake kernel,
-autograd registration, AOT dispatch), torch.compile(fullgraph=True), and the double backward error."""
+autograd registration, AOT dispatch) and torch.compile(fullgraph=True); double backward in
+tests/test_double_backward.py."""
 
 import pytest
 import torch
@@ -107,19 +108,6 @@ def test_torch_compile_fullgraph_matches_eager(device):
     out_eager.backward(g)
     out_compiled.backward(g)
     torch.testing.assert_close(b.grad, a.grad)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"])
-def test_double_backward_raises_a_clear_error(op, device):
-    x = torch.randn(1, 2, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
-    fn = {"max_pool2d": lambda t: fastdl.ops.max_pool2d(t, 2),
-          "avg_pool2d": lambda t: fastdl.ops.avg_pool2d(t, 2),
-          "adaptive_avg_pool2d": lambda t: fastdl.ops.adaptive_avg_pool2d(t, 2)}[op]
-    out = fn(x)
-    (grad,) = torch.autograd.grad((out * out).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=f"derivative for fastdl::{op}_backward is not implemented"):
-        grad.sum().backward()
 
 
 def test_first_order_gradient_with_create_graph_still_works():

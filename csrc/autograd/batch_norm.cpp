@@ -1,14 +1,17 @@
 // Autograd of batch normalization, registered in C++ at the Autograd key (see autograd/pool2d.cpp
 // for why not from Python). The forward op's formula saves the input, the weight and the statistics
 // it normalized with, and calls the backward op for exactly the gradients autograd asks for. The
-// backward op gets torch's not-implemented fallback: double backward raises an error naming it.
+// backward op has a formula too (double backward, e.g. a gradient penalty), written with ATen's
+// tensor operations: it runs only when the gradient of a gradient is asked for.
 
+#include <ATen/TensorOperators.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "autograd/autograd_utils.h"
 
@@ -70,11 +73,125 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, cons
   return {outs[0], outs[1], outs[2]};
 }
 
+// Double backward. Per channel, with S(u) the sum of u over the channel's M values, x^ = (x - mean) s
+// (s the inverse standard deviation) and P(u) = u - S(u)/M - x^ S(u x^)/M (the projection that the
+// first-order input gradient applies), the backward op computes
+//   training: gI = w s P(gO),  gW = S(gO x^),  gB = S(gO)
+//   eval:     gI = w s gO      (the mean and s are the running statistics: constants)
+// Given a loss's gradients ggI, ggW, ggB with respect to those (an undefined one: not used):
+//   d/dgO = w s P(ggI) + ggW x^ + ggB                                     (eval: w s ggI + ggW x^ + ggB)
+//   d/dw  = s S(ggI P(gO))                                                (eval: s S(ggI gO))
+//   d/dx  = s P(ggW gO) - w s^2 [(A - B m) x^/M + m P(ggI) + B P(gO)/M]   (eval: s ggW gO)
+//           with A = S(ggI (gO - S(gO)/M)), B = S(ggI x^), m = S(gO x^)/M,
+// from the vector-Jacobian product of x^ (s P(u)) and ds/dx = -s^2 x^/M. When this gradient is itself
+// recorded (a third derivative), training recomputes the mean and s from x so that their dependence
+// on x is recorded too; otherwise the saved ones serve. Computed in the statistics' dtype (float32 for
+// 16-bit inputs), returned in each argument's dtype.
+struct Channels {
+  std::vector<int64_t> reduce;  // every dimension but 1
+  std::vector<int64_t> shape;   // (1, C, 1, ...): a per-channel value broadcast against the input
+  double count = 0;             // values per channel
+
+  explicit Channels(const Tensor& input) : shape(input.dim(), 1) {
+    for (int64_t d = 0; d < input.dim(); ++d) {
+      if (d != 1) reduce.push_back(d);
+    }
+    shape[1] = input.size(1);
+    if (input.size(1) > 0) count = double(input.numel() / input.size(1));
+  }
+  Tensor sum(const Tensor& t) const { return t.sum(reduce, /*keepdim=*/true); }
+  Tensor mean(const Tensor& t) const { return sum(t).div(count); }
+  Tensor broadcast(const Tensor& per_channel) const { return per_channel.reshape(shape); }
+};
+
+variable_list batch_norm_double_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
+                                         const variable_list& grads, const std::array<bool, 3>& needed) {
+  const Channels ch(input);
+  const auto cast = [&](const Tensor& t) { return t.defined() ? t.to(save_invstd.scalar_type()) : t; };
+  const Tensor gO = cast(grad_output), x = cast(input), ggI = cast(grads[0]);
+  const Tensor ggW = grads[1].defined() ? ch.broadcast(cast(grads[1])) : Tensor();
+  const Tensor ggB = grads[2].defined() ? ch.broadcast(cast(grads[2])) : Tensor();
+  const Tensor w = weight.defined() ? ch.broadcast(cast(weight)) : Tensor();
+  Tensor mean = ch.broadcast(save_mean), s = ch.broadcast(save_invstd);
+  if (training && at::GradMode::is_enabled()) {
+    mean = ch.mean(x);
+    const Tensor var = ch.mean((x - mean).square());
+    s = (var + (s.square().reciprocal() - var).detach()).rsqrt();  // the saved value, as a function of x
+  }
+  const Tensor x_hat = (x - mean) * s;
+  const auto times_w = [&](const Tensor& t) { return w.defined() ? t * w : t; };
+  const auto project = [&](const Tensor& u) { return u - ch.mean(u) - x_hat * ch.mean(u * x_hat); };
+  const auto add = [](Tensor& total, const Tensor& term) { total = total.defined() ? total + term : term; };
+
+  Tensor d_grad_output, d_input, d_weight;
+  if (needed[0]) {
+    if (ggI.defined()) add(d_grad_output, times_w((training ? project(ggI) : ggI) * s));
+    if (ggW.defined()) add(d_grad_output, ggW * x_hat);
+    if (ggB.defined()) add(d_grad_output, ggB.expand_as(gO));
+    if (d_grad_output.defined()) d_grad_output = d_grad_output.to(grad_output.scalar_type());
+  }
+  if (needed[1]) {
+    if (ggW.defined()) add(d_input, (training ? project(ggW * gO) : ggW * gO) * s);
+    if (training && ggI.defined()) {
+      const Tensor m = ch.mean(gO * x_hat), B = ch.sum(ggI * x_hat), A = ch.sum(ggI * (gO - ch.mean(gO)));
+      const Tensor inner = (A - B * m) * x_hat / ch.count + m * project(ggI) + B * project(gO) / ch.count;
+      add(d_input, -times_w(inner * s.square()));
+    }
+    if (d_input.defined()) d_input = d_input.to(input.scalar_type());
+  }
+  if (needed[2] && ggI.defined()) {
+    d_weight = (s * ch.sum(ggI * (training ? project(gO) : gO))).reshape({-1}).to(weight.scalar_type());
+  }
+  return {d_grad_output, d_input, d_weight};
+}
+
+// The backward op's Function. Autograd numbers only the tensors that were given, so the weight's
+// edge is 2 only when one was given; the saved statistics never require a gradient.
+struct BatchNormBackward : torch::autograd::Function<BatchNormBackward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output, const Tensor& input,
+                               const OptTensor& weight, const Tensor& save_mean, const Tensor& save_invstd,
+                               bool training, std::array<bool, 3> mask) {
+    static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_op.call(grad_output, input, weight, save_mean, save_invstd, training, mask);
+    ctx->save_for_backward({grad_output, input, weight.value_or(Tensor()), save_mean, save_invstd});
+    ctx->saved_data["training"] = training;
+    ctx->set_materialize_grads(false);  // the outputs the mask leaves out (empty) get no gradient
+    return {grad_input, grad_weight, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> needed{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                     saved[2].defined() && ctx->needs_input_grad(2)};
+    variable_list out = batch_norm_double_backward(saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                   ctx->saved_data["training"].toBool(), grads, needed);
+    out.resize(7);  // none for the statistics, training, mask
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_autograd(const Tensor& grad_output, const Tensor& input,
+                                                                const OptTensor& weight, const Tensor& save_mean,
+                                                                const Tensor& save_invstd, bool training,
+                                                                std::array<bool, 3> mask) {
+  const bool weight_grad = given(weight) && weight->requires_grad();
+  if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || input.requires_grad() || weight_grad)) {
+    static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return backward_op.call(grad_output, input, weight, save_mean, save_invstd, training, mask);
+  }
+  auto out = BatchNormBackward::apply(grad_output, input, weight, save_mean, save_invstd, training, mask);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm", &batch_norm_autograd);
-  m.impl("batch_norm_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("batch_norm_backward", &batch_norm_backward_autograd);
   m.impl("batch_norm_relu_inference", torch::autograd::autogradNotImplementedFallback());
 }
 
