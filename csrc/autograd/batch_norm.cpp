@@ -2,9 +2,11 @@
 // for why not from Python). The forward op's formula saves the input, the weight and the statistics
 // it normalized with, and calls the backward op for exactly the gradients autograd asks for. The
 // backward op has a formula too (double backward, e.g. a gradient penalty), written with ATen's
-// tensor operations: it runs only when the gradient of a gradient is asked for.
+// tensor operations: it runs only when the gradient of a gradient is asked for. Forward-mode AD
+// (jvp) has a formula for the forward op; the backward op refuses it (an error, not a lost tangent).
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -23,70 +25,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-struct BatchNorm : torch::autograd::Function<BatchNorm> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
-                               const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
-                               bool training, double momentum, double eps) {
-    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, mean, invstd] = forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
-    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, invstd});
-    ctx->saved_data["training"] = training;
-    // Autograd numbers only the tensors that were given: where weight and bias sit among them.
-    ctx->saved_data["weight_edge"] = given(weight) ? int64_t{1} : int64_t{-1};
-    ctx->saved_data["bias_edge"] = given(bias) ? int64_t{given(weight) ? 2 : 1} : int64_t{-1};
-    ctx->mark_non_differentiable({mean, invstd});
-    ctx->set_materialize_grads(false);  // else every backward allocates zeros for mean and invstd
-    return {out, mean, invstd};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
-    if (!grads[0].defined()) return variable_list(8);
-    const auto saved = ctx->get_saved_variables();
-    const auto needs = [&](const char* edge) {
-      const int64_t e = ctx->saved_data[edge].toInt();
-      return e >= 0 && ctx->needs_input_grad(e);
-    };
-    const std::array<bool, 3> mask{ctx->needs_input_grad(0), needs("weight_edge"), needs("bias_edge")};
-    const OptTensor weight = saved[1].defined() ? OptTensor(saved[1]) : std::nullopt;
-    const BelowAutogradUnlessRecording below_autograd;
-    auto [grad_input, grad_weight, grad_bias] =
-        backward_op.call(grads[0], saved[0], weight, saved[2], saved[3], ctx->saved_data["training"].toBool(), mask);
-    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
-  }
-};
-
-std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, const OptTensor& weight,
-                                                       const OptTensor& bias, const OptTensor& running_mean,
-                                                       const OptTensor& running_var, bool training, double momentum,
-                                                       double eps) {
-  const auto wants = [](const OptTensor& t) { return given(t) && t->requires_grad(); };
-  if (!at::GradMode::is_enabled() || !(input.requires_grad() || wants(weight) || wants(bias))) {
-    // No gradient: skip the autograd node (measured 4 us per call), as ATen's own ops do.
-    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
-  }
-  auto outs = BatchNorm::apply(input, weight, bias, running_mean, running_var, training, momentum, eps);
-  return {outs[0], outs[1], outs[2]};
-}
-
-// Double backward. Per channel, with S(u) the sum of u over the channel's M values, x^ = (x - mean) s
-// (s the inverse standard deviation) and P(u) = u - S(u)/M - x^ S(u x^)/M (the projection that the
-// first-order input gradient applies), the backward op computes
-//   training: gI = w s P(gO),  gW = S(gO x^),  gB = S(gO)
-//   eval:     gI = w s gO      (the mean and s are the running statistics: constants)
-// Given a loss's gradients ggI, ggW, ggB with respect to those (an undefined one: not used):
-//   d/dgO = w s P(ggI) + ggW x^ + ggB                                     (eval: w s ggI + ggW x^ + ggB)
-//   d/dw  = s S(ggI P(gO))                                                (eval: s S(ggI gO))
-//   d/dx  = s P(ggW gO) - w s^2 [(A - B m) x^/M + m P(ggI) + B P(gO)/M]   (eval: s ggW gO)
-//           with A = S(ggI (gO - S(gO)/M)), B = S(ggI x^), m = S(gO x^)/M,
-// from the vector-Jacobian product of x^ (s P(u)) and ds/dx = -s^2 x^/M. When this gradient is itself
-// recorded (a third derivative), training recomputes the mean and s from x so that their dependence
-// on x is recorded too; otherwise the saved ones serve. Computed in the statistics' dtype (float32 for
-// 16-bit inputs), returned in each argument's dtype.
 struct Channels {
   std::vector<int64_t> reduce;  // every dimension but 1
   std::vector<int64_t> shape;   // (1, C, 1, ...): a per-channel value broadcast against the input
@@ -104,6 +42,98 @@ struct Channels {
   Tensor broadcast(const Tensor& per_channel) const { return per_channel.reshape(shape); }
 };
 
+// Forward-mode AD of the forward op, in the notation of the double backward below (x^ = (x - mean) s):
+//   training: t_y = w s P(t_x) + t_w x^ + t_b        eval: t_y = w s t_x + t_w x^ + t_b
+// The statistics' outputs get no tangent (they are not differentiable outputs in reverse mode either).
+void set_output_tangent(const Tensor& output, const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                        const Tensor& mean, const Tensor& invstd, bool training) {
+  const Tensor tx = tangent(input), tw = tangent(weight), tb = tangent(bias);
+  const PrimalsOnly primals_only(false);
+  const Channels ch(input);
+  const auto cast = [&](const Tensor& t) { return t.to(invstd.scalar_type()); };
+  const Tensor s = ch.broadcast(invstd);
+  const Tensor x_hat = (cast(input) - ch.broadcast(mean)) * s;
+  Tensor t = at::zeros_like(x_hat);
+  if (tx.defined()) {
+    Tensor u = cast(tx);
+    if (training) u = u - ch.mean(u) - x_hat * ch.mean(u * x_hat);
+    t = t + (given(weight) ? u * ch.broadcast(cast(*weight)) : u) * s;
+  }
+  if (tw.defined()) t = t + x_hat * ch.broadcast(cast(tw));
+  if (tb.defined()) t = t + ch.broadcast(cast(tb));
+  set_tangent(output, t.to(output.scalar_type()));
+}
+
+struct BatchNorm : torch::autograd::Function<BatchNorm> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
+                               const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
+                               bool training, double momentum, double eps, std::array<Tensor, 2>* stats) {
+    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, mean, invstd] = forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+    *stats = {mean, invstd};  // not outputs of the node (autograd_utils.h)
+    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, invstd});
+    ctx->saved_data["training"] = training;
+    // Autograd numbers only the tensors that were given: where weight and bias sit among them.
+    ctx->saved_data["weight_edge"] = given(weight) ? int64_t{1} : int64_t{-1};
+    ctx->saved_data["bias_edge"] = given(bias) ? int64_t{given(weight) ? 2 : 1} : int64_t{-1};
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
+    if (!grads[0].defined()) return variable_list(9);
+    const auto saved = ctx->get_saved_variables();
+    const auto needs = [&](const char* edge) {
+      const int64_t e = ctx->saved_data[edge].toInt();
+      return e >= 0 && ctx->needs_input_grad(e);
+    };
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), needs("weight_edge"), needs("bias_edge")};
+    const OptTensor weight = saved[1].defined() ? OptTensor(saved[1]) : std::nullopt;
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_op.call(grads[0], saved[0], weight, saved[2], saved[3], ctx->saved_data["training"].toBool(), mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, const OptTensor& weight,
+                                                       const OptTensor& bias, const OptTensor& running_mean,
+                                                       const OptTensor& running_var, bool training, double momentum,
+                                                       double eps) {
+  const auto wants = [](const OptTensor& t) { return given(t) && t->requires_grad(); };
+  std::tuple<Tensor, Tensor, Tensor> outs;
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || wants(weight) || wants(bias))) {
+    // No gradient: skip the autograd node (measured 4 us per call), as ATen's own ops do.
+    static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    outs = forward_op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+  } else {
+    std::array<Tensor, 2> stats;
+    auto node_outs =
+        apply_on_primals<BatchNorm>(input, weight, bias, running_mean, running_var, training, momentum, eps, &stats);
+    outs = {node_outs[0], stats[0], stats[1]};
+  }
+  if (any_tangent(input, weight, bias)) {
+    set_output_tangent(std::get<0>(outs), input, weight, bias, std::get<1>(outs), std::get<2>(outs), training);
+  }
+  return outs;
+}
+
+// Double backward. Per channel, with S(u) the sum of u over the channel's M values, x^ = (x - mean) s
+// (s the inverse standard deviation) and P(u) = u - S(u)/M - x^ S(u x^)/M (the projection that the
+// first-order input gradient applies), the backward op computes
+//   training: gI = w s P(gO),  gW = S(gO x^),  gB = S(gO)
+//   eval:     gI = w s gO      (the mean and s are the running statistics: constants)
+// Given a loss's gradients ggI, ggW, ggB with respect to those (an undefined one: not used):
+//   d/dgO = w s P(ggI) + ggW x^ + ggB                                     (eval: w s ggI + ggW x^ + ggB)
+//   d/dw  = s S(ggI P(gO))                                                (eval: s S(ggI gO))
+//   d/dx  = s P(ggW gO) - w s^2 [(A - B m) x^/M + m P(ggI) + B P(gO)/M]   (eval: s ggW gO)
+//           with A = S(ggI (gO - S(gO)/M)), B = S(ggI x^), m = S(gO x^)/M,
+// from the vector-Jacobian product of x^ (s P(u)) and ds/dx = -s^2 x^/M. When this gradient is itself
+// recorded (a third derivative), training recomputes the mean and s from x so that their dependence
+// on x is recorded too; otherwise the saved ones serve. Computed in the statistics' dtype (float32 for
+// 16-bit inputs), returned in each argument's dtype.
 variable_list batch_norm_double_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                                          const Tensor& save_mean, const Tensor& save_invstd, bool training,
                                          const variable_list& grads, const std::array<bool, 3>& needed) {
@@ -177,13 +207,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_autograd(const Tensor& gr
                                                                 const OptTensor& weight, const Tensor& save_mean,
                                                                 const Tensor& save_invstd, bool training,
                                                                 std::array<bool, 3> mask) {
+  check_no_tangent("fastdl.batch_norm_backward", grad_output, input, weight);
   const bool weight_grad = given(weight) && weight->requires_grad();
   if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || input.requires_grad() || weight_grad)) {
     static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return backward_op.call(grad_output, input, weight, save_mean, save_invstd, training, mask);
   }
-  auto out = BatchNormBackward::apply(grad_output, input, weight, save_mean, save_invstd, training, mask);
+  auto out = apply_on_primals<BatchNormBackward>(grad_output, input, weight, save_mean, save_invstd, training, mask);
   return {out[0], out[1], out[2]};
 }
 

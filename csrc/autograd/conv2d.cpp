@@ -1,8 +1,8 @@
 // Autograd of 2-D convolution, direct and Winograd, registered in C++ at the Autograd key (see
 // autograd/pool2d.cpp for why not from Python). Each formula saves the input and the weight and
 // calls its backward op for exactly the gradients autograd asks for. The backward ops have formulas
-// too (double backward, e.g. a gradient penalty), written with the same two ops, so every order of
-// derivative works.
+// too (double backward, e.g. a gradient penalty), and every op has its forward-mode formula (jvp),
+// all written with the same two ops, so that any order of derivative works.
 
 #include <torch/library.h>
 
@@ -21,38 +21,74 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The forward op's linearization at (x, w): conv(tx, w, tb) + conv(x, tw), any of the three
+// directions undefined (zero); a tb alone is broadcast over `output`. It is the output's tangent in
+// forward-mode AD, and the output gradient's gradient in double backward (below). forward(x, w, bias)
+// calls the op (direct or Winograd) through the dispatcher, so a graph being recorded records it too.
+template <typename Forward>
+Tensor linearized_forward(const Tensor& input, const Tensor& weight, const Tensor& output, const Tensor& tx,
+                          const Tensor& tw, const Tensor& tb, const Forward& forward) {
+  Tensor total;
+  if (tx.defined()) total = forward(tx, weight, tb.defined() ? OptTensor(tb) : std::nullopt);
+  if (tw.defined()) {
+    Tensor term = forward(input, tw, std::nullopt);
+    total = total.defined() ? total.add(term) : term;
+  }
+  if (tb.defined() && !tx.defined()) {
+    std::vector<int64_t> shape(output.dim(), 1);
+    shape[output.dim() - 3] = tb.numel();
+    Tensor term = tb.reshape(shape).expand_as(output);
+    total = total.defined() ? total.add(term) : term.contiguous();
+  }
+  return total;
+}
+
+// Forward-mode AD of the forward op: the output's tangent from the arguments' tangents.
+template <typename Forward>
+void set_forward_tangent(const Tensor& output, const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                         const Forward& forward) {
+  const Tensor tx = tangent(input), tw = tangent(weight), tb = tangent(bias);
+  const PrimalsOnly primals_only(false);
+  set_tangent(output, linearized_forward(input, weight, output, tx, tw, tb, forward));
+}
+
 // Double backward. For y = conv(x, w) + b the backward op returns gI = dX(gO, w) (the input gradient),
 // gW = dW(x, gO) and gB = sum(gO); each is linear in gO and in x or w. Given the gradients ggI, ggW,
 // ggB of a loss with respect to those three (any may be undefined: not used):
-//   d/dgO = conv(ggI, w) + ggB + conv(x, ggW)
+//   d/dgO = conv(ggI, w) + ggB + conv(x, ggW)   the linearization above
 //   d/dx  = dX(gO, ggW)      the backward op's input gradient, with ggW as the weight
 //   d/dw  = dW(ggI, gO)      the backward op's weight gradient, with ggI as the input
-// as torch's _convolution_double_backward. forward(x, w, bias) and backward(gO, x, w, mask) call the
-// op pair (direct or Winograd) through the dispatcher, so a graph being recorded records these too.
+// as torch's _convolution_double_backward. backward(gO, x, w, mask) calls the backward op through the
+// dispatcher.
 template <typename Forward, typename Backward>
 variable_list conv_double_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                                    const variable_list& grads, const std::array<bool, 3>& needed,
                                    const Forward& forward, const Backward& backward) {
   const Tensor& ggI = grads[0];
   const Tensor& ggW = grads[1];
-  const Tensor& ggB = grads[2];
   Tensor d_grad_output, d_input, d_weight;
-  if (needed[0]) {
-    if (ggI.defined()) d_grad_output = forward(ggI, weight, ggB.defined() ? OptTensor(ggB) : std::nullopt);
-    if (ggW.defined()) {
-      Tensor term = forward(input, ggW, std::nullopt);
-      d_grad_output = d_grad_output.defined() ? d_grad_output.add(term) : term;
-    }
-    if (ggB.defined() && !ggI.defined()) {
-      std::vector<int64_t> shape(grad_output.dim(), 1);
-      shape[grad_output.dim() - 3] = ggB.numel();
-      Tensor term = ggB.reshape(shape).expand_as(grad_output);
-      d_grad_output = d_grad_output.defined() ? d_grad_output.add(term) : term.contiguous();
-    }
-  }
+  if (needed[0]) d_grad_output = linearized_forward(input, weight, grad_output, ggI, ggW, grads[2], forward);
   if (needed[1] && ggW.defined()) d_input = std::get<0>(backward(grad_output, input, ggW, {true, false, false}));
   if (needed[2] && ggI.defined()) d_weight = std::get<1>(backward(grad_output, ggI, weight, {false, true, false}));
   return {d_grad_output, d_input, d_weight};
+}
+
+// Forward-mode AD of the backward op (forward over reverse, e.g. a Hessian-vector product): by the
+// same linearity, the tangents of (gI, gW, gB) are backward(t_gO, x, w) + (dX(gO, t_w), dW(t_x, gO), 0).
+template <typename Backward>
+void set_backward_tangents(const std::tuple<Tensor, Tensor, Tensor>& grads, const Tensor& grad_output,
+                           const Tensor& input, const Tensor& weight, const std::array<bool, 3>& mask,
+                           const Backward& backward) {
+  const Tensor t_grad_output = tangent(grad_output), tx = tangent(input), tw = tangent(weight);
+  const PrimalsOnly primals_only(false);
+  std::array<Tensor, 3> t;
+  if (t_grad_output.defined()) std::tie(t[0], t[1], t[2]) = backward(t_grad_output, input, weight, mask);
+  const auto add = [](Tensor& total, const Tensor& term) { total = total.defined() ? total.add(term) : term; };
+  if (mask[0] && tw.defined()) add(t[0], std::get<0>(backward(grad_output, input, tw, {true, false, false})));
+  if (mask[1] && tx.defined()) add(t[1], std::get<1>(backward(grad_output, tx, weight, {false, true, false})));
+  if (mask[0]) set_tangent(std::get<0>(grads), t[0]);
+  if (mask[1]) set_tangent(std::get<1>(grads), t[1]);
+  if (mask[2]) set_tangent(std::get<2>(grads), t[2]);
 }
 
 Tensor call_forward(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
@@ -85,7 +121,6 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
     const auto stride = ctx->saved_data["stride"].toIntVector();
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const auto dilation = ctx->saved_data["dilation"].toIntVector();
-    const BelowAutogradUnlessRecording below_autograd;
     auto [grad_input, grad_weight, grad_bias] = backward_op.call(
         grads[0], saved[0], saved[1], stride, padding, dilation, ctx->saved_data["groups"].toInt(), mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
@@ -96,10 +131,16 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
 Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const bool bias_grad = given(bias) && bias->requires_grad();
-  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
-    return call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's ops
+  const bool node = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() || bias_grad);
+  Tensor out = node ? apply_on_primals<Conv2d>(input, weight, bias, stride, padding, dilation, groups)
+                    : call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's
+  if (any_tangent(input, weight, bias)) {
+    static const auto forward_op = op<ConvSig>("fastdl::conv2d");
+    set_forward_tangent(out, input, weight, bias, [&](const Tensor& x, const Tensor& w, const OptTensor& b) {
+      return forward_op.call(x, w, b, stride, padding, dilation, groups);
+    });
   }
-  return Conv2d::apply(input, weight, bias, stride, padding, dilation, groups);
+  return out;
 }
 
 // Direct convolution's backward op, differentiable (double backward).
@@ -128,7 +169,6 @@ struct Conv2dBackward : torch::autograd::Function<Conv2dBackward> {
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const auto dilation = ctx->saved_data["dilation"].toIntVector();
     const int64_t groups = ctx->saved_data["groups"].toInt();
-    const BelowAutogradUnlessRecording below_autograd;
     variable_list out = conv_double_backward(
         saved[0], saved[1], saved[2], grads,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)},
@@ -151,13 +191,22 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_autograd(const Tensor& grad_o
                                                             const Tensor& weight, at::IntArrayRef stride,
                                                             at::IntArrayRef padding, at::IntArrayRef dilation,
                                                             int64_t groups, std::array<bool, 3> mask) {
-  if (!any_requires_grad(grad_output, input, weight)) {
-    static const auto backward_op = op<ConvBackwardSig>("fastdl::conv2d_backward");
+  static const auto backward_op = op<ConvBackwardSig>("fastdl::conv2d_backward");
+  std::tuple<Tensor, Tensor, Tensor> grads;
+  if (any_requires_grad(grad_output, input, weight)) {
+    auto out = apply_on_primals<Conv2dBackward>(grad_output, input, weight, stride, padding, dilation, groups, mask);
+    grads = {out[0], out[1], out[2]};
+  } else {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return backward_op.call(grad_output, input, weight, stride, padding, dilation, groups, mask);
+    grads = backward_op.call(grad_output, input, weight, stride, padding, dilation, groups, mask);
   }
-  auto out = Conv2dBackward::apply(grad_output, input, weight, stride, padding, dilation, groups, mask);
-  return {out[0], out[1], out[2]};
+  if (any_tangent(grad_output, input, weight)) {
+    set_backward_tangents(grads, grad_output, input, weight, mask,
+                          [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
+                            return backward_op.call(g, x, w, stride, padding, dilation, groups, m);
+                          });
+  }
+  return grads;
 }
 
 Tensor call_winograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef padding,
@@ -183,7 +232,6 @@ struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
-    const BelowAutogradUnlessRecording below_autograd;
     auto [grad_input, grad_weight, grad_bias] =
         backward_op.call(grads[0], saved[0], saved[1], ctx->saved_data["padding"].toIntVector(),
                          ctx->saved_data["tile"].toInt(), mask);
@@ -195,10 +243,16 @@ struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
 Tensor conv2d_winograd_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
                                 at::IntArrayRef padding, int64_t tile) {
   const bool bias_grad = given(bias) && bias->requires_grad();
-  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_grad)) {
-    return call_winograd(input, weight, bias, padding, tile);
+  const bool node = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() || bias_grad);
+  Tensor out = node ? apply_on_primals<WinogradConv2d>(input, weight, bias, padding, tile)
+                    : call_winograd(input, weight, bias, padding, tile);
+  if (any_tangent(input, weight, bias)) {
+    static const auto forward_op = op<WinogradSig>("fastdl::conv2d_winograd");
+    set_forward_tangent(out, input, weight, bias, [&](const Tensor& x, const Tensor& w, const OptTensor& b) {
+      return forward_op.call(x, w, b, padding, tile);
+    });
   }
-  return WinogradConv2d::apply(input, weight, bias, padding, tile);
+  return out;
 }
 
 // Winograd's backward op, differentiable the same way with the Winograd op pair.
@@ -222,7 +276,6 @@ struct WinogradConv2dBackward : torch::autograd::Function<WinogradConv2dBackward
     const auto saved = ctx->get_saved_variables();
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const int64_t tile = ctx->saved_data["tile"].toInt();
-    const BelowAutogradUnlessRecording below_autograd;
     variable_list out = conv_double_backward(
         saved[0], saved[1], saved[2], grads,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)},
@@ -238,13 +291,22 @@ struct WinogradConv2dBackward : torch::autograd::Function<WinogradConv2dBackward
 std::tuple<Tensor, Tensor, Tensor> conv2d_winograd_backward_autograd(const Tensor& grad_output, const Tensor& input,
                                                                      const Tensor& weight, at::IntArrayRef padding,
                                                                      int64_t tile, std::array<bool, 3> mask) {
-  if (!any_requires_grad(grad_output, input, weight)) {
-    static const auto backward_op = op<WinogradBackwardSig>("fastdl::conv2d_winograd_backward");
+  static const auto backward_op = op<WinogradBackwardSig>("fastdl::conv2d_winograd_backward");
+  std::tuple<Tensor, Tensor, Tensor> grads;
+  if (any_requires_grad(grad_output, input, weight)) {
+    auto out = apply_on_primals<WinogradConv2dBackward>(grad_output, input, weight, padding, tile, mask);
+    grads = {out[0], out[1], out[2]};
+  } else {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return backward_op.call(grad_output, input, weight, padding, tile, mask);
+    grads = backward_op.call(grad_output, input, weight, padding, tile, mask);
   }
-  auto out = WinogradConv2dBackward::apply(grad_output, input, weight, padding, tile, mask);
-  return {out[0], out[1], out[2]};
+  if (any_tangent(grad_output, input, weight)) {
+    set_backward_tangents(grads, grad_output, input, weight, mask,
+                          [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
+                            return backward_op.call(g, x, w, padding, tile, m);
+                          });
+  }
+  return grads;
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 // the gradient of a backward op's result is mapped back by the forward op (average pooling) or read
 // at the saved indices (max pooling). Their gradient with respect to the input is zero: a tensor of
 // zeros, as torch's (a loss that reaches the input only that way gets a zero gradient, not an error).
+// Every op has its forward-mode formula (jvp) as well: pooling is linear in its input (max pooling
+// once its maxima are found), each backward op linear in its output gradient.
 
 #include <ATen/ops/gather.h>
 #include <ATen/ops/zeros_like.h>
@@ -72,6 +74,26 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& handle, Args
   return handle.call(std::forward<Args>(args)...);
 }
 
+// Each window's value of `values` (N, C, H, W or C, H, W) at the flat position in its plane that
+// `indices` (max pooling's, of the output's shape) names.
+Tensor read_at(const Tensor& values, const Tensor& indices) {
+  return at::gather(values.flatten(-2), -1, indices.flatten(-2)).view(indices.sizes());
+}
+
+// Forward-mode AD of an op linear in its first tensor argument (average pooling, and every pooling
+// backward op in its output gradient): the output's tangent is the op applied to that argument's
+// tangent. The other tensors' tangents change nothing: a backward op's input gives it only a shape,
+// or max pooling's maxima positions, which are locally constant.
+template <typename Signature, typename... Args>
+Tensor with_linear_tangent(Tensor output, const c10::TypedOperatorHandle<Signature>& handle, const Tensor& first,
+                           const Args&... args) {
+  if (const Tensor t = tangent(first); t.defined()) {
+    const PrimalsOnly primals_only(false);
+    set_tangent(output, handle.call(t, args...));
+  }
+  return output;
+}
+
 // A backward op's gradients (one per argument, `count`): the input's, zeros, where it is needed.
 variable_list zero_input_grad(AutogradContext* ctx, const Tensor& input, size_t count) {
   variable_list grads(count);
@@ -94,7 +116,7 @@ struct MaxPool2dBackward : torch::autograd::Function<MaxPool2dBackward> {
     const auto saved = ctx->get_saved_variables();
     variable_list out = zero_input_grad(ctx, saved[0], 8);
     if (ctx->needs_input_grad(0)) {
-      out[0] = at::gather(grads[0].flatten(-2), -1, saved[1].flatten(-2)).view(saved[1].sizes());
+      out[0] = read_at(grads[0], saved[1]);
     }
     return out;
   }
@@ -103,35 +125,34 @@ struct MaxPool2dBackward : torch::autograd::Function<MaxPool2dBackward> {
 Tensor max_pool2d_backward_autograd(const Tensor& grad, const Tensor& input, const Tensor& indices,
                                     IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
                                     IntArrayRef dilation, bool ceil_mode) {
-  if (!records_grad(grad) && !records_grad(input)) {
-    static const auto handle = op<MaxPoolBackwardSig>("fastdl::max_pool2d_backward");
-    return call_below_autograd(handle, grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
-  }
-  return MaxPool2dBackward::apply(grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
+  static const auto handle = op<MaxPoolBackwardSig>("fastdl::max_pool2d_backward");
+  Tensor out = records_grad(grad) || records_grad(input)
+                   ? apply_on_primals<MaxPool2dBackward>(grad, input, indices, kernel, stride, padding, dilation, ceil_mode)
+                   : call_below_autograd(handle, grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
+  return with_linear_tangent(out, handle, grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
 }
 
 Tensor max_pool2d_backward(const Tensor& grad, const Tensor& input, const Tensor& indices, const Window& w) {
   static const auto backward = op<MaxPoolBackwardSig>("fastdl::max_pool2d_backward");
-  const BelowAutogradUnlessRecording below_autograd;
   return backward.call(grad, input, indices, w.kernel, w.stride, w.padding, w.dilation, w.ceil_mode);
 }
 
 struct MaxPool2dWithIndices : torch::autograd::Function<MaxPool2dWithIndices> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel,
-                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, bool ceil_mode,
+                               Tensor* indices_out) {
     static const auto fwd = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, indices] = fwd.call(input, kernel, stride, padding, dilation, ceil_mode);
+    *indices_out = indices;  // not an output of the node (autograd_utils.h)
     ctx->save_for_backward({input, indices});
     Window{kernel.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}.save(ctx);
-    ctx->mark_non_differentiable({indices});
-    ctx->set_materialize_grads(false);  // else every backward allocates and zero-fills the indices' gradient
-    return {out, indices};
+    return {out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return with_no_grads(Tensor(), 5);
+    if (!grads[0].defined()) return with_no_grads(Tensor(), 6);
     const auto saved = ctx->get_saved_variables();
-    return with_no_grads(max_pool2d_backward(grads[0], saved[0], saved[1], Window::load(ctx)), 5);
+    return with_no_grads(max_pool2d_backward(grads[0], saved[0], saved[1], Window::load(ctx)), 6);
   }
 };
 
@@ -175,7 +196,6 @@ struct AvgPool2dBackward : torch::autograd::Function<AvgPool2dBackward> {
     if (ctx->needs_input_grad(0)) {
       const Window w = Window::load(ctx);
       const c10::IValue divisor = ctx->saved_data["divisor_override"];
-      const BelowAutogradUnlessRecording below_autograd;
       out[0] = fwd.call(grads[0], w.kernel, w.stride, w.padding, w.ceil_mode,
                         ctx->saved_data["count_include_pad"].toBool(),
                         divisor.isNone() ? std::nullopt : std::optional<int64_t>(divisor.toInt()));
@@ -187,13 +207,14 @@ struct AvgPool2dBackward : torch::autograd::Function<AvgPool2dBackward> {
 Tensor avg_pool2d_backward_autograd(const Tensor& grad, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
                                     IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                     std::optional<int64_t> divisor_override) {
-  if (!records_grad(grad) && !records_grad(input)) {
-    static const auto handle = op<AvgPoolBackwardSig>("fastdl::avg_pool2d_backward");
-    return call_below_autograd(handle, grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
-                               divisor_override);
-  }
-  return AvgPool2dBackward::apply(grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
-                                  divisor_override);
+  static const auto handle = op<AvgPoolBackwardSig>("fastdl::avg_pool2d_backward");
+  Tensor out = records_grad(grad) || records_grad(input)
+                   ? apply_on_primals<AvgPool2dBackward>(grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
+                                              divisor_override)
+                   : call_below_autograd(handle, grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
+                                         divisor_override);
+  return with_linear_tangent(out, handle, grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override);
 }
 
 struct AdaptiveAvgPool2dBackward : torch::autograd::Function<AdaptiveAvgPool2dBackward> {
@@ -208,7 +229,6 @@ struct AdaptiveAvgPool2dBackward : torch::autograd::Function<AdaptiveAvgPool2dBa
     static const auto fwd = op<AdaptiveSig>("fastdl::adaptive_avg_pool2d");
     variable_list out = zero_input_grad(ctx, ctx->get_saved_variables()[0], 2);
     if (ctx->needs_input_grad(0)) {
-      const BelowAutogradUnlessRecording below_autograd;
       out[0] = fwd.call(grads[0], ctx->saved_data["output_size"].toIntVector());
     }
     return out;
@@ -216,11 +236,10 @@ struct AdaptiveAvgPool2dBackward : torch::autograd::Function<AdaptiveAvgPool2dBa
 };
 
 Tensor adaptive_avg_pool2d_backward_autograd(const Tensor& grad, const Tensor& input) {
-  if (!records_grad(grad) && !records_grad(input)) {
-    static const auto handle = op<AdaptiveBackwardSig>("fastdl::adaptive_avg_pool2d_backward");
-    return call_below_autograd(handle, grad, input);
-  }
-  return AdaptiveAvgPool2dBackward::apply(grad, input);
+  static const auto handle = op<AdaptiveBackwardSig>("fastdl::adaptive_avg_pool2d_backward");
+  Tensor out = records_grad(grad) || records_grad(input) ? apply_on_primals<AdaptiveAvgPool2dBackward>(grad, input)
+                                                         : call_below_autograd(handle, grad, input);
+  return with_linear_tangent(out, handle, grad, input);
 }
 
 struct AvgPool2d : torch::autograd::Function<AvgPool2d> {
@@ -238,7 +257,6 @@ struct AvgPool2d : torch::autograd::Function<AvgPool2d> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto bwd = op<AvgPoolBackwardSig>("fastdl::avg_pool2d_backward");
     const Window w = Window::load(ctx);
-    const BelowAutogradUnlessRecording below_autograd;
     const c10::IValue divisor = ctx->saved_data["divisor_override"];
     return with_no_grads(
         bwd.call(grads[0], ctx->get_saved_variables()[0], w.kernel, w.stride, w.padding, w.ceil_mode,
@@ -257,7 +275,6 @@ struct AdaptiveAvgPool2d : torch::autograd::Function<AdaptiveAvgPool2d> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto bwd = op<AdaptiveBackwardSig>("fastdl::adaptive_avg_pool2d_backward");
-    const BelowAutogradUnlessRecording below_autograd;
     return with_no_grads(bwd.call(grads[0], ctx->get_saved_variables()[0]), 1);
   }
 };
@@ -265,38 +282,54 @@ struct AdaptiveAvgPool2d : torch::autograd::Function<AdaptiveAvgPool2d> {
 std::tuple<Tensor, Tensor> max_pool2d_with_indices_autograd(const Tensor& input, IntArrayRef kernel,
                                                              IntArrayRef stride, IntArrayRef padding,
                                                              IntArrayRef dilation, bool ceil_mode) {
-  if (!records_grad(input)) {
-    static const auto handle = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
-    return call_below_autograd(handle, input, kernel, stride, padding, dilation, ceil_mode);
+  static const auto handle = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
+  std::tuple<Tensor, Tensor> outs;
+  if (records_grad(input)) {
+    Tensor indices;
+    auto node_outs =
+        apply_on_primals<MaxPool2dWithIndices>(input, kernel, stride, padding, dilation, ceil_mode, &indices);
+    outs = {node_outs[0], indices};
+  } else {
+    outs = call_below_autograd(handle, input, kernel, stride, padding, dilation, ceil_mode);
   }
-  auto outs = MaxPool2dWithIndices::apply(input, kernel, stride, padding, dilation, ceil_mode);
-  return {outs[0], outs[1]};
+  if (const Tensor t = tangent(input); t.defined()) {
+    const PrimalsOnly primals_only(false);
+    set_tangent(std::get<0>(outs), read_at(t, std::get<1>(outs)));  // forward-mode AD
+  }
+  return outs;
 }
 
 Tensor max_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
                            IntArrayRef dilation, bool ceil_mode) {
-  if (!records_grad(input)) {
-    static const auto handle = op<MaxPoolSig>("fastdl::max_pool2d");
-    return call_below_autograd(handle, input, kernel, stride, padding, dilation, ceil_mode);
+  static const auto handle = op<MaxPoolSig>("fastdl::max_pool2d");
+  Tensor out = records_grad(input) ? apply_on_primals<MaxPool2d>(input, kernel, stride, padding, dilation, ceil_mode)
+                                   : call_below_autograd(handle, input, kernel, stride, padding, dilation, ceil_mode);
+  if (const Tensor t = tangent(input); t.defined()) {  // forward-mode AD: the maxima positions are needed
+    static const auto with_indices = op<MaxPoolIndicesSig>("fastdl::max_pool2d_with_indices");
+    const Tensor indices = std::get<1>(call_below_autograd(with_indices, input, kernel, stride, padding, dilation,
+                                                           ceil_mode));
+    const PrimalsOnly primals_only(false);
+    set_tangent(out, read_at(t, indices));
   }
-  return MaxPool2d::apply(input, kernel, stride, padding, dilation, ceil_mode);
+  return out;
 }
 
 Tensor avg_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
                            bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  if (!records_grad(input)) {
-    static const auto handle = op<AvgPoolSig>("fastdl::avg_pool2d");
-    return call_below_autograd(handle, input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
-  }
-  return AvgPool2d::apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  static const auto handle = op<AvgPoolSig>("fastdl::avg_pool2d");
+  Tensor out = records_grad(input)
+                   ? apply_on_primals<AvgPool2d>(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+                   : call_below_autograd(handle, input, kernel, stride, padding, ceil_mode, count_include_pad,
+                                         divisor_override);
+  return with_linear_tangent(out, handle, input, kernel, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override);
 }
 
 Tensor adaptive_avg_pool2d_autograd(const Tensor& input, IntArrayRef output_size) {
-  if (!records_grad(input)) {
-    static const auto handle = op<AdaptiveSig>("fastdl::adaptive_avg_pool2d");
-    return call_below_autograd(handle, input, output_size);
-  }
-  return AdaptiveAvgPool2d::apply(input, output_size);
+  static const auto handle = op<AdaptiveSig>("fastdl::adaptive_avg_pool2d");
+  Tensor out = records_grad(input) ? apply_on_primals<AdaptiveAvgPool2d>(input, output_size)
+                                   : call_below_autograd(handle, input, output_size);
+  return with_linear_tangent(out, handle, input, output_size);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // autograd/pool2d.cpp for why not from Python). The forward formula runs the op with
 // keep_workspace=True, saves the inputs, the output and the workspace, and calls the backward op
 // for the gradients autograd asks for; a call that needs no gradient skips the node and the
-// workspace. The backward ops get torch's not-implemented fallback: double backward raises an error.
+// workspace. The backward ops get torch's not-implemented fallback: double backward raises an error;
+// so does forward-mode AD (jvp) of the layers, rather than returning outputs without a tangent.
 
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -42,22 +43,23 @@ Tensor if_needed(bool needed, const Tensor& t) { return needed ? t : Tensor(); }
 struct LstmLayer : torch::autograd::Function<LstmLayer> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                               const OptTensor& w_hr, std::vector<int64_t> batch_sizes, bool reverse) {
+                               const OptTensor& w_hr, std::vector<int64_t> batch_sizes, bool reverse,
+                               std::array<Tensor, 3>* workspace) {
     static const auto forward_op = op<LstmSig>("fastdl::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, cy, gates, cells, hidden] =
         forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, true);
+    *workspace = {gates, cells, hidden};  // not outputs of the node (autograd_utils.h)
     ctx->save_for_backward({input, h0, c0, w_ih, w_hh, w_hr.value_or(Tensor()), out, gates, cells, hidden});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["reverse"] = reverse;
     save_bias_edges(ctx, 5, b_ih, b_hh);
     // w_hr's edge follows the biases'.
     ctx->saved_data["weight_hr_edge"] = given(w_hr) ? 5 + int64_t(given(b_ih)) + int64_t(given(b_hh)) : int64_t{-1};
-    ctx->mark_non_differentiable({gates, cells, hidden});
-    // Else every backward allocates and zero-fills gradients for gates and cells (T N 4H and T N H
-    // values) and for unused final states; the backward op takes absent gradients as zeros itself.
+    // Else every backward allocates and zero-fills gradients for unused final states; the backward op
+    // takes absent gradients as zeros itself.
     ctx->set_materialize_grads(false);
-    return {out, hy, cy, gates, cells, hidden};
+    return {out, hy, cy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -74,24 +76,25 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
                          s[6], s[7], s[8], s[9], batch_sizes, ctx->saved_data["reverse"].toBool(), mask);
     return {if_needed(mask[0], gx), if_needed(ctx->needs_input_grad(1), gh0), if_needed(ctx->needs_input_grad(2), gc0),
             if_needed(ctx->needs_input_grad(3), gw_ih), if_needed(ctx->needs_input_grad(4), gw_hh),
-            if_needed(bias_ih, gb_ih), if_needed(bias_hh, gb_hh), if_needed(w_hr, gw_hr), Tensor(), Tensor()};
+            if_needed(bias_ih, gb_ih), if_needed(bias_hh, gb_hh), if_needed(w_hr, gw_hr), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
 struct GruLayer : torch::autograd::Function<GruLayer> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                               std::vector<int64_t> batch_sizes, bool reverse) {
+                               std::vector<int64_t> batch_sizes, bool reverse, Tensor* workspace) {
     static const auto forward_op = op<GruSig>("fastdl::gru_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, hy, saved] = forward_op.call(input, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, true);
+    *workspace = saved;  // not an output of the node (autograd_utils.h)
     ctx->save_for_backward({input, h0, w_ih, w_hh, out, saved});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["reverse"] = reverse;
     save_bias_edges(ctx, 4, b_ih, b_hh);
-    ctx->mark_non_differentiable({saved});
     ctx->set_materialize_grads(false);  // as LstmLayer
-    return {out, hy, saved};
+    return {out, hy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -107,7 +110,7 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
                          ctx->saved_data["reverse"].toBool(), mask);
     return {if_needed(mask[0], gx), if_needed(ctx->needs_input_grad(1), gh0), if_needed(ctx->needs_input_grad(2), gw_ih),
             if_needed(ctx->needs_input_grad(3), gw_hh), if_needed(bias_ih, gb_ih), if_needed(bias_hh, gb_hh), Tensor(),
-            Tensor()};
+            Tensor(), Tensor()};
   }
 };
 
@@ -123,25 +126,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, at::IntArrayRef batch_sizes, bool reverse,
     bool keep_workspace) {
+  check_no_tangent("fastdl.lstm_layer", input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   if (!any_grad({&input, &h0, &c0, &w_ih, &w_hh}, b_ih, b_hh) && !wants(w_hr)) {
     static const auto forward_op = op<LstmSig>("fastdl::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep_workspace);
   }
-  auto o = LstmLayer::apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes.vec(), reverse);
-  return {o[0], o[1], o[2], o[3], o[4], o[5]};
+  std::array<Tensor, 3> workspace;
+  auto o = LstmLayer::apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes.vec(), reverse, &workspace);
+  return {o[0], o[1], o[2], workspace[0], workspace[1], workspace[2]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                                       at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
+  check_no_tangent("fastdl.gru_layer", input, h0, w_ih, w_hh, b_ih, b_hh);
   if (!any_grad({&input, &h0, &w_ih, &w_hh}, b_ih, b_hh)) {
     static const auto forward_op = op<GruSig>("fastdl::gru_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op.call(input, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, keep_workspace);
   }
-  auto o = GruLayer::apply(input, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes.vec(), reverse);
-  return {o[0], o[1], o[2]};
+  Tensor workspace;
+  auto o = GruLayer::apply(input, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes.vec(), reverse, &workspace);
+  return {o[0], o[1], workspace};
 }
 
 }  // namespace

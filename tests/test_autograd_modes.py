@@ -1,6 +1,11 @@
-"""Double backward (the gradient of a gradient, as a gradient penalty takes) of convolution, pooling and
-batch normalization: gradgradcheck in float64, a third derivative, and penalties whose gradients must
-equal those through torch's own layers, for every subset of first-order gradients a penalty may use."""
+"""Autograd beyond one eager reverse pass, through convolution, pooling, batch normalization and RNNs.
+
+Double backward (the gradient of a gradient, as a gradient penalty takes): gradgradcheck in float64,
+a third derivative, and penalties whose gradients must equal those through torch's own layers, for
+every subset of first-order gradients a penalty may use. Forward-mode AD (jvp): gradcheck with
+check_forward_ad, forward over reverse (gradgradcheck's check_fwd_over_rev), torch.func.jvp and a
+Hessian against torch; the ops without forward-mode formulas raise an error naming themselves.
+Compiled autograd (torch._dynamo's compiled_autograd) gives torch's parameter gradients."""
 
 import itertools
 
@@ -203,3 +208,111 @@ def test_first_order_gradients_unchanged_by_create_graph():
         assert r.requires_grad
         torch.testing.assert_close(r, a, rtol=0, atol=0)
     assert gradcheck(fn, (x, w, b))
+
+
+# ---- forward-mode AD
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algorithm,options,x_shape,w_shape", CONV_CASES)
+def test_conv2d_forward_ad(algorithm, options, x_shape, w_shape, device):
+    inputs = leaves(x_shape, w_shape, (w_shape[0],), device=device)
+    fn = conv_fn(algorithm, options)
+    assert gradcheck(fn, inputs, check_forward_ad=True)
+    assert gradgradcheck(fn, inputs, check_fwd_over_rev=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_forward_ad(case, device):
+    x = distinct((2, 3, 7, 8), device)
+    assert gradcheck(POOL_CASES[case][0], (x,), check_forward_ad=True)
+    assert gradgradcheck(POOL_CASES[case][0], (x,), check_fwd_over_rev=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_forward_ad(training, affine, device):
+    inputs = leaves((4, 3, 5, 6), *([(3,), (3,)] if affine else []), device=device)
+    assert gradcheck(bn_fn(fastdl.ops.batch_norm, training, 3, device), inputs, check_forward_ad=True)
+
+
+def test_batch_norm_forward_over_reverse_raises():
+    (x,) = leaves((4, 3, 5))
+    fn = bn_fn(fastdl.ops.batch_norm, True, 3, "cpu")
+    with pytest.raises(RuntimeError, match="fastdl.batch_norm_backward: forward-mode AD .* is not supported"):
+        gradgradcheck(fn, (x,), check_fwd_over_rev=True)
+
+
+@pytest.mark.parametrize("module", [fastdl.nn.LSTM, fastdl.nn.GRU])
+def test_rnn_forward_ad_raises(module):
+    layer = module(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    name = "lstm_layer" if module is fastdl.nn.LSTM else "gru_layer"
+    with pytest.raises(RuntimeError, match=f"fastdl.{name}: forward-mode AD .* is not supported"):
+        torch.func.jvp(lambda t: layer(t)[0], (x,), (torch.ones_like(x),))
+
+
+def test_jvp_of_a_converted_model_matches_torch():
+    torch.manual_seed(0)
+    # Batch statistics (no running ones: a transform refuses their in-place update, in torch too).
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                    torch.nn.BatchNorm2d(8, track_running_stats=False), torch.nn.ReLU(),
+                                    torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 4, 3), torch.nn.AvgPool2d(2),
+                                    torch.nn.AdaptiveAvgPool2d(1)).double()
+    ours = fastdl.convert(reference, inplace=False)
+    x, v = torch.randn(4, 3, 12, 12, dtype=torch.float64), torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    out, tangent = torch.func.jvp(ours, (x,), (v,))
+    expected_out, expected_tangent = torch.func.jvp(reference, (x,), (v,))
+    torch.testing.assert_close(out, expected_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tangent, expected_tangent, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["reverse-mode", "forward-mode"])
+def test_conv2d_hessian_matches_torch(strategy):
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64)
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    def hessian(conv):
+        return torch.autograd.functional.hessian(lambda w_: conv(x, w_).pow(3).sum(), w, vectorize=True,
+                                                 outer_jacobian_strategy=strategy)
+    torch.testing.assert_close(hessian(fastdl.ops.conv2d), hessian(F.conv2d), rtol=1e-10, atol=1e-10)
+
+
+# ---- compiled autograd
+
+def compiled_autograd_gradients(model, *inputs):
+    model.zero_grad()
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        out = model(*inputs)
+        (out[0] if isinstance(out, tuple) else out).square().sum().backward()
+    return [p.grad for p in model.parameters()]
+
+
+def test_compiled_autograd_cnn():
+    # Batch norm and max pooling with indices return outputs that are not differentiable, which
+    # compiled autograd refuses to see marked as such (csrc/autograd/autograd_utils.h).
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 4, 3), torch.nn.AvgPool2d(2),
+                                    torch.nn.AdaptiveAvgPool2d(1))
+    ours = fastdl.convert(reference, inplace=False)
+    x = torch.randn(4, 3, 12, 12)
+    reference(x).square().sum().backward()
+    for got, expected in zip(compiled_autograd_gradients(ours, x), (p.grad for p in reference.parameters())):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        out, _ = fastdl.ops.max_pool2d(x, 2, return_indices=True)
+        out.square().sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(F.max_pool2d(x, 2).square().sum(), x)[0])
+
+
+@pytest.mark.parametrize("module", [torch.nn.LSTM, torch.nn.GRU])
+def test_compiled_autograd_rnn(module):
+    torch.manual_seed(0)
+    reference = module(3, 5, num_layers=2, bidirectional=True)
+    ours = fastdl.convert(reference, inplace=False)
+    x = torch.randn(6, 4, 3)
+    reference(x)[0].square().sum().backward()
+    for got, expected in zip(compiled_autograd_gradients(ours, x), (p.grad for p in reference.parameters())):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
