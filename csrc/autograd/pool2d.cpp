@@ -127,7 +127,8 @@ Tensor max_pool2d_backward_autograd(const Tensor& grad, const Tensor& input, con
                                     IntArrayRef dilation, bool ceil_mode) {
   static const auto handle = op<MaxPoolBackwardSig>("fastdl::max_pool2d_backward");
   Tensor out = records_grad(grad) || records_grad(input)
-                   ? apply_on_primals<MaxPool2dBackward>(grad, input, indices, kernel, stride, padding, dilation, ceil_mode)
+                   ? apply_on_primals<MaxPool2dBackward>(grad, input, indices, kernel, stride, padding, dilation,
+                                                         ceil_mode)
                    : call_below_autograd(handle, grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
   return with_linear_tangent(out, handle, grad, input, indices, kernel, stride, padding, dilation, ceil_mode);
 }
@@ -209,8 +210,8 @@ Tensor avg_pool2d_backward_autograd(const Tensor& grad, const Tensor& input, Int
                                     std::optional<int64_t> divisor_override) {
   static const auto handle = op<AvgPoolBackwardSig>("fastdl::avg_pool2d_backward");
   Tensor out = records_grad(grad) || records_grad(input)
-                   ? apply_on_primals<AvgPool2dBackward>(grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
-                                              divisor_override)
+                   ? apply_on_primals<AvgPool2dBackward>(grad, input, kernel, stride, padding, ceil_mode,
+                                                         count_include_pad, divisor_override)
                    : call_below_autograd(handle, grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
                                          divisor_override);
   return with_linear_tangent(out, handle, grad, input, kernel, stride, padding, ceil_mode, count_include_pad,
@@ -318,7 +319,8 @@ Tensor avg_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef 
                            bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   static const auto handle = op<AvgPoolSig>("fastdl::avg_pool2d");
   Tensor out = records_grad(input)
-                   ? apply_on_primals<AvgPool2d>(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+                   ? apply_on_primals<AvgPool2d>(input, kernel, stride, padding, ceil_mode, count_include_pad,
+                                                 divisor_override)
                    : call_below_autograd(handle, input, kernel, stride, padding, ceil_mode, count_include_pad,
                                          divisor_override);
   return with_linear_tangent(out, handle, input, kernel, stride, padding, ceil_mode, count_include_pad,
