@@ -180,6 +180,21 @@ def test_gradcheck(shape, layout, training, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_five_dimensional_input_matches_torch(layout, training, device):
+    # As F.batch_norm: (N, C, D, H, W) normalized per channel over N, D, H and W.
+    x = torch.randn(3, 4, 2, 3, 5, dtype=torch.float64, device=device).to(memory_format=layout).requires_grad_()
+    w, b, rm, rv = (t.requires_grad_(i < 2) for i, t in enumerate(params(4, torch.float64, device, 0)))
+    ours_rm, ours_rv = rm.clone(), rv.clone()
+    out = fastdl.ops.batch_norm(x, ours_rm, ours_rv, w, b, training)
+    torch.testing.assert_close(out, F.batch_norm(x, rm, rv, w, b, training))
+    torch.testing.assert_close((ours_rm, ours_rv), (rm, rv))
+    fn = lambda x, w, b: fastdl.ops.batch_norm(x, rm.clone(), rv.clone(), w, b, training)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     fd = torch.ops.fastdl
     for shape, layout in [((3, 4, 5, 6), "contiguous"), ((3, 4, 5, 6), "channels_last"), ((6, 4), "contiguous"),

@@ -2,7 +2,8 @@
 
 fastdl.ops.batch_norm takes torch.nn.functional.batch_norm's arguments and returns its result.
 Shapes: input (N, C), (N, C, L) or (N, C, H, W), any memory layout (the output keeps a
-channels_last input's format); weight, bias, running_mean, running_var: (C,). Dtypes: float32 and
+channels_last input's format); more dimensions, as (N, C, D, H, W), are normalized as (N, C, D*H*W)
+(a contiguous output); weight, bias, running_mean, running_var: (C,). Dtypes: float32 and
 float64 on CPU and CUDA; float16 and bfloat16 on CUDA, whose statistics are float32 and whose
 parameters may be float32 too.
 
@@ -34,6 +35,10 @@ def batch_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """Batch normalization over the channel dimension (dim 1), as torch.nn.functional.batch_norm."""
+    if input.dim() > 4:
+        # (N, C, D, H, W, ...): the dimensions after C as one (a view unless the input's strides mix them).
+        out = batch_norm(input.flatten(2), running_mean, running_var, weight, bias, training, momentum, eps)
+        return out.view(input.shape)
     out, _, _ = ops_for(input).batch_norm(input, weight, bias, running_mean, running_var, bool(training),
                                           float(momentum), float(eps))
     return out
