@@ -347,6 +347,28 @@ def test_stride_2_inputs_gathered_as_runs(kernel, padding, dtype, monkeypatch):
         check_against_torch(x, w, None, 2, padding, 1, 1)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, wshape, stride, groups", [
+    ((1, 2048, 7, 7), (512, 2048, 1, 1), 1, 1),   # ResNet-50 layer4.1.conv1's input gradient
+    ((1, 29, 5, 5), (6, 29, 1, 1), 2, 1),          # 29 channels: the last block of 4 part-filled
+    ((2, 30, 3, 3), (9, 30, 1, 1), 1, 1),
+    ((1, 78, 4, 4), (9, 26, 1, 1), 1, 3),          # groups: blocks numbered across groups, 26 = 6 x 4 + 2
+])
+def test_pointwise_input_gradient_with_items_own_weights(shape, wshape, stride, groups, threads):
+    """1x1 input gradients whose weights outweigh the batch's grad_output (pointwise_tiles' one unit:
+    here more than 24 input channels per group and tile): each item packs the transposed weights of
+    its own output-channel blocks (pack_pointwise_input_grad_blocks in csrc/cpu/conv2d_packing.h)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x = make(shape, "contiguous", dtype, "cpu", 1)
+            w = make(wshape, "contiguous", dtype, "cpu", 2)
+            check_against_torch(x, w, None, stride, 0, 1, groups)
+    finally:
+        torch.set_num_threads(before)
+
+
 # Named cases whose weight gradient has fewer pixel items than twice the threads: the threads split
 # the output-channel blocks, and every item is packed once beforehand with its channels split between
 # the threads (SharedGradItems in csrc/cpu/conv2d_grad_weight.h); one thread packs per task.

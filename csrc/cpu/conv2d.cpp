@@ -209,13 +209,25 @@ void grad_input_pointwise(const Conv2dBackward& b) {
   const auto dy = strided<const T>(b.grad_output);
   const auto dx = strided<T>(b.grad_input);
   const int64_t Cg = s.in_per_group(), Kg = s.out_per_group();
-  const Scratch<T> weights = pack_weights<T, KT>(b.weight.const_data_ptr<T>(), s, true, {0});
   Conv2dShape t = s;  // grad_output to grad_input
   t.in_channels = s.out_channels;
   t.out_channels = s.in_channels;
   t.in_h = s.out_h;
   t.in_w = s.out_w;
   t.stride_h = t.stride_w = 1;
+  // Where the tiles run as one unit (each weight meeting few pixels: 1x1 layers on 7x7 and 14x14 maps at
+  // batch 1), each item packs the transposed weights of its own output-channel blocks just before its
+  // tiles, into a per-thread buffer that stays in L2, instead of a pass over the whole weight first
+  // (which wrote the 4 MB of ResNet-50's 2048x512 weight to memory and read it back: about a fifth of
+  // that layer's input gradient; bench/NOTES.md, convolution entries 30 and 37). Time after over
+  // before, one process, two threads, batch 1: 2048 -> 512 on 7x7 0.96, 512 -> 2048 on 7x7 0.87,
+  // 1024 -> 256 on 14x14 0.97, 256 -> 1024 on 14x14 0.96, the stride-2 1024 -> 2048 on 14x14 0.81.
+  const bool own_blocks = pointwise_whole_unit<T, KT>(t, s.groups * div_up(Cg, int64_t(KT)), Kg);
+  const T* w = b.weight.const_data_ptr<T>();
+  const Scratch<T> weights = own_blocks ? Scratch<T>() : pack_weights<T, KT>(w, s, true, {0});
+  const BlockPacker<T> pack_blocks = [&](int64_t b0, int64_t b1, T* dst) {
+    pack_pointwise_input_grad_blocks<T, KT>(w, s, b0, b1, dst);
+  };
   const bool strided_out = s.stride_h > 1 || s.stride_w > 1;
   Scratch<T> dense_memory(strided_out ? s.batch * s.in_channels * s.out_h * s.out_w : 0);
   const at::Tensor dense = strided_out ? at::from_blob(dense_memory.get(), {s.batch, s.in_channels, s.out_h, s.out_w},
@@ -224,7 +236,7 @@ void grad_input_pointwise(const Conv2dBackward& b) {
   const auto y = strided<T>(dense);
   const TiledConv<T> tc{Kg, Cg, div_up(Cg, KT), 1, weights.get(), nullptr, y.sc, y.sw,
                         pointwise_channel_block<T, KT>(Kg)};
-  pointwise_tiles<T, KT>(dy, y, t, tc);
+  pointwise_tiles<T, KT>(dy, y, t, tc, kOneTap, own_blocks ? &pack_blocks : nullptr);
   if (!strided_out) return;
   // Row by row: zeros, then the row's outputs at every stride_w-th column (with divisions per element
   // this pass took 10% of perf's samples of the input gradient of ResNet-50's 512 -> 1024 stride-2 1x1

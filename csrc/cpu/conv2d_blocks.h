@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -52,6 +53,7 @@ struct TiledConv {
     const int64_t* taps = nullptr;
     int64_t group = 0, out = 0, red = 0;
   } in_place;
+  int64_t first_block = 0;     // the block `weights` starts at (packed weights of an item's own blocks)
 };
 
 // Where a vector of pixels reads (from its buffer's channel 0) and writes (from output channel 0).
@@ -127,7 +129,7 @@ void compute_blocks(const TiledConv<T>& tc, const T* buf, int64_t cs, const int6
           jumping |= jumps[v].lane < count[v];
         }
         const T* w = ip.taps ? tc.weights + g * ip.group + k0 * ip.out + c0 * ip.red
-                             : tc.weights + (kb * tc.reds + c0) * tc.ntaps * KT;
+                             : tc.weights + ((kb - tc.first_block) * tc.reds + c0) * tc.ntaps * KT;
         const T* bias = tc.bias ? tc.bias + kb * KT : nullptr;
         const int64_t kvalid = std::min<int64_t>(KT, tc.outs - k0);
         if (jumping) {
@@ -206,6 +208,21 @@ int64_t pointwise_channel_block(int64_t reds) {
 // 2048 -> 512 on 7x7 at batch 8 (3.3 MB), which then ran slower in one of two rounds.
 constexpr int64_t kWholeUnitInputBytes = int64_t(1) << 20;
 
+// Whether pointwise_tiles runs every tile of s as one unit (kWholeUnitInputBytes), given its blocks of
+// KT output channels over `reds` reduction channels.
+template <typename T, int KT>
+bool pointwise_whole_unit(const Conv2dShape& s, int64_t blocks, int64_t reds) {
+  constexpr int64_t tile = kTileVectors<KT> * Vec<T>::size();
+  const int64_t tiles = div_up(s.batch * s.out_h * s.out_w, tile);
+  const int64_t input_bytes = tiles * s.in_channels * tile * int64_t(sizeof(T));
+  return input_bytes <= kWholeUnitInputBytes && blocks * KT * reds * int64_t(sizeof(T)) > input_bytes;
+}
+
+// Packs the weights of output-channel blocks [b0, b1) into dst as tc.weights would hold them from
+// block b0 on (pointwise_tiles with an item's own weights).
+template <typename T>
+using BlockPacker = std::function<void(int64_t b0, int64_t b1, T* dst)>;
+
 // Units of (at least) 4 tiles where their inputs fit 96 KB (reductions over 256 channels or fewer) and
 // the batch still gives every thread kItemsPerThread units: each output-channel block then stores 4
 // tiles' pixels in one run (384 bytes a channel) instead of 96 bytes a tile, the next tile's 96 bytes
@@ -227,7 +244,7 @@ constexpr int64_t kStoreRunInputBytes = 96 * 1024;
 // conv2d.cpp allocates.
 template <typename T, int KT>
 void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const Conv2dShape& s, const TiledConv<T>& tc,
-                     const ColumnTaps& ct = kOneTap) {
+                     const ColumnTaps& ct = kOneTap, const BlockPacker<T>* pack_blocks = nullptr) {
   constexpr int64_t V = Vec<T>::size();
   constexpr int64_t tile = kTileVectors<KT> * V;
   const int64_t Cg = s.in_per_group(), nb = tc.blocks, blocks = s.groups * nb;
@@ -236,7 +253,8 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
   // tiles inside its output-channel blocks when the weights are the larger), or at least kStoreRunTiles,
   // or every tile in one unit (kWholeUnitInputBytes).
   const int64_t tile_bytes = tile * int64_t(sizeof(T)), input_bytes = tiles * s.in_channels * tile_bytes;
-  const bool whole = input_bytes <= kWholeUnitInputBytes && blocks * KT * tc.reds * int64_t(sizeof(T)) > input_bytes;
+  const bool whole = pointwise_whole_unit<T, KT>(s, blocks, tc.reds);
+  TORCH_INTERNAL_ASSERT(!pack_blocks || whole, "pointwise_tiles packs items' own weights in one unit only");
   const int64_t pass_bytes = std::min(tc.channel_block, tc.reds) * tile_bytes;
   int64_t chunk = whole ? tiles : std::clamp<int64_t>(kTileInputBytes / pass_bytes, 1, tiles);
   if (!whole && chunk < kStoreRunTiles && kStoreRunTiles * pass_bytes <= kStoreRunInputBytes &&
@@ -256,7 +274,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
       }
     });
   }
-  ThreadBuffers<T> buffers;
+  ThreadBuffers<T> buffers, weight_buffers;
   // How much further than one pixel step the next image's first output lies (0 where the output is
   // channels-last: its images follow on at the same step, and no vector needs jumps).
   const int64_t jump = y.sn - plane * y.sw;
@@ -276,7 +294,14 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
       pack_pixels(x, s, g0 * Cg, g1 * Cg, t0 * tile, std::min(pixels, t1 * tile), tile, own, ct);
       buf = own;
     }
-    compute_blocks<T, KT>(tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data, b.begin, b.end,
+    TiledConv<T> item_tc = tc;
+    if (pack_blocks) {
+      T* weights = weight_buffers.get((b.end - b.begin) * tc.reds * KT);
+      (*pack_blocks)(b.begin, b.end, weights);
+      item_tc.weights = weights;
+      item_tc.first_block = b.begin;
+    }
+    compute_blocks<T, KT>(item_tc, buf, tile, &zero_tap, g0, (t1 - t0) * tile * int64_t(sizeof(T)), y.data, b.begin, b.end,
                           chunk_vectors(unit), [&](int64_t q) {
                             const int64_t p = t0 * tile + q * V, n = p / plane, i = p % plane;
                             VectorPos pos{q / kTileVectors<KT> * channels * tile + q % kTileVectors<KT> * V,

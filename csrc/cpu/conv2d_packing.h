@@ -363,6 +363,27 @@ Scratch<T> pack_weights(const T* w, const Conv2dShape& s, bool transposed, const
   return packed;
 }
 
+// The 1x1 input gradient's weights of output blocks [b0, b1) (numbered across groups) as pack_weights(w,
+// s, true, {0}) lays them out from block b0 on, for an item that packs its own blocks (pointwise_tiles'
+// one unit). Per chunk of kRows reduction channels, each source row's run over the blocks stays in L1
+// while it is spread out.
+template <typename T, int KT>
+void pack_pointwise_input_grad_blocks(const T* w, const Conv2dShape& s, int64_t b0, int64_t b1, T* dst) {
+  constexpr int64_t kRows = 16;
+  const int64_t Cg = s.in_per_group(), Kg = s.out_per_group(), nb = div_up(Cg, int64_t(KT));
+  for (int64_t k0 = 0; k0 < Kg; k0 += kRows) {
+    const int64_t k1 = std::min(Kg, k0 + kRows);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t g = b / nb, c0 = b % nb * KT, valid = std::min<int64_t>(KT, Cg - c0);
+      T* d = dst + ((b - b0) * Kg + k0) * KT;
+      for (int64_t k = k0; k < k1; ++k, d += KT) {
+        const T* src = w + (g * Kg + k) * Cg + c0;
+        for (int j = 0; j < KT; ++j) d[j] = j < valid ? src[j] : T(0);
+      }
+    }
+  }
+}
+
 // The input gradient's weights for several tap subsets (the phases of a strided convolution, or the
 // taps that reach a small map), each as pack_weights(w, s, true, taps) would give, in one pass over
 // the source: per reduction channel k and block of KT channels, the run [c][tap] is read once and
