@@ -252,7 +252,7 @@ void pointwise_tiles(const Strided4d<const T>& x, const Strided4d<T>& y, const C
   // Tiles per unit: their inputs over one channel block fit the L1 cache (compute_blocks runs the unit's
   // tiles inside its output-channel blocks when the weights are the larger), or at least kStoreRunTiles,
   // or every tile in one unit (kWholeUnitInputBytes).
-  const int64_t tile_bytes = tile * int64_t(sizeof(T)), input_bytes = tiles * s.in_channels * tile_bytes;
+  const int64_t tile_bytes = tile * int64_t(sizeof(T));
   const bool whole = pointwise_whole_unit<T, KT>(s, blocks, tc.reds);
   TORCH_INTERNAL_ASSERT(!pack_blocks || whole, "pointwise_tiles packs items' own weights in one unit only");
   const int64_t pass_bytes = std::min(tc.channel_block, tc.reds) * tile_bytes;
