@@ -347,6 +347,19 @@ def test_stride_2_inputs_gathered_as_runs(kernel, padding, dtype, monkeypatch):
         check_against_torch(x, w, None, 2, padding, 1, 1)
 
 
+def check_with_threads(threads, shape, wshape, stride, padding, dilation, groups):
+    """check_against_torch in float32 and float64 (no bias) with torch's thread count set to `threads`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x = make(shape, "contiguous", dtype, "cpu", 1)
+            w = make(wshape, "contiguous", dtype, "cpu", 2)
+            check_against_torch(x, w, None, stride, padding, dilation, groups)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, wshape, stride, groups", [
     ((1, 2048, 7, 7), (512, 2048, 1, 1), 1, 1),   # ResNet-50 layer4.1.conv1's input gradient
@@ -358,15 +371,7 @@ def test_pointwise_input_gradient_with_items_own_weights(shape, wshape, stride, 
     """1x1 input gradients whose weights outweigh the batch's grad_output (pointwise_tiles' one unit:
     here more than 24 input channels per group and tile): each item packs the transposed weights of
     its own output-channel blocks (pack_pointwise_input_grad_blocks in csrc/cpu/conv2d_packing.h)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for dtype in (torch.float32, torch.float64):
-            x = make(shape, "contiguous", dtype, "cpu", 1)
-            w = make(wshape, "contiguous", dtype, "cpu", 2)
-            check_against_torch(x, w, None, stride, 0, 1, groups)
-    finally:
-        torch.set_num_threads(before)
+    check_with_threads(threads, shape, wshape, stride, 0, 1, groups)
 
 
 # Named cases whose weight gradient has fewer pixel items than twice the threads: the threads split
@@ -378,16 +383,7 @@ SHARED_ITEMS = [name for name in NAMED if name.endswith("(weight gradient items 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("name", SHARED_ITEMS)
 def test_weight_gradient_items_shared_between_threads(name, threads):
-    shape, wshape, stride, padding, dilation, groups = NAMED[name]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for dtype in (torch.float32, torch.float64):
-            x = make(shape, "contiguous", dtype, "cpu", 1)
-            w = make(wshape, "contiguous", dtype, "cpu", 2)
-            check_against_torch(x, w, None, stride, padding, dilation, groups)
-    finally:
-        torch.set_num_threads(before)
+    check_with_threads(threads, *NAMED[name])
 
 
 @pytest.mark.parametrize("device", DEVICES)
