@@ -3,8 +3,8 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
-#include <c10/util/Exception.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <optional>
@@ -19,6 +19,23 @@ namespace fastdl {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Whether a call must record a gradient: grad mode on and a tensor argument (or a given optional one)
+// requires one. Otherwise an op runs below autograd directly, without a node (measured 4 us per call),
+// as ATen's own ops do.
+inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool requires_grad(const std::optional<at::Tensor>& t) { return t && requires_grad(*t); }
+
+template <typename... Tensors>
+bool records_grad(const Tensors&... tensors) {
+  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
+// total += term, where an undefined tensor is zero (the terms of a derivative some of whose
+// directions are absent).
+inline void accumulate(at::Tensor& total, const at::Tensor& term) {
+  if (term.defined()) total = total.defined() ? total.add(term) : term;
 }
 
 // In a backward formula whose backward op has torch's boxed not-implemented fallback (the RNN layers):

@@ -6,7 +6,6 @@
 // (jvp) has a formula for the forward op; the backward op refuses it (an error, not a lost tangent).
 
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -42,6 +41,18 @@ struct Channels {
   Tensor broadcast(const Tensor& per_channel) const { return per_channel.reshape(shape); }
 };
 
+// The input normalized per channel, x^ = (x - mean) s with s the inverse standard deviation (all in
+// the statistics' dtype), and the projection P(u) = u - S(u)/M - x^ S(u x^)/M that training's input
+// gradient applies (notation of the double backward below).
+struct Normalized {
+  Channels ch;
+  Tensor s, x_hat;
+
+  Normalized(const Channels& channels, const Tensor& x, const Tensor& mean, const Tensor& invstd)
+      : ch(channels), s(invstd), x_hat((x - mean) * invstd) {}
+  Tensor project(const Tensor& u) const { return u - ch.mean(u) - x_hat * ch.mean(u * x_hat); }
+};
+
 // Forward-mode AD of the forward op, in the notation of the double backward below (x^ = (x - mean) s):
 //   training: t_y = w s P(t_x) + t_w x^ + t_b        eval: t_y = w s t_x + t_w x^ + t_b
 // The statistics' outputs get no tangent (they are not differentiable outputs in reverse mode either).
@@ -51,16 +62,14 @@ void set_output_tangent(const Tensor& output, const Tensor& input, const OptTens
   const PrimalsOnly primals_only(false);
   const Channels ch(input);
   const auto cast = [&](const Tensor& t) { return t.to(invstd.scalar_type()); };
-  const Tensor s = ch.broadcast(invstd);
-  const Tensor x_hat = (cast(input) - ch.broadcast(mean)) * s;
-  Tensor t = at::zeros_like(x_hat);
+  const Normalized n(ch, cast(input), ch.broadcast(mean), ch.broadcast(invstd));
+  Tensor t;
   if (tx.defined()) {
-    Tensor u = cast(tx);
-    if (training) u = u - ch.mean(u) - x_hat * ch.mean(u * x_hat);
-    t = t + (given(weight) ? u * ch.broadcast(cast(*weight)) : u) * s;
+    const Tensor u = training ? n.project(cast(tx)) : cast(tx);
+    accumulate(t, (given(weight) ? u * ch.broadcast(cast(*weight)) : u) * n.s);
   }
-  if (tw.defined()) t = t + x_hat * ch.broadcast(cast(tw));
-  if (tb.defined()) t = t + ch.broadcast(cast(tb));
+  if (tw.defined()) accumulate(t, n.x_hat * ch.broadcast(cast(tw)));
+  if (tb.defined()) accumulate(t, ch.broadcast(cast(tb)).expand_as(n.x_hat));
   set_tangent(output, t.to(output.scalar_type()));
 }
 
@@ -101,9 +110,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_autograd(const Tensor& input, cons
                                                        const OptTensor& bias, const OptTensor& running_mean,
                                                        const OptTensor& running_var, bool training, double momentum,
                                                        double eps) {
-  const auto wants = [](const OptTensor& t) { return given(t) && t->requires_grad(); };
   std::tuple<Tensor, Tensor, Tensor> outs;
-  if (!at::GradMode::is_enabled() || !(input.requires_grad() || wants(weight) || wants(bias))) {
+  if (!records_grad(input, weight, bias)) {
     // No gradient: skip the autograd node (measured 4 us per call), as ATen's own ops do.
     static const auto forward_op = op<BatchNormSig>("fastdl::batch_norm");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -143,35 +151,34 @@ variable_list batch_norm_double_backward(const Tensor& grad_output, const Tensor
   const Tensor ggW = grads[1].defined() ? ch.broadcast(cast(grads[1])) : Tensor();
   const Tensor ggB = grads[2].defined() ? ch.broadcast(cast(grads[2])) : Tensor();
   const Tensor w = weight.defined() ? ch.broadcast(cast(weight)) : Tensor();
-  Tensor mean = ch.broadcast(save_mean), s = ch.broadcast(save_invstd);
+  Tensor mean = ch.broadcast(save_mean), invstd = ch.broadcast(save_invstd);
   if (training && at::GradMode::is_enabled()) {
     mean = ch.mean(x);
     const Tensor var = ch.mean((x - mean).square());
-    s = (var + (s.square().reciprocal() - var).detach()).rsqrt();  // the saved value, as a function of x
+    invstd = (var + (invstd.square().reciprocal() - var).detach()).rsqrt();  // the saved value, as a function of x
   }
-  const Tensor x_hat = (x - mean) * s;
+  const Normalized n(ch, x, mean, invstd);
+  const Tensor &s = n.s, &x_hat = n.x_hat;
   const auto times_w = [&](const Tensor& t) { return w.defined() ? t * w : t; };
-  const auto project = [&](const Tensor& u) { return u - ch.mean(u) - x_hat * ch.mean(u * x_hat); };
-  const auto add = [](Tensor& total, const Tensor& term) { total = total.defined() ? total + term : term; };
 
   Tensor d_grad_output, d_input, d_weight;
   if (needed[0]) {
-    if (ggI.defined()) add(d_grad_output, times_w((training ? project(ggI) : ggI) * s));
-    if (ggW.defined()) add(d_grad_output, ggW * x_hat);
-    if (ggB.defined()) add(d_grad_output, ggB.expand_as(gO));
+    if (ggI.defined()) accumulate(d_grad_output, times_w((training ? n.project(ggI) : ggI) * s));
+    if (ggW.defined()) accumulate(d_grad_output, ggW * x_hat);
+    if (ggB.defined()) accumulate(d_grad_output, ggB.expand_as(gO));
     if (d_grad_output.defined()) d_grad_output = d_grad_output.to(grad_output.scalar_type());
   }
   if (needed[1]) {
-    if (ggW.defined()) add(d_input, (training ? project(ggW * gO) : ggW * gO) * s);
+    if (ggW.defined()) accumulate(d_input, (training ? n.project(ggW * gO) : ggW * gO) * s);
     if (training && ggI.defined()) {
       const Tensor m = ch.mean(gO * x_hat), B = ch.sum(ggI * x_hat), A = ch.sum(ggI * (gO - ch.mean(gO)));
-      const Tensor inner = (A - B * m) * x_hat / ch.count + m * project(ggI) + B * project(gO) / ch.count;
-      add(d_input, -times_w(inner * s.square()));
+      const Tensor inner = (A - B * m) * x_hat / ch.count + m * n.project(ggI) + B * n.project(gO) / ch.count;
+      accumulate(d_input, -times_w(inner * s.square()));
     }
     if (d_input.defined()) d_input = d_input.to(input.scalar_type());
   }
   if (needed[2] && ggI.defined()) {
-    d_weight = (s * ch.sum(ggI * (training ? project(gO) : gO))).reshape({-1}).to(weight.scalar_type());
+    d_weight = (s * ch.sum(ggI * (training ? n.project(gO) : gO))).reshape({-1}).to(weight.scalar_type());
   }
   return {d_grad_output, d_input, d_weight};
 }
@@ -208,8 +215,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_autograd(const Tensor& gr
                                                                 const Tensor& save_invstd, bool training,
                                                                 std::array<bool, 3> mask) {
   check_no_tangent("fastdl.batch_norm_backward", grad_output, input, weight);
-  const bool weight_grad = given(weight) && weight->requires_grad();
-  if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || input.requires_grad() || weight_grad)) {
+  if (!records_grad(grad_output, input, weight)) {
     static const auto backward_op = op<BatchNormBackwardSig>("fastdl::batch_norm_backward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return backward_op.call(grad_output, input, weight, save_mean, save_invstd, training, mask);

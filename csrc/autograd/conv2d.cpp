@@ -30,15 +30,11 @@ Tensor linearized_forward(const Tensor& input, const Tensor& weight, const Tenso
                           const Tensor& tw, const Tensor& tb, const Forward& forward) {
   Tensor total;
   if (tx.defined()) total = forward(tx, weight, tb.defined() ? OptTensor(tb) : std::nullopt);
-  if (tw.defined()) {
-    Tensor term = forward(input, tw, std::nullopt);
-    total = total.defined() ? total.add(term) : term;
-  }
+  if (tw.defined()) accumulate(total, forward(input, tw, std::nullopt));
   if (tb.defined() && !tx.defined()) {
     std::vector<int64_t> shape(output.dim(), 1);
     shape[output.dim() - 3] = tb.numel();
-    Tensor term = tb.reshape(shape).expand_as(output);
-    total = total.defined() ? total.add(term) : term.contiguous();
+    accumulate(total, tb.reshape(shape).expand_as(output).contiguous());
   }
   return total;
 }
@@ -83,12 +79,32 @@ void set_backward_tangents(const std::tuple<Tensor, Tensor, Tensor>& grads, cons
   const PrimalsOnly primals_only(false);
   std::array<Tensor, 3> t;
   if (t_grad_output.defined()) std::tie(t[0], t[1], t[2]) = backward(t_grad_output, input, weight, mask);
-  const auto add = [](Tensor& total, const Tensor& term) { total = total.defined() ? total.add(term) : term; };
-  if (mask[0] && tw.defined()) add(t[0], std::get<0>(backward(grad_output, input, tw, {true, false, false})));
-  if (mask[1] && tx.defined()) add(t[1], std::get<1>(backward(grad_output, tx, weight, {false, true, false})));
+  if (mask[0] && tw.defined()) accumulate(t[0], std::get<0>(backward(grad_output, input, tw, {true, false, false})));
+  if (mask[1] && tx.defined()) accumulate(t[1], std::get<1>(backward(grad_output, tx, weight, {false, true, false})));
   if (mask[0]) set_tangent(std::get<0>(grads), t[0]);
   if (mask[1]) set_tangent(std::get<1>(grads), t[1]);
   if (mask[2]) set_tangent(std::get<2>(grads), t[2]);
+}
+
+// The autograd kernel of a backward op (direct or Winograd): its Function where the gradients'
+// own gradient is recorded (apply_node), the op below autograd otherwise (backward), then the
+// outputs' tangents where an argument has one.
+template <typename ApplyNode, typename Backward>
+std::tuple<Tensor, Tensor, Tensor> backward_autograd(const Tensor& grad_output, const Tensor& input,
+                                                     const Tensor& weight, const std::array<bool, 3>& mask,
+                                                     const ApplyNode& apply_node, const Backward& backward) {
+  std::tuple<Tensor, Tensor, Tensor> grads;
+  if (records_grad(grad_output, input, weight)) {
+    const variable_list out = apply_node();
+    grads = {out[0], out[1], out[2]};
+  } else {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    grads = backward(grad_output, input, weight, mask);
+  }
+  if (any_tangent(grad_output, input, weight)) {
+    set_backward_tangents(grads, grad_output, input, weight, mask, backward);
+  }
+  return grads;
 }
 
 Tensor call_forward(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
@@ -130,10 +146,9 @@ struct Conv2d : torch::autograd::Function<Conv2d> {
 
 Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const bool bias_grad = given(bias) && bias->requires_grad();
-  const bool node = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() || bias_grad);
-  Tensor out = node ? apply_on_primals<Conv2d>(input, weight, bias, stride, padding, dilation, groups)
-                    : call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's
+  Tensor out = records_grad(input, weight, bias)
+                   ? apply_on_primals<Conv2d>(input, weight, bias, stride, padding, dilation, groups)
+                   : call_forward(input, weight, bias, stride, padding, dilation, groups);  // no node, as ATen's
   if (any_tangent(input, weight, bias)) {
     static const auto forward_op = op<ConvSig>("fastdl::conv2d");
     set_forward_tangent(out, input, weight, bias, [&](const Tensor& x, const Tensor& w, const OptTensor& b) {
@@ -183,30 +198,19 @@ struct Conv2dBackward : torch::autograd::Function<Conv2dBackward> {
   }
 };
 
-bool any_requires_grad(const Tensor& a, const Tensor& b, const Tensor& c) {
-  return at::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad() || c.requires_grad());
-}
-
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward_autograd(const Tensor& grad_output, const Tensor& input,
                                                             const Tensor& weight, at::IntArrayRef stride,
                                                             at::IntArrayRef padding, at::IntArrayRef dilation,
                                                             int64_t groups, std::array<bool, 3> mask) {
   static const auto backward_op = op<ConvBackwardSig>("fastdl::conv2d_backward");
-  std::tuple<Tensor, Tensor, Tensor> grads;
-  if (any_requires_grad(grad_output, input, weight)) {
-    auto out = apply_on_primals<Conv2dBackward>(grad_output, input, weight, stride, padding, dilation, groups, mask);
-    grads = {out[0], out[1], out[2]};
-  } else {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    grads = backward_op.call(grad_output, input, weight, stride, padding, dilation, groups, mask);
-  }
-  if (any_tangent(grad_output, input, weight)) {
-    set_backward_tangents(grads, grad_output, input, weight, mask,
-                          [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
-                            return backward_op.call(g, x, w, stride, padding, dilation, groups, m);
-                          });
-  }
-  return grads;
+  return backward_autograd(
+      grad_output, input, weight, mask,
+      [&] {
+        return apply_on_primals<Conv2dBackward>(grad_output, input, weight, stride, padding, dilation, groups, mask);
+      },
+      [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
+        return backward_op.call(g, x, w, stride, padding, dilation, groups, m);
+      });
 }
 
 Tensor call_winograd(const Tensor& input, const Tensor& weight, const OptTensor& bias, at::IntArrayRef padding,
@@ -242,10 +246,8 @@ struct WinogradConv2d : torch::autograd::Function<WinogradConv2d> {
 
 Tensor conv2d_winograd_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
                                 at::IntArrayRef padding, int64_t tile) {
-  const bool bias_grad = given(bias) && bias->requires_grad();
-  const bool node = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() || bias_grad);
-  Tensor out = node ? apply_on_primals<WinogradConv2d>(input, weight, bias, padding, tile)
-                    : call_winograd(input, weight, bias, padding, tile);
+  Tensor out = records_grad(input, weight, bias) ? apply_on_primals<WinogradConv2d>(input, weight, bias, padding, tile)
+                                                 : call_winograd(input, weight, bias, padding, tile);
   if (any_tangent(input, weight, bias)) {
     static const auto forward_op = op<WinogradSig>("fastdl::conv2d_winograd");
     set_forward_tangent(out, input, weight, bias, [&](const Tensor& x, const Tensor& w, const OptTensor& b) {
@@ -292,21 +294,12 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_winograd_backward_autograd(const Tenso
                                                                      const Tensor& weight, at::IntArrayRef padding,
                                                                      int64_t tile, std::array<bool, 3> mask) {
   static const auto backward_op = op<WinogradBackwardSig>("fastdl::conv2d_winograd_backward");
-  std::tuple<Tensor, Tensor, Tensor> grads;
-  if (any_requires_grad(grad_output, input, weight)) {
-    auto out = apply_on_primals<WinogradConv2dBackward>(grad_output, input, weight, padding, tile, mask);
-    grads = {out[0], out[1], out[2]};
-  } else {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    grads = backward_op.call(grad_output, input, weight, padding, tile, mask);
-  }
-  if (any_tangent(grad_output, input, weight)) {
-    set_backward_tangents(grads, grad_output, input, weight, mask,
-                          [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
-                            return backward_op.call(g, x, w, padding, tile, m);
-                          });
-  }
-  return grads;
+  return backward_autograd(
+      grad_output, input, weight, mask,
+      [&] { return apply_on_primals<WinogradConv2dBackward>(grad_output, input, weight, padding, tile, mask); },
+      [&](const Tensor& g, const Tensor& x, const Tensor& w, std::array<bool, 3> m) {
+        return backward_op.call(g, x, w, padding, tile, m);
+      });
 }
 
 }  // namespace

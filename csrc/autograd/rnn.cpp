@@ -23,7 +23,6 @@ using OptTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool wants(const OptTensor& t) { return given(t) && t->requires_grad(); }
 OptTensor maybe(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 // Autograd numbers only the tensors that were given: the edges of bias_ih and bias_hh, which follow
@@ -114,20 +113,12 @@ struct GruLayer : torch::autograd::Function<GruLayer> {
   }
 };
 
-bool any_grad(std::initializer_list<const Tensor*> tensors, const OptTensor& b_ih, const OptTensor& b_hh) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const Tensor* t : tensors) {
-    if (t->requires_grad()) return true;
-  }
-  return wants(b_ih) || wants(b_hh);
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, at::IntArrayRef batch_sizes, bool reverse,
     bool keep_workspace) {
   check_no_tangent("fastdl.lstm_layer", input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
-  if (!any_grad({&input, &h0, &c0, &w_ih, &w_hh}, b_ih, b_hh) && !wants(w_hr)) {
+  if (!records_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) {
     static const auto forward_op = op<LstmSig>("fastdl::lstm_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep_workspace);
@@ -141,7 +132,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_autograd(const Tensor& input, const
                                                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                                       at::IntArrayRef batch_sizes, bool reverse, bool keep_workspace) {
   check_no_tangent("fastdl.gru_layer", input, h0, w_ih, w_hh, b_ih, b_hh);
-  if (!any_grad({&input, &h0, &w_ih, &w_hh}, b_ih, b_hh)) {
+  if (!records_grad(input, h0, w_ih, w_hh, b_ih, b_hh)) {
     static const auto forward_op = op<GruSig>("fastdl::gru_layer");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op.call(input, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, keep_workspace);
