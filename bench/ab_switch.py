@@ -8,7 +8,7 @@ quartiles sat within 2-3% of the median where separate processes' medians moved 
   The kernel must read VAR on every call (std::getenv in the code under test; a function-local static
   reads it once, and both sides then run the same code);
 - --torch: fastdl against torch.nn.functional.conv2d.
-The forward by default (fastdl's algorithm 'auto'); --backward adds both gradients (autograd),
+The forward by default (fastdl's algorithm 'auto' unless --algorithm); --backward adds both gradients (autograd),
 --input-grad and --weight-grad time one gradient alone through the backward ops (fastdl.conv2d_backward,
 the direct kernels even where 'auto' would take Winograd; aten.convolution_backward).
 glibc's mmap threshold is pinned first, so outputs come from the heap and no call page-faults (as in
@@ -19,6 +19,7 @@ fastdl.bench's runner).
 
 import argparse
 import ctypes
+import functools
 import os
 import statistics
 import time
@@ -40,6 +41,8 @@ def main() -> None:
     grads = p.add_mutually_exclusive_group()
     grads.add_argument("--input-grad", action="store_true", help="the input gradient alone (the backward op)")
     grads.add_argument("--weight-grad", action="store_true", help="the weight gradient alone (the backward op)")
+    p.add_argument("--channels-last", action="store_true", help="input, weight and gradients channels-last")
+    p.add_argument("--algorithm", default="auto", help="fastdl's forward algorithm (auto, direct, winograd2, ...)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=100)
     side = p.add_mutually_exclusive_group(required=True)
@@ -58,10 +61,13 @@ def main() -> None:
     x = torch.randn(args.batch, args.in_channels, args.size, args.size, requires_grad=args.backward)
     w = (torch.randn(args.out_channels, args.in_channels, args.kernel, args.kernel) * 0.05).requires_grad_(
         args.backward)
+    if args.channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_(args.backward)
+        w = w.detach().to(memory_format=torch.channels_last).requires_grad_(args.backward)
     conv_args = (None, args.stride, args.kernel // 2)
 
     def one_grad(conv):
-        grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))
+        grad_out = torch.randn_like(F.conv2d(x.detach(), w.detach(), *conv_args))  # in the output's format
         mask = [args.input_grad, args.weight_grad, False]
         if conv is F.conv2d:
             return lambda: torch.ops.aten.convolution_backward(grad_out, x, w, None, [args.stride] * 2,
@@ -70,6 +76,8 @@ def main() -> None:
                                                         mask)
 
     def timed(conv):
+        if conv is not F.conv2d:
+            conv = functools.partial(conv, algorithm=args.algorithm)
         if args.input_grad or args.weight_grad:
             return one_grad(conv)
 

@@ -125,6 +125,38 @@ def test_conv2d_over_im2col_columns_matches_torch(case, dtype):
         del os.environ["FASTDL_CONV_COLUMNS"]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases())
+def test_conv2d_channels_last_channel_vectors_match_torch(case, dtype):
+    """The CPU forward, input gradient and 1x1 weight gradient of channels-last convolutions with vectors
+    along the output channels (csrc/cpu/conv2d_channels_last.h), which the rule takes where a vector
+    fills, forced on every channels-last case of the search (down to one output channel)."""
+    case = dict(case, layout="channels_last")
+    os.environ["FASTDL_CONV_CHANNEL_VECTORS"] = "always"
+    try:
+        check_case(case, dtype, "cpu")
+    finally:
+        del os.environ["FASTDL_CONV_CHANNEL_VECTORS"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape, wshape, stride, padding, dilation, groups", [
+    ((2, 40, 9, 11), (36, 40, 3, 3), 1, 1, 1, 1),  # 36 = 2 blocks of 16 + 4 (float), 4 blocks of 8 + 4 (double)
+    ((4, 24, 13, 12), (40, 24, 3, 3), 2, 1, 1, 1),  # stride 2: four phases of the input gradient
+    ((3, 64, 7, 7), (64, 32, 3, 3), 1, 2, 2, 2),    # groups, dilation, padding past the kernel's reach
+    ((9, 32, 24, 20), (48, 32, 1, 1), 2, 0, 1, 1),  # strided 1x1: phases no tap reaches
+    ((5, 20, 9, 9), (36, 20, 1, 1), 1, 1, 1, 1),    # padded 1x1: output pixels that read padding only
+    ((1, 3, 23, 21), (32, 3, 7, 7), 2, 3, 1, 1),    # a 7x7 stem (its input gradient: 3 channels, rows)
+])
+def test_channels_last_channel_vectors_by_rule(shape, wshape, stride, padding, dilation, groups, threads):
+    """Channels-last layers that the rule gives the channel-vector kernels (enough channels, and 128+
+    output pixels for the forward, input pixels for the input gradient, 512+ output pixels for the 1x1
+    weight gradient),
+    the tiles spread over 1-3 threads (the weight gradient's rows split between them)."""
+    check_with_threads(threads, shape, wshape, stride, padding, dilation, groups, "channels_last", bias=True)
+
+
 # Named cases: (input shape, weight shape, stride, padding, dilation, groups), one per kernel path.
 NAMED = {
     "3x3 same": ((2, 16, 12, 12), (24, 16, 3, 3), 1, 1, 1, 1),
@@ -347,15 +379,16 @@ def test_stride_2_inputs_gathered_as_runs(kernel, padding, dtype, monkeypatch):
         check_against_torch(x, w, None, 2, padding, 1, 1)
 
 
-def check_with_threads(threads, shape, wshape, stride, padding, dilation, groups):
-    """check_against_torch in float32 and float64 (no bias) with torch's thread count set to `threads`."""
+def check_with_threads(threads, shape, wshape, stride, padding, dilation, groups, layout="contiguous", bias=False):
+    """check_against_torch in float32 and float64 with torch's thread count set to `threads`."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for dtype in (torch.float32, torch.float64):
-            x = make(shape, "contiguous", dtype, "cpu", 1)
+            x = make(shape, layout, dtype, "cpu", 1)
             w = make(wshape, "contiguous", dtype, "cpu", 2)
-            check_against_torch(x, w, None, stride, padding, dilation, groups)
+            b = make((wshape[0],), "contiguous", dtype, "cpu", 3) if bias else None
+            check_against_torch(x, w, b, stride, padding, dilation, groups)
     finally:
         torch.set_num_threads(before)
 

@@ -17,8 +17,10 @@
 // the same tiles once per output phase (ih mod sh, iw mod sw): in phase (a, b) only the kernel taps
 // with (a + ph - r*dh) and (b + pw - s*dw) divisible by the stride contribute, at a constant offset.
 //
-// The weight and bias gradients are in conv2d_grad_weight.h, the packing in conv2d_packing.h, and how
-// the tiles run over a call in conv2d_blocks.h.
+// The weight and bias gradients are in conv2d_grad_weight.h, the packing in conv2d_packing.h, how
+// the tiles run over a call in conv2d_blocks.h and the input gradient's phases in conv2d_phases.h.
+// Channels-last calls with enough channels and pixels take the kernels of conv2d_channels_last.h
+// instead (vectors along the output channels: forward, input gradient, 1x1 weight gradient).
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -32,8 +34,10 @@
 #include "common/conv2d_ops.h"
 #include "common/overrides.h"
 #include "cpu/conv2d_blocks.h"
+#include "cpu/conv2d_channels_last.h"
 #include "cpu/conv2d_grad_weight.h"
 #include "cpu/conv2d_packing.h"
+#include "cpu/conv2d_phases.h"
 
 namespace fastdl::conv2d_cpu {
 namespace {
@@ -179,27 +183,6 @@ void forward_columns(const Conv2dForward& f) {
   forward_tiles<T, KT>({f.input, weight, f.bias, f.output, columns}, ct);
 }
 
-// The kernel taps that reach input phase `a` along one axis, and their grad_output offsets:
-// input i = a + stride*m gets grad_output m + (a + pad - tap*dilation) / stride from tap `tap`.
-struct PhaseTaps {
-  std::vector<int64_t> taps, offsets;
-  int64_t min_offset = 0, max_offset = 0;
-};
-
-PhaseTaps phase_taps(int64_t a, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  PhaseTaps p;
-  for (int64_t t = 0; t < kernel; ++t) {
-    const int64_t d = a + pad - t * dilation;
-    if (((d % stride) + stride) % stride != 0) continue;
-    const int64_t off = floor_div(d, stride);
-    p.min_offset = p.taps.empty() ? off : std::min(p.min_offset, off);
-    p.max_offset = p.taps.empty() ? off : std::max(p.max_offset, off);
-    p.taps.push_back(t);
-    p.offsets.push_back(off);
-  }
-  return p;
-}
-
 // The input gradient of an unpadded 1x1 convolution is a pointwise convolution of grad_output with
 // the transposed weights (pointwise_tiles). With stride s it lands on every s-th input pixel: computed
 // dense, then spread out with zeros between.
@@ -254,50 +237,6 @@ void grad_input_pointwise(const Conv2dBackward& b) {
       }
     }
   });
-}
-
-// The phases of a strided input gradient: phase (a, a_w) is grad_input's pixels (a + stride*i,
-// a_w + stride*j), and the kernel taps that reach them (PhaseTaps per axis). Taps whose grad_output
-// rows or columns all lie in the padding add nothing and are left out.
-struct Phase {
-  int64_t a, a_w, rows_out, cols_out, width;  // width: the grad_output columns the phase's rows read
-  PhaseTaps th, tw;
-  std::vector<int64_t> tap_index;  // kernel taps r * S + s reaching the phase; empty: none
-  std::vector<int64_t> rows, cols;  // per tap: its grad_output row and column offsets
-};
-
-std::vector<Phase> strided_phases(const Conv2dShape& s) {
-  const auto reaches = [](int64_t offset, int64_t count, int64_t size) { return offset < size && offset + count > 0; };
-  std::vector<Phase> phases;
-  for (int64_t a = 0; a < std::min(s.stride_h, s.in_h); ++a) {
-    for (int64_t a_w = 0; a_w < std::min(s.stride_w, s.in_w); ++a_w) {
-      Phase ph{a, a_w, div_up(s.in_h - a, s.stride_h), div_up(s.in_w - a_w, s.stride_w), 0,
-               phase_taps(a, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h),
-               phase_taps(a_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w), {}, {}, {}};
-      ph.width = ph.cols_out + ph.tw.max_offset - ph.tw.min_offset;
-      for (size_t r = 0; r < ph.th.taps.size(); ++r) {
-        for (size_t c = 0; c < ph.tw.taps.size(); ++c) {
-          if (!reaches(ph.th.offsets[r], ph.rows_out, s.out_h) || !reaches(ph.tw.offsets[c], ph.cols_out, s.out_w)) {
-            continue;
-          }
-          ph.tap_index.push_back(ph.th.taps[r] * s.kernel_w + ph.tw.taps[c]);
-          ph.rows.push_back(ph.th.offsets[r]);
-          ph.cols.push_back(ph.tw.offsets[c]);
-        }
-      }
-      phases.push_back(std::move(ph));
-    }
-  }
-  return phases;
-}
-
-// The tap subsets of the phases that have taps, in phase order (pack_phase_weights).
-std::vector<std::vector<int64_t>> phase_subsets(const std::vector<Phase>& phases) {
-  std::vector<std::vector<int64_t>> subsets;
-  for (const Phase& ph : phases) {
-    if (!ph.tap_index.empty()) subsets.push_back(ph.tap_index);
-  }
-  return subsets;
 }
 
 template <typename T, int KT>
@@ -451,8 +390,12 @@ struct CpuConv2d {
 
   static void forward(const Conv2dForward& f) {
     AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "fastdl.conv2d", [&] {
-      with_tile_channels(f.shape.out_per_group(), [&](auto kt) {
-        if (columns_forward<scalar_t>(f.shape)) {
+      const Conv2dShape& s = f.shape;
+      if (channel_vectors<scalar_t>(s, s.out_per_group(), s.batch * s.out_h * s.out_w)) {
+        return forward_channels_last<scalar_t>(f);
+      }
+      with_tile_channels(s.out_per_group(), [&](auto kt) {
+        if (columns_forward<scalar_t>(s)) {
           forward_columns<scalar_t, decltype(kt)::value>(f);
         } else {
           forward_tiles<scalar_t, decltype(kt)::value>(f);
@@ -463,16 +406,23 @@ struct CpuConv2d {
 
   static void backward(const Conv2dBackward& b) {
     AT_DISPATCH_FLOATING_TYPES(b.input.scalar_type(), "fastdl.conv2d_backward", [&] {
-      if (b.grad_input.defined()) {
-        with_tile_channels(b.shape.in_per_group(), [&](auto kt) {
-          if (columns_grad_input<scalar_t>(b.shape)) {
+      const Conv2dShape& s = b.shape;
+      if (b.grad_input.defined() && channel_vectors<scalar_t>(s, s.in_per_group(), s.batch * s.in_h * s.in_w)) {
+        grad_input_channels_last<scalar_t>(b);
+      } else if (b.grad_input.defined()) {
+        with_tile_channels(s.in_per_group(), [&](auto kt) {
+          if (columns_grad_input<scalar_t>(s)) {
             grad_input_columns<scalar_t, decltype(kt)::value>(b);
           } else {
             grad_input_tiles<scalar_t, decltype(kt)::value>(b);
           }
         });
       }
-      if (b.grad_weight.defined()) grad_weight<scalar_t>(b);
+      if (b.grad_weight.defined() && channel_vector_grad_weight<scalar_t>(s)) {
+        grad_weight_channels_last_pointwise<scalar_t>(b);
+      } else if (b.grad_weight.defined()) {
+        grad_weight<scalar_t>(b);
+      }
       if (b.grad_bias.defined()) grad_bias<scalar_t>(b);
     });
   }
