@@ -92,6 +92,31 @@ def test_markdown_and_plots(smoke, family):
         assert (out / f"{family}-smoke-{suffix}.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_channels_last_run_measures_channels_last_tensors(tmp_path):
+    """--channels-last: the convolution cases' images, weights and gradients are channels-last (so both
+    sides' outputs are), their ids and the files say so, and other families are refused by name."""
+    args = parse_args(["--smoke", "--ops", "conv,winograd", "--channels-last"])
+    for family in ("conv", "winograd"):
+        cases = select(family, "cpu", [torch.float32], args)
+        assert cases and all(c.id.endswith("/channels_last") for c in cases)
+        for case in cases:
+            inputs = case.make_inputs()
+            assert inputs["x"].is_contiguous(memory_format=torch.channels_last)
+            assert inputs["weight"].is_contiguous(memory_format=torch.channels_last)
+            assert "grad" not in inputs or inputs["grad"].is_contiguous(memory_format=torch.channels_last)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(fastdl.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "fastdl.bench", "--smoke", "--device", "cpu", "--threads", "1", "--out",
+               str(tmp_path), "--channels-last"]
+    run = subprocess.run(command + ["--ops", "conv"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "conv-smoke-channels-last.json").read_text())
+    assert [r["id"] for r in data["results"]] == [c.id for c in select("conv", "cpu", [torch.float32], args)]
+    assert all(r["error"] is None for r in data["results"])
+    refused = subprocess.run(command + ["--ops", "conv,pool"], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode != 0 and "--channels-last" in refused.stderr and "'pool'" in refused.stderr
+
+
 def host_row(name: str, fastdl: dict, torch_side: dict) -> dict:
     quiet = {"minor_faults_per_call": 0.0, "preemptions_per_s": 30.0, "steal_fraction": 0.0}
     return {"id": name, "error": None, "fastdl_timing": {"host": {**quiet, **fastdl}},

@@ -147,6 +147,7 @@ def test_conv2d_channels_last_channel_vectors_match_torch(case, dtype):
     ((3, 64, 7, 7), (64, 32, 3, 3), 1, 2, 2, 2),    # groups, dilation, padding past the kernel's reach
     ((9, 32, 24, 20), (48, 32, 1, 1), 2, 0, 1, 1),  # strided 1x1: phases no tap reaches
     ((5, 20, 9, 9), (36, 20, 1, 1), 1, 1, 1, 1),    # padded 1x1: output pixels that read padding only
+    ((2, 8, 256, 256), (32, 8, 1, 1), 1, 0, 1, 1),  # a 16 MB output: non-temporal stores
     ((1, 3, 23, 21), (32, 3, 7, 7), 2, 3, 1, 1),    # a 7x7 stem (its input gradient: 3 channels, rows)
 ])
 def test_channels_last_channel_vectors_by_rule(shape, wshape, stride, padding, dilation, groups, threads):

@@ -2,6 +2,7 @@
 
     python -m fastdl.bench [--device cpu|cuda] [--ops pool,bn,conv,winograd,rnn] [--quick | --smoke]
                            [--batches 1,32,128] [--dtype float32[,bfloat16...]] [--threads N] [--out DIR]
+                           [--channels-last (with --ops conv,winograd)]
     python -m fastdl.bench compare OLD.json NEW.json
 
 The run first measures the machine's ceilings (copy bandwidth; matrix-product FLOP/s per dtype).
@@ -10,7 +11,7 @@ and reports the speedup (torch time / fastdl time), the achieved GB/s or FLOP/s 
 ceiling, and each side's peak memory. Results go to DIR (default bench/results/<device>/): per
 family <name>.json (every measurement, with device, torch version, commit and date), <name>.md
 (tables and summary) and PNG plots (speedup per layer; time against batch size and sequence
-length), where <name> is the family with -quick, -smoke and non-default dtypes appended. A table
+length), where <name> is the family with -quick, -smoke, non-default dtypes and -channels-last appended. A table
 across families ends the output. The exit status is 1 if any case failed its check.
 
 `compare` prints how each case's speedup changed between two such JSON files and exits with 1 when
@@ -29,7 +30,7 @@ import torch
 import fastdl
 from fastdl.bench import compare
 from fastdl.bench.case import Case, true_float32
-from fastdl.bench.cases import FAMILIES
+from fastdl.bench.cases import CHANNELS_LAST_FAMILIES, FAMILIES
 from fastdl.bench.environment import environment
 from fastdl.bench.measure import run_case
 from fastdl.bench.plots import write_plots
@@ -53,6 +54,8 @@ def parse_args(argv):
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per family)")
     p.add_argument("--dtype", default="float32", help="comma-separated dtypes")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)")
+    p.add_argument("--channels-last", action="store_true",
+                   help=f"channels-last images, weights and gradients (families {', '.join(CHANNELS_LAST_FAMILIES)})")
     p.add_argument("--out", type=Path, default=None, help="output folder (default bench/results/<device>)")
     return p.parse_args(argv)
 
@@ -65,8 +68,10 @@ def cost(case: Case) -> int:
 def select(family: str, device: str, dtypes: list[torch.dtype], args) -> list[Case]:
     """The family's cases for the run; for --smoke, the cheapest case at each batch size."""
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 2] if args.smoke else None
-    cases = [c for dt in dtypes for c in FAMILIES[family](device, dt, quick=args.quick or args.smoke,
-                                                         **({"batches": batches} if batches else {}))]
+    options = {"batches": batches} if batches else {}
+    if args.channels_last:
+        options["channels_last"] = True
+    cases = [c for dt in dtypes for c in FAMILIES[family](device, dt, quick=args.quick or args.smoke, **options)]
     if not args.smoke:
         return cases
     cheapest = {}
@@ -88,7 +93,8 @@ def counting_notes(cases: list[Case]) -> list[str]:
 
 def run_name(family: str, args) -> str:
     size = "-quick" if args.quick else "-smoke" if args.smoke else ""
-    return family + size + ("" if args.dtype == "float32" else "-" + args.dtype.replace(",", "-"))
+    return (family + size + ("" if args.dtype == "float32" else "-" + args.dtype.replace(",", "-"))
+            + ("-channels-last" if args.channels_last else ""))
 
 
 def main(argv=None) -> int:
@@ -102,6 +108,10 @@ def main(argv=None) -> int:
     unknown = [f for f in args.ops.split(",") if f not in FAMILIES]
     if unknown:
         sys.exit(f"fastdl.bench: unknown family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
+    other = [f for f in args.ops.split(",") if f not in CHANNELS_LAST_FAMILIES]
+    if args.channels_last and other:
+        sys.exit(f"fastdl.bench: --channels-last applies to the families {', '.join(CHANNELS_LAST_FAMILIES)}, "
+                 f"not {other[0]!r} (pass --ops)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True

@@ -254,15 +254,22 @@ QUICK_CONV_BATCHES = (1, 8)
 class ConvCase(Case):
     conv: ConvLayer | None = None
     algorithm: str = "auto"  # fastdl.ops.conv2d's
+    # The image, weight and grad_output channels-last (so the output and gradients), as a model after
+    # model.to(memory_format=torch.channels_last), which converts 4-D parameters too.
+    channels_last: bool = False
 
     @property
     def id(self) -> str:
-        return super().id + ("" if self.algorithm == "auto" else f"/{self.algorithm}")
+        return (super().id + ("" if self.algorithm == "auto" else f"/{self.algorithm}")
+                + ("/channels_last" if self.channels_last else ""))
+
+    def layout(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     def make_inputs(self) -> dict:
         c = self.conv
         w = self.random((c.out_channels, c.in_channels // c.groups, *c.kernel), 1) / (c.in_channels * c.kernel[0] * c.kernel[1]) ** 0.5
-        inputs = {"x": self.random(self.shape, 0), "weight": w,
+        inputs = {"x": self.layout(self.random(self.shape, 0)), "weight": self.layout(w),
                   "bias": self.random((c.out_channels,), 2) if c.bias else None}
         if self.mode == "forward+backward":
             # Training needs no gradient for the image itself: a first layer computes only its weight's.
@@ -272,7 +279,7 @@ class ConvCase(Case):
             inputs["wants"] = wants
             with torch.device("meta"):
                 out = F.conv2d(torch.empty(self.shape), torch.empty(w.shape), **c.kwargs)
-            inputs["grad"] = self.random(out.shape, 3)
+            inputs["grad"] = self.layout(self.random(out.shape, 3))
         return inputs
 
     @property
@@ -323,7 +330,8 @@ class ConvCase(Case):
         return 2 * macs * (2 if self.first_layer else 3)
 
 
-def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
+def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False,
+               channels_last: bool = False) -> list[Case]:
     layers = conv_layers()
     if quick:
         layers = [layer for layer in layers if f"{layer.network}/{layer.layer}" in QUICK_CONV_LAYERS]
@@ -335,7 +343,7 @@ def conv_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = Fals
                 for baseline in baselines:
                     out.append(ConvCase("conv", layer.network, layer.layer, layer.describe(), b,
                                         (b, layer.in_channels, *layer.size), dtype, device, mode,
-                                        baseline=baseline, conv=layer))
+                                        baseline=baseline, conv=layer, channels_last=channels_last))
     return out
 
 
@@ -346,7 +354,8 @@ QUICK_WINOGRAD_LAYERS = ["VGG-16/features.12", "VGG-16/features.19", "VGG-16/fea
 QUICK_WINOGRAD_BATCHES = (1,)
 
 
-def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False) -> list[Case]:
+def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = False,
+                   channels_last: bool = False) -> list[Case]:
     """Every 3x3 stride-1 convolution of VGG-16 and ResNet-50, each fastdl algorithm against torch
     (GFLOP/s count the direct convolution's multiply-adds, so they compare across algorithms); on the
     CPU also AlexNet's 5x5 layer, direct and F(2x2,5x5) ('winograd2')."""
@@ -363,13 +372,16 @@ def winograd_cases(device: str, dtype: torch.dtype, batches=None, quick: bool = 
     baselines = ["cuDNN", "cuDNN TF32"] if device == "cuda" and dtype == torch.float32 else ["torch"]
     return [ConvCase("winograd", layer.network, layer.layer, f"{layer.describe()} {algorithm}", b,
                      (b, layer.in_channels, *layer.size), dtype, device, mode, baseline=baseline, conv=layer,
-                     algorithm=algorithm)
+                     algorithm=algorithm, channels_last=channels_last)
             for layer in layers
             for b in batches or (QUICK_WINOGRAD_BATCHES if quick else CONV_BATCHES[device])
             for mode in CONV_MODES
             for baseline in baselines
             for algorithm in (WINOGRAD_ALGORITHMS if layer.kernel == (3, 3) else WINOGRAD_ALGORITHMS[:2])]
 
+
+# The families whose cases take channels_last (the runner's --channels-last).
+CHANNELS_LAST_FAMILIES = ("conv", "winograd")
 
 FAMILIES = {"pool": pool_cases, "bn": bn_cases, "conv": conv_cases, "winograd": winograd_cases, "rnn": rnn_cases,
             "models": model_cases}
