@@ -94,14 +94,7 @@ void forward_tiles(const Conv2dForward& f, const ColumnTaps& ct = kOneTap) {
   const bool in_place =
       weights_in_place(s.batch * (pointwise ? div_up(s.out_h * s.out_w, V) : s.out_h * nvec), true);
   const Scratch<T> weights = in_place ? Scratch<T>() : pack_weights<T, KT>(f.weight.const_data_ptr<T>(), s, false, taps);
-  std::vector<T> bias;
-  if (f.bias.defined()) {
-    bias.assign(blocks * KT, T(0));
-    const T* b = f.bias.const_data_ptr<T>();
-    for (int64_t g = 0; g < s.groups; ++g) {
-      for (int64_t k = 0; k < Kg; ++k) bias[(g * nb + k / KT) * KT + k % KT] = b[g * Kg + k];
-    }
-  }
+  const std::vector<T> bias = pack_bias<T>(f.bias, s.groups, Kg, KT);
   TiledConv<T> tc{Cg, Kg, nb, int64_t(taps.size()), in_place ? f.weight.const_data_ptr<T>() : weights.get(),
                   bias.empty() ? nullptr : bias.data(), y.sc, y.sw,
                   pointwise ? pointwise_channel_block<T, KT>(Cg) : channel_block<T, KT>(s.kernel_h, Cg, y.sw)};

@@ -298,15 +298,7 @@ void forward_channels_last(const Conv2dForward& f) {
   std::iota(taps.begin(), taps.end(), int64_t(0));
   const Scratch<T> weights =
       pack_channel_vector_weights<T>(s.groups, Kg, Cg, ntaps, {wt, Kg * Cg * ntaps, Cg * ntaps, ntaps, taps.data()});
-  std::vector<T> bias;
-  if (f.bias.defined()) {
-    const int64_t blocks = div_up(Kg, B);
-    bias.assign(s.groups * blocks * B, T(0));
-    const T* b = f.bias.const_data_ptr<T>();
-    for (int64_t g = 0; g < s.groups; ++g) {
-      for (int64_t k = 0; k < Kg; ++k) bias[(g * blocks + k / B) * B + k % B] = b[g * Kg + k];
-    }
-  }
+  const std::vector<T> bias = pack_bias<T>(f.bias, s.groups, Kg, B);
   const int64_t pad_rows = s.in_h + 2 * s.pad_h, pad_cols = s.in_w + 2 * s.pad_w;
   const int64_t chunk = images_per_pass(s.batch, pad_rows * pad_cols * s.in_channels), plane = s.out_h * s.out_w;
   Scratch<T> buffer;

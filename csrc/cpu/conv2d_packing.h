@@ -5,6 +5,7 @@
 // pack_phase_weights).
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
@@ -287,6 +288,20 @@ class UnitWindows {
   Scratch<T> shared_;
   ThreadBuffers<T> buffers_;
 };
+
+// A bias as the tiles read it: [group][block of `block` output channels][block], zeros past each
+// group's `per_group` channels; empty where there is none.
+template <typename T>
+std::vector<T> pack_bias(const at::Tensor& bias, int64_t groups, int64_t per_group, int64_t block) {
+  if (!bias.defined()) return {};
+  const int64_t blocks = div_up(per_group, block);
+  std::vector<T> packed(groups * blocks * block, T(0));
+  const T* b = bias.const_data_ptr<T>();
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t k = 0; k < per_group; ++k) packed[(g * blocks + k / block) * block + k % block] = b[g * per_group + k];
+  }
+  return packed;
+}
 
 // Weights as the tiles read them: [group][block][reduction channel][tap][KT], block b holding KT
 // consecutive output channels of its group (zero past the last). Forward: output channels k,
